@@ -1,0 +1,91 @@
+"""Shared test helpers: the reference policy, Airflow-built pod fixtures, golden files.
+
+Pod fixtures under tests/fixtures/airflow/ are built by Airflow's own code
+(scripts/generate-fixtures.sh); golden files under tests/golden/ are rewritten with
+``pytest --update-golden`` and reviewed in the diff like any other change.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhook.policy import Policy, load_policy, parse_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "airflow"
+GOLDEN = ROOT / "tests" / "golden"
+POLICY_FILE = ROOT / "manifests" / "policy.yaml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/ from the current code")
+
+
+def airflow_fixture(case_id: str) -> dict[str, Any]:
+    """One Airflow-built case: ``{"id", "description", "kind", "namespace", "pod"}`` (a fresh copy)."""
+    return json.loads((FIXTURES / f"{case_id}.json").read_text())
+
+
+def airflow_fixture_ids() -> list[str]:
+    return sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def admission_review(pod: dict[str, Any], namespace: str, *, operation: str = "CREATE",
+                     dry_run: bool = False) -> dict[str, Any]:
+    """An AdmissionReview request as kube-apiserver sends it for a pod CREATE."""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": (pod.get("metadata") or {}).get("name", ""),
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:airflow:airflow-worker"},
+            "object": copy.deepcopy(pod),
+            "oldObject": None,
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def policy_with(**spec_changes: Any) -> Policy:
+    """The reference policy with some spec fields replaced."""
+    import yaml
+
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"].update(spec_changes)
+    return parse_policy(data, "test-policy")
+
+
+@pytest.fixture(scope="session")
+def policy() -> Policy:
+    return load_policy(POLICY_FILE)
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest):
+    """Compare a JSON-able value with tests/golden/<name>.json (or rewrite it with --update-golden)."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, value: Any) -> None:
+        path = GOLDEN / f"{name}.json"
+        text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        assert path.exists(), f"no golden file {path}; run pytest --update-golden and review the diff"
+        assert json.loads(path.read_text()) == json.loads(text), f"{name} differs from {path}"
+
+    return check

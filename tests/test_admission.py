@@ -1,0 +1,113 @@
+"""The admission handlers: guard clauses, enforcement modes, errors, and the offline chain."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jsonpatch
+import orjson
+import pytest
+
+from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
+from webhook import admission
+from webhook.admission import mutate, review_chain, validate
+from webhook.review import parse_review
+
+
+def request_for(case_id: str, **changes):
+    case = airflow_fixture(case_id)
+    return parse_review(orjson.dumps(admission_review(case["pod"], case["namespace"], **changes)))
+
+
+# Every Airflow-built fixture, through mutation then validation, as the API server chains them.
+CHAIN = {
+    "executor_cpu": (True, "unlabelled"),
+    "executor_gpu_override": (True, "mutated"),
+    "executor_mapped_gpu": (True, "mutated"),
+    "kpo_count_not_int": (False, "invalid-count"),
+    "kpo_count_over_max": (False, "count-over-max"),
+    "kpo_count_zero": (False, "invalid-count"),
+    "kpo_cpu_env_visible_devices": (False, "forbidden-env"),
+    "kpo_cpu_plain": (True, "unlabelled"),
+    "kpo_env_ld_preload": (False, "forbidden-env"),
+    "kpo_env_visible_devices": (False, "forbidden-env"),
+    "kpo_existing_scheduling": (True, "mutated"),
+    "kpo_h100_count2": (True, "mutated"),
+    "kpo_hostpath_dev_nvidia": (False, "host-device-path"),
+    "kpo_long_dag_id": (True, "mutated"),
+    "kpo_manual_gpu_mismatch": (True, "mutated"),
+    "kpo_mapped": (True, "mutated"),
+    "kpo_mig_1g_xcom": (True, "mutated"),
+    "kpo_nightly_a100": (True, "mutated"),
+    "kpo_no_tenant": (False, "no-tenant"),
+    "kpo_nodeselector_conflict": (False, "node-selector-conflict"),
+    "kpo_podlabel_tenant": (True, "mutated"),
+    "kpo_privileged": (False, "privileged-gpu-pod"),
+    "kpo_quota_breaker": (False, "quota-exceeded"),
+    "kpo_unknown_profile": (False, "unknown-profile"),
+    "kpo_unlabelled_gpu": (False, "unlabelled-gpu-pod"),
+}
+
+
+def test_every_fixture_has_an_expected_outcome():
+    assert sorted(CHAIN) == airflow_fixture_ids()
+
+
+@pytest.mark.parametrize("case_id", sorted(CHAIN))
+def test_the_chain_decides_each_airflow_pod(case_id, policy):
+    decision = review_chain(request_for(case_id), policy, {})
+    assert (decision.allowed, decision.reason) == CHAIN[case_id], decision.message
+
+
+def test_the_chain_returns_the_mutation_patch_and_validates_the_mutated_pod(policy):
+    request = request_for("kpo_h100_count2")
+    decision = review_chain(request, policy, {"vision": {}})
+    final = jsonpatch.apply_patch(request.object, list(decision.patch))
+    assert final["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
+def test_operations_other_than_create_pass_untouched(operation, policy):
+    request = dataclasses.replace(request_for("kpo_unknown_profile"), operation=operation)
+    assert mutate(request, policy).reason == "not-create"
+    assert validate(request, policy, {}).allowed
+
+
+def test_a_subresource_passes_untouched(policy):
+    request = dataclasses.replace(request_for("kpo_unknown_profile"), subresource="status")
+    assert (mutate(request, policy).allowed, mutate(request, policy).reason) == (True, "subresource")
+
+
+def test_a_decision_that_raises_is_a_500_denial_never_an_allow(policy, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(admission, "decide_mutation", broken)
+    decision = mutate(request_for("kpo_h100_count2"), policy)
+    assert (decision.allowed, decision.code, decision.reason) == (False, 500, "internal-error")
+
+
+def test_warn_mode_turns_a_denial_into_warnings_and_still_applies_the_profile():
+    warn = policy_with(enforcement="warn")
+    decision = mutate(request_for("kpo_privileged"), warn)
+    assert decision.allowed and decision.reason == "warned:privileged-gpu-pod"
+    assert decision.warnings[0].startswith("[gpu-webhook warn-only] container 'base' is privileged")
+    assert any(op["path"] == "/spec/initContainers" for op in decision.patch)
+
+
+def test_warn_mode_allows_an_unknown_profile_untouched_with_a_warning():
+    decision = review_chain(request_for("kpo_unknown_profile"), policy_with(enforcement="warn"), {})
+    assert decision.allowed and decision.patch == ()
+    assert any("is not a known GPU profile" in w for w in decision.warnings)
+
+
+def test_warn_mode_reports_quota_overruns_as_warnings():
+    decision = review_chain(request_for("kpo_quota_breaker"), policy_with(enforcement="warn"), {})
+    assert decision.allowed and decision.patch
+    assert any("exceeded quota: tenant vision, nvidia.com/gpu" in w for w in decision.warnings)
+
+
+def test_dry_run_gets_the_same_decision(policy):
+    for case_id in ("kpo_h100_count2", "kpo_quota_breaker"):
+        assert review_chain(request_for(case_id, dry_run=True), policy, {}) == \
+            review_chain(request_for(case_id), policy, {})

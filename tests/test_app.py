@@ -1,0 +1,179 @@
+"""The HTTPS server, for real: `gpu-webhook serve` with certificates from `gpu-webhook certs
+generate`, called over TLS and verified against the generated CA, as kube-apiserver does."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jsonpatch
+import orjson
+import pytest
+
+from conftest import POLICY_FILE, admission_review, airflow_fixture
+from webhook.app import MAX_BODY_BYTES
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.certs = tmp / "certs"
+        self.port = _free_port()
+        self.log = tmp / "serve.log"
+        cli = [sys.executable, "-m", "webhook.cli"]
+        subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
+                        "--namespace", "gpu-webhook"], check=True, capture_output=True)
+        self.process = subprocess.Popen(
+            [*cli, "serve", "--policy", str(POLICY_FILE), "--tls-cert", str(self.certs / "tls.crt"),
+             "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"https://localhost:{self.port}"
+        self.client = httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.certs / "ca.crt"),
+                                   timeout=10)
+
+    def wait_ready(self, limit: float = 30) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"serve not ready in {limit}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    running = Server(tmp_path_factory.mktemp("serve"))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def post(server: Server, path: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
+    return server.client.post(path, content=body, headers={"Content-Type": content_type})
+
+
+def review_body(case_id: str, **changes) -> tuple[bytes, str]:
+    case = airflow_fixture(case_id)
+    review = admission_review(case["pod"], case["namespace"], **changes)
+    return orjson.dumps(review), review["request"]["uid"]
+
+
+def test_a_gpu_pod_is_mutated_over_verified_tls(server):
+    body, uid = review_body("kpo_mig_1g_xcom")
+    answer = post(server, "/mutate", body)
+    assert answer.status_code == 200
+    response = answer.json()["response"]
+    assert response["uid"] == uid and response["allowed"] is True
+    patch = json.loads(base64.b64decode(response["patch"]))
+    assert {"op": "add", "path": "/metadata/labels/gpu.platform~1managed", "value": "true"} in patch
+
+
+def test_validate_denies_a_quota_breaker_with_the_quota_message(server):
+    body, uid = review_body("kpo_quota_breaker")
+    mutated = post(server, "/mutate", body).json()["response"]
+    pod = airflow_fixture("kpo_quota_breaker")["pod"]
+    final = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(mutated["patch"])))
+    answer = post(server, "/validate", orjson.dumps(admission_review(final, "ml-jobs"))).json()["response"]
+    assert answer["allowed"] is False and answer["status"]["code"] == 403
+    assert answer["status"]["message"] == "exceeded quota: tenant vision, nvidia.com/gpu, requested: 5, used: 0, limited: 4"
+
+
+def test_a_dry_run_gets_the_same_decision(server):
+    wet, _ = review_body("kpo_unknown_profile")
+    dry, _ = review_body("kpo_unknown_profile", dry_run=True)
+    assert post(server, "/mutate", wet).json()["response"]["status"] == \
+        post(server, "/mutate", dry).json()["response"]["status"]
+
+
+def test_a_cpu_pod_is_allowed_without_a_patch(server):
+    body, _ = review_body("kpo_cpu_plain")
+    response = post(server, "/validate", body).json()["response"]
+    assert response["allowed"] is True and "patch" not in response
+
+
+BAD = [
+    ("malformed JSON is a 400", b'{"apiVersion": "admission.k8s.io/v1", ', "application/json", 400, "not valid JSON"),
+    ("a wrong apiVersion is a 400", b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
+     "application/json", 400, "expected apiVersion admission.k8s.io/v1"),
+    ("a non-Pod is a 400", None, "application/json", 400, "only core/v1 Pods"),
+    ("a form post is a 415", b"a=b", "application/x-www-form-urlencoded", 415, "Content-Type must be application/json"),
+    ("JSON with a charset is fine", None, "application/json; charset=utf-8", 200, None),
+]
+
+
+@pytest.mark.parametrize("description, body, content_type, status, words", BAD, ids=[b[0] for b in BAD])
+def test_requests_the_webhook_cannot_read_get_a_clear_4xx(server, description, body, content_type, status, words):
+    if body is None:
+        review = json.loads(review_body("kpo_cpu_plain")[0])
+        if status == 400:
+            review["request"]["kind"] = {"group": "", "version": "v1", "kind": "ConfigMap"}
+        body = orjson.dumps(review)
+    answer = post(server, "/mutate", body, content_type)
+    assert answer.status_code == status
+    if words:
+        assert words in answer.json()["error"]
+
+
+def test_a_body_over_the_cap_is_a_413_by_its_length(server):
+    answer = post(server, "/validate", b" " * (MAX_BODY_BYTES + 1))
+    assert answer.status_code == 413 and "at most" in answer.json()["error"]
+
+
+def test_a_chunked_body_over_the_cap_is_a_413_while_reading(server):
+    def chunks():
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    answer = server.client.post("/validate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+
+
+def test_a_client_that_does_not_trust_the_ca_is_refused_by_tls(server):
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(server.url + "/healthz", verify=ssl.create_default_context())
+
+
+def test_health_readiness_and_metrics(server):
+    assert server.client.get("/healthz").json() == {"status": "ok"}
+    assert server.client.get("/readyz").json() == {"ready": True, "policy": "reference"}
+    post(server, "/mutate", review_body("kpo_unknown_profile")[0])
+    post(server, "/mutate", b"a=b", "text/plain")
+    metrics = server.client.get("/metrics").text
+    assert 'gpu_webhook_admissions_total{outcome="denied",reason="unknown-profile",step="mutate"}' in metrics
+    assert 'gpu_webhook_bad_requests_total{status="415",step="mutate"}' in metrics
+    assert "gpu_webhook_decision_seconds_bucket" in metrics
+
+
+def test_the_server_logs_one_line_per_decision(server):
+    post(server, "/mutate", review_body("kpo_no_tenant")[0])
+    time.sleep(0.2)
+    assert "step=mutate" in server.log.read_text() and "reason=no-tenant" in server.log.read_text()

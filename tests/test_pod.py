@@ -1,0 +1,60 @@
+"""Read-only pod views: Airflow origin, dag ids, GPU quantities, label sanitising."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from conftest import airflow_fixture
+from webhook.pod import airflow_dag_id, container_gpu_resources, gpu_quantity, is_airflow_pod, safe_label_value
+
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+@pytest.mark.parametrize("case_id, expected", [
+    ("kpo_cpu_plain", True), ("executor_cpu", True),
+])
+def test_airflow_pods_are_recognised_by_the_labels_airflow_sets(case_id, expected):
+    assert is_airflow_pod(airflow_fixture(case_id)["pod"]) is expected
+
+
+def test_a_pod_without_airflow_labels_is_not_an_airflow_pod():
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["metadata"]["labels"]["kubernetes_pod_operator"] = "False"
+    assert not is_airflow_pod(pod) and not is_airflow_pod({}) and not is_airflow_pod({"metadata": None})
+
+
+def test_the_full_dag_id_comes_from_the_executors_annotation_and_else_the_label():
+    executor = airflow_fixture("executor_gpu_override")["pod"]
+    executor["metadata"]["labels"]["dag_id"] = "cut-label"
+    assert airflow_dag_id(executor) == "team_vision__etl"
+    long_kpo = airflow_fixture("kpo_long_dag_id")["pod"]
+    assert airflow_dag_id(long_kpo).startswith("team_vision__") and len(airflow_dag_id(long_kpo)) <= 63
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2", Decimal(2)), (2, Decimal(2)), ("0", Decimal(0)), ("1k", Decimal(1000)),
+    ("500m", None), ("-1", None), ("two", None), (None, None), ([], None),
+])
+def test_gpu_quantities_are_whole_numbers(raw, expected):
+    assert gpu_quantity(raw) == expected
+
+
+def test_gpu_resources_are_read_from_limits_and_requests_only_for_nvidia():
+    container = {"resources": {"limits": {"nvidia.com/gpu": "1", "cpu": "2"},
+                               "requests": {"nvidia.com/mig-1g.10gb": "1", "memory": "1Gi"}}}
+    assert container_gpu_resources(container) == {"nvidia.com/gpu": "1", "nvidia.com/mig-1g.10gb": "1"}
+    assert container_gpu_resources({"resources": None}) == {} == container_gpu_resources({})
+
+
+@pytest.mark.parametrize("value", ["vision", "a100-mig-1g.10gb", "Team Vision!", "-x-", "a" * 80, "", "日本"])
+def test_label_values_are_always_valid_and_distinct_inputs_stay_distinct(value):
+    import re
+
+    safe = safe_label_value(value)
+    assert re.match(LABEL_VALUE, safe) and len(safe) <= 63
+    if re.match(LABEL_VALUE, value) and len(value) <= 63:
+        assert safe == value
+    else:
+        assert safe != safe_label_value(value + "x")

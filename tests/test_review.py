@@ -1,0 +1,71 @@
+"""The AdmissionReview wire format: what is refused as a bad request, and the response shape."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import orjson
+import pytest
+
+from conftest import admission_review, airflow_fixture
+from webhook.decision import Decision, Violation
+from webhook.review import BadReview, parse_review, review_response
+
+
+def _review(**request_changes) -> bytes:
+    review = admission_review(airflow_fixture("kpo_cpu_plain")["pod"], "airflow")
+    review["request"].update(request_changes)
+    return orjson.dumps(review)
+
+
+BAD = [
+    ("malformed JSON is refused", b'{"apiVersion": ', "not valid JSON"),
+    ("a JSON array is refused", b"[]", "must be a JSON object"),
+    ("admission.k8s.io/v1beta1 is refused", orjson.dumps({**json.loads(_review()), "apiVersion": "admission.k8s.io/v1beta1"}),
+     "expected apiVersion admission.k8s.io/v1"),
+    ("a review without request is refused", orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+     "has no request"),
+    ("a request without uid is refused", _review(uid=""), "request.uid is missing"),
+    ("a Deployment is refused", _review(kind={"group": "apps", "version": "v1", "kind": "Deployment"}),
+     "only core/v1 Pods, not apps/v1/Deployment"),
+    ("a CREATE without the pod is refused", _review(object=None), "must carry the pod"),
+    ("an object that is not a mapping is refused", _review(object=[1, 2]), "must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("description, body, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_reviews_are_refused_with_a_clear_400(description, body, words):
+    with pytest.raises(BadReview) as caught:
+        parse_review(body)
+    assert caught.value.status == 400 and words in caught.value.message
+
+
+def test_a_good_review_is_read_with_its_namespace_and_dry_run():
+    request = parse_review(_review(dryRun=True))
+    assert (request.operation, request.namespace, request.dry_run) == ("CREATE", "airflow", True)
+    assert request.object["metadata"]["labels"]["kubernetes_pod_operator"] == "True"
+
+
+def test_an_allow_with_a_patch_carries_base64_json_patch_and_the_uid():
+    patch = ({"op": "add", "path": "/metadata/labels/a", "value": "b"},)
+    out = review_response("u-1", Decision.allow("mutated", patch, ("careful",)))
+    assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
+    response = out["response"]
+    assert (response["uid"], response["allowed"], response["patchType"]) == ("u-1", True, "JSONPatch")
+    assert json.loads(base64.b64decode(response["patch"])) == list(patch)
+    assert response["warnings"] == ["careful"]
+    assert "status" not in response
+
+
+def test_a_denial_carries_code_and_message_and_never_a_patch():
+    denial = Decision.deny([Violation("x", "first"), Violation("y", "second")])
+    denial = Decision(**{**denial.__dict__, "patch": ({"op": "add", "path": "/a", "value": 1},)})
+    response = review_response("u-2", denial)["response"]
+    assert response == {"uid": "u-2", "allowed": False,
+                        "status": {"code": 403, "message": "first; second", "reason": "Forbidden"}}
+
+
+def test_an_internal_error_is_a_denial_with_code_500():
+    response = review_response("u-3", Decision.error("boom"))["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 500

@@ -1,0 +1,136 @@
+"""The validating step on FINAL pods: what later webhooks changed, GPU rules, and quota."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Callable
+
+import jsonpatch
+import pytest
+
+from conftest import airflow_fixture, policy_with
+from webhook.mutate import decide_mutation
+from webhook.validate import decide_validation
+
+D = Decimal
+
+
+def final_pod(case_id: str, policy, change: Callable[[dict[str, Any]], Any] = lambda pod: None) -> dict[str, Any]:
+    """The pod after our mutation, then after ``change`` (another webhook, or a hand-made pod)."""
+    case = airflow_fixture(case_id)
+    decision = decide_mutation(case["pod"], case["namespace"], policy)
+    pod = jsonpatch.apply_patch(case["pod"], list(decision.patch))
+    change(pod)
+    return pod
+
+
+def _base(pod):
+    return pod["spec"]["containers"][0]
+
+
+def _sidecar(pod):
+    return pod["spec"]["containers"][1]
+
+
+CASES = [
+    # (description, fixture, namespace, change, usage, allowed, reason, words in the message)
+    ("a pod our mutation produced is admitted",
+     "kpo_mig_1g_xcom", "airflow", lambda p: None, {}, True, "admitted", ""),
+    ("a KubernetesExecutor worker our mutation produced is admitted",
+     "executor_gpu_override", "airflow", lambda p: None, {}, True, "admitted", ""),
+    ("a toleration removed by a later webhook is caught",
+     "kpo_h100_count2", "ml-jobs", lambda p: p["spec"].update(tolerations=[]), {}, False, "not-mutated",
+     "/spec/tolerations"),
+    ("the validator init container removed by a later webhook is caught",
+     "kpo_h100_count2", "ml-jobs", lambda p: p["spec"].update(initContainers=[]), {}, False, "not-mutated",
+     "/spec/initContainers"),
+    ("a GPU count raised on base after mutation is caught",
+     "kpo_h100_count2", "ml-jobs", lambda p: _base(p)["resources"]["limits"].update({"nvidia.com/gpu": "8"}),
+     {}, False, "not-mutated", "differs at /spec/containers/0/resources/limits"),
+    ("a node selector changed after mutation is a conflict naming both values",
+     "kpo_nightly_a100", "airflow",
+     lambda p: p["spec"]["nodeSelector"].update({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+     {}, False, "node-selector-conflict", "'NVIDIA-H100-80GB-HBM3' on the pod but profile a100-80gb needs"),
+    ("a GPU put on the xcom sidecar after mutation is refused",
+     "kpo_mig_1g_xcom", "airflow",
+     lambda p: _sidecar(p)["resources"].update(limits={"nvidia.com/mig-1g.10gb": "1"}),
+     {}, False, "gpu-outside-target", "container 'airflow-xcom-sidecar' asks for nvidia.com/mig-1g.10gb"),
+    ("an env var added by a later webhook is refused",
+     "kpo_nightly_a100", "airflow",
+     lambda p: _base(p).setdefault("env", []).append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}),
+     {}, False, "forbidden-env", "NVIDIA_VISIBLE_DEVICES"),
+    ("a quota line the pod would exceed is named with requested, used and limit",
+     "kpo_h100_count2", "ml-jobs", lambda p: None, {"vision": {"nvidia.com/gpu": D(3), "gpuEquivalent": D(3)}},
+     False, "quota-exceeded", "exceeded quota: tenant vision, nvidia.com/gpu, requested: 2, used: 3, limited: 4"),
+    ("a pod that fills the quota exactly is admitted",
+     "kpo_h100_count2", "ml-jobs", lambda p: None, {"vision": {"nvidia.com/gpu": D(2), "gpuEquivalent": D(2)}},
+     True, "admitted", ""),
+    ("MIG slices weigh 0.125 in the gpuEquivalent line",
+     "kpo_mig_1g_xcom", "airflow", lambda p: None, {"vision": {"gpuEquivalent": D("5.9")}},
+     False, "quota-exceeded", "gpuEquivalent, requested: 0.125, used: 5.9, limited: 6"),
+    ("the forecasting tenant's usage does not count against vision",
+     "kpo_h100_count2", "ml-jobs", lambda p: None, {"forecasting": {"nvidia.com/gpu": D(2)}}, True, "admitted", ""),
+    ("a quota of 4 GPUs refuses a 5-GPU pod even with nothing running",
+     "kpo_quota_breaker", "ml-jobs", lambda p: None, {}, False, "quota-exceeded", "requested: 5, used: 0, limited: 4"),
+]
+
+
+@pytest.mark.parametrize("description, case_id, namespace, change, usage, allowed, reason, words", CASES,
+                         ids=[c[0] for c in CASES])
+def test_final_pod(description, case_id, namespace, change, usage, allowed, reason, words, policy):
+    decision = decide_validation(final_pod(case_id, policy, change), namespace, policy, usage)
+    assert (decision.allowed, decision.reason) == (allowed, reason), decision.message
+    assert words in decision.message
+
+
+UNMANAGED = [
+    ("a CPU pod passes", "kpo_cpu_plain", "airflow", {}, True, "unlabelled", ""),
+    ("a GPU without the profile label is denied and the profiles are listed", "kpo_unlabelled_gpu", "ml-jobs", {},
+     False, "unlabelled-gpu-pod", "add the label gpu.platform/profile with one of: a100-80gb, h100-80gb"),
+    ("a GPU without the profile label passes when the policy allows it", "kpo_unlabelled_gpu", "ml-jobs",
+     {"unlabelledGpuPods": "allow"}, True, "unlabelled", ""),
+    ("NVIDIA_VISIBLE_DEVICES on a CPU pod is denied", "kpo_cpu_env_visible_devices", "ml-jobs", {},
+     False, "forbidden-env", "NVIDIA_VISIBLE_DEVICES"),
+]
+
+
+@pytest.mark.parametrize("description, case_id, namespace, changes, allowed, reason, words", UNMANAGED,
+                         ids=[c[0] for c in UNMANAGED])
+def test_pods_the_webhook_does_not_manage(description, case_id, namespace, changes, allowed, reason, words):
+    policy = policy_with(**changes)
+    decision = decide_validation(airflow_fixture(case_id)["pod"], namespace, policy, {})
+    assert (decision.allowed, decision.reason) == (allowed, reason), decision.message
+    assert words in decision.message
+
+
+def test_ld_preload_is_only_refused_on_gpu_pods(policy):
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    _base(pod)["env"] = [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]
+    assert decide_validation(pod, "airflow", policy, {}).allowed
+    gpu = final_pod("kpo_nightly_a100", policy, lambda p: _base(p)["env"].append(
+        {"name": "LD_PRELOAD", "value": "/tmp/x.so"}))
+    assert decide_validation(gpu, "airflow", policy, {}).reason == "forbidden-env"
+
+
+def test_a_labelled_gpu_pod_not_built_by_airflow_is_refused(policy):
+    pod = final_pod("kpo_h100_count2", policy, lambda p: p["metadata"]["labels"].pop("kubernetes_pod_operator"))
+    decision = decide_validation(pod, "ml-jobs", policy, {})
+    assert (decision.allowed, decision.reason) == (False, "not-airflow-gpu-pod")
+    assert "was not built by Airflow" in decision.message
+
+
+def test_a_gpu_quantity_that_is_not_a_whole_number_is_refused(policy):
+    pod = airflow_fixture("kpo_unlabelled_gpu")["pod"]
+    _base(pod)["resources"]["limits"]["nvidia.com/gpu"] = "500m"
+    decision = decide_validation(pod, "ml-jobs", policy_with(unlabelledGpuPods="allow"), {})
+    assert (decision.allowed, decision.reason) == (False, "invalid-quantity")
+    assert "'500m', which is not a whole number" in decision.message
+
+
+def test_every_violation_is_reported_in_one_denial(policy):
+    pod = final_pod("kpo_nightly_a100", policy, lambda p: (
+        _base(p)["env"].append({"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "all"}),
+        _base(p).update(securityContext={"privileged": True})))
+    decision = decide_validation(pod, "airflow", policy, {})
+    assert [v.reason for v in decision.violations] == ["forbidden-env", "privileged-gpu-pod"]
+    assert "NVIDIA_DRIVER_CAPABILITIES" in decision.message and "privileged" in decision.message

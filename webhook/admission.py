@@ -1,0 +1,71 @@
+"""Admission handlers: an AdmissionRequest in, a Decision out. No HTTP, no cluster I/O.
+
+The guard clauses of Kubernetes' own admission plugins come first (not a CREATE, a
+subresource: allow untouched), then the pure decision, then the policy's enforcement mode.
+A decision that raises becomes a denial with code 500: never an allow by accident.
+:func:`review_chain` runs both steps as the API server chains them, for the offline
+``gpu-webhook review`` command and for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+import jsonpatch
+
+from .decision import Decision
+from .mutate import decide_mutation
+from .policy import Policy
+from .quota import ResourceList
+from .review import AdmissionRequest
+from .validate import decide_validation
+
+__all__ = ["Usage", "mutate", "review_chain", "validate"]
+
+log = logging.getLogger("gpu_webhook.admission")
+
+#: Per-tenant usage the validating step charges against.
+Usage = Mapping[str, ResourceList]
+
+
+def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict], Decision]) -> Decision:
+    if request.operation != "CREATE":
+        return Decision.allow("not-create")
+    if request.subresource:
+        return Decision.allow("subresource")
+    assert request.object is not None  # parse_review guarantees it for CREATE
+    try:
+        decision = decide(request.object)
+    except Exception:  # noqa: BLE001 - the API server must get an answer carrying the uid
+        log.exception("decision failed uid=%s namespace=%s", request.uid, request.namespace)
+        return Decision.error(f"gpu-webhook failed to judge this pod (uid {request.uid}); "
+                              f"see the webhook's log")
+    return decision.as_warning() if policy.spec.enforcement == "warn" else decision
+
+
+def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
+    """The /mutate step: the profile's patch, or an early denial."""
+    return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy))
+
+
+def validate(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:
+    """The /validate step on the final pod: rules and quota."""
+    return _guarded(request, policy, lambda pod: decide_validation(pod, request.namespace, policy, usage))
+
+
+def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:
+    """Mutation, then validation of the mutated pod, as the API server would chain them.
+
+    The result carries the mutation's patch and both steps' warnings, or the first denial.
+    """
+    mutated = mutate(request, policy)
+    if not mutated.allowed or request.object is None:
+        return mutated
+    final = jsonpatch.apply_patch(request.object, list(mutated.patch)) if mutated.patch else request.object
+    checked = validate(replace(request, object=final), policy, usage)
+    if not checked.allowed:
+        return checked
+    return Decision(True, checked.reason if not mutated.patch else mutated.reason, patch=mutated.patch,
+                    warnings=mutated.warnings + checked.warnings)

@@ -1,0 +1,156 @@
+"""Development and self-managed certificates: a CA and a serving certificate for the webhook.
+
+The API server verifies the webhook against ``caBundle``, so the serving certificate must
+name the Service's DNS names (and 127.0.0.1/localhost for running outside the cluster).
+ECDSA P-256 keys; the CA lives 5 years, the serving certificate 1 year (rotate by running
+``certs generate`` again, or use the cert-manager overlay). Keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["CA_DAYS", "SERVING_DAYS", "CertFiles", "ca_bundle", "generate", "inject_ca_bundle", "load_documents",
+           "service_names"]
+
+CA_DAYS = 5 * 365
+SERVING_DAYS = 365
+_WEBHOOK_CONFIG_KINDS = {"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    """Where ``generate`` wrote its files."""
+
+    ca_cert: Path
+    ca_key: Path
+    cert: Path
+    key: Path
+
+
+def service_names(service: str, namespace: str) -> list[str]:
+    """The DNS names the API server may use to reach a Service."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local"]
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "airflow-gpu-webhook"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, days: int,
+             now: dt.datetime) -> x509.CertificateBuilder:
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+
+
+def _ca(now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = _name("airflow-gpu-webhook CA")
+    cert = (_builder(name, name, key, CA_DAYS, now)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _serving(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, dns_names: list[str],
+             ips: list[str], now: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (_builder(_name(dns_names[0]), ca_cert.subject, key, SERVING_DAYS, now)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return key, cert
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.chmod(path, mode)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def generate(out: Path, service: str, namespace: str, extra_dns: list[str] | None = None,
+             extra_ips: list[str] | None = None, force: bool = False) -> CertFiles:
+    """Write ``ca.crt ca.key tls.crt tls.key`` into ``out``; refuse to overwrite unless ``force``.
+
+    Overwriting silently would rotate the CA under a webhook configuration still carrying
+    the old ``caBundle``, and every pod create would then fail TLS verification.
+    """
+    files = CertFiles(out / "ca.crt", out / "ca.key", out / "tls.crt", out / "tls.key")
+    existing = [str(p) for p in files.__dict__.values() if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} already exist; pass --force to replace them "
+                              f"(then update the webhook configurations' caBundle)")
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, ca_cert = _ca(now)
+    dns = list(dict.fromkeys(service_names(service, namespace) + ["localhost"] + (extra_dns or [])))
+    ips = list(dict.fromkeys(["127.0.0.1", "::1"] + (extra_ips or [])))
+    key, cert = _serving(ca_key, ca_cert, dns, ips, now)
+    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(files.ca_key, _key_pem(ca_key), 0o600)
+    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(files.key, _key_pem(key), 0o600)
+    return files
+
+
+def ca_bundle(ca_cert: Path) -> str:
+    """The ``caBundle`` value: base64 of the CA's PEM."""
+    pem = ca_cert.read_bytes()
+    x509.load_pem_x509_certificate(pem)  # fail here, not in the API server, on a bad file
+    return base64.b64encode(pem).decode()
+
+
+def inject_ca_bundle(documents: list[Any], bundle: str, url: str | None = None) -> int:
+    """Set ``caBundle`` (and, with ``url``, an https URL instead of the Service) on every webhook.
+
+    ``url`` is the base such as ``https://127.0.0.1:8443``; each webhook keeps the path its
+    Service reference had. Returns how many webhooks were changed.
+    """
+    changed = 0
+    for doc in documents:
+        if not isinstance(doc, dict) or doc.get("kind") not in _WEBHOOK_CONFIG_KINDS:
+            continue
+        for webhook in doc.get("webhooks") or ():
+            client = webhook.setdefault("clientConfig", {})
+            client["caBundle"] = bundle
+            if url is not None:
+                path = (client.pop("service", None) or {}).get("path") or urlsplit(client.get("url", "")).path
+                client["url"] = url.rstrip("/") + path
+            changed += 1
+    return changed
+
+
+def load_documents(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]

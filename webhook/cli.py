@@ -1,0 +1,220 @@
+"""``gpu-webhook``: serve | review | policy | certs | validate-driver. A thin shell over the core.
+
+Every command exits 2 with one line on stderr for bad input (a policy, a review or a pod
+list it cannot use), so scripts and CI can tell "bad input" from "judged".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+import yaml
+
+from . import __version__
+from .policy import PolicyError, load_policy, policy_schema
+
+__all__ = ["main"]
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"gpu-webhook: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def _policy(path: str):
+    try:
+        return load_policy(path)
+    except PolicyError as err:
+        _fail(f"invalid policy:\n{err}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import Runtime, create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    policy = _policy(args.policy)
+    for path in (args.tls_cert, args.tls_key):
+        if not Path(path).is_file():
+            _fail(f"TLS file {path} does not exist (make one with: gpu-webhook certs generate)")
+    logging.getLogger("gpu_webhook").info(
+        "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts each pod "
+        "alone until live usage tracking lands", policy.metadata.name, len(policy.spec.profiles),
+        len(policy.spec.tenants), policy.spec.enforcement, args.host, args.port)
+    config = uvicorn.Config(
+        create_app(Runtime(policy=policy)), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,
+        # Longer than the API server's idle-connection timeout (90 s), so it is never the
+        # webhook that closes a kept-alive connection the API server is about to reuse.
+        timeout_keep_alive=100)
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _read_json(source: str, what: str) -> Any:
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        return orjson.loads(data)
+    except OSError as err:
+        _fail(f"cannot read {what} {source}: {err.strerror}")
+    except orjson.JSONDecodeError as err:
+        _fail(f"{what} {source} is not valid JSON: {err}")
+
+
+def _cluster_pods(source: str | None) -> list[dict[str, Any]]:
+    if source is None:
+        return []
+    pod_list = _read_json(source, "pod list")
+    items = pod_list.get("items") if isinstance(pod_list, dict) else None
+    if not isinstance(items, list):
+        _fail(f"pod list {source} has no items: expected the output of kubectl get pods -o json")
+    return [p for p in items if isinstance(p, dict)]
+
+
+def _review(args: argparse.Namespace) -> int:
+    from .admission import review_chain
+    from .quota import usage_from_pods
+    from .review import BadReview, parse_review, review_response
+
+    policy = _policy(args.policy)
+    source = args.file
+    body = sys.stdin.buffer.read() if source == "-" else _read_bytes(source)
+    try:
+        request = parse_review(body)
+    except BadReview as bad:
+        _fail(f"{source}: {bad.message}")
+    pod_name = ((request.object or {}).get("metadata") or {}).get("name") or ""
+    usage = usage_from_pods(_cluster_pods(args.cluster_pods), policy, skip=(request.namespace, pod_name))
+    decision = review_chain(request, policy, usage)
+    sys.stdout.write(json.dumps(review_response(request.uid, decision), indent=2) + "\n")
+    return 0
+
+
+def _read_bytes(source: str) -> bytes:
+    try:
+        return Path(source).read_bytes()
+    except OSError as err:
+        _fail(f"cannot read {source}: {err.strerror}")
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    policy = _policy(args.file)
+    print(f"{args.file}: valid policy {policy.metadata.name!r}: profiles {', '.join(policy.spec.profiles)}; "
+          f"tenants {', '.join(policy.spec.tenants) or 'none'}; enforcement {policy.spec.enforcement}")
+    return 0
+
+
+def _policy_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(policy_schema(), indent=2))
+    return 0
+
+
+def _certs_generate(args: argparse.Namespace) -> int:
+    from .certs import generate
+
+    try:
+        files = generate(Path(args.out), args.service, args.namespace, args.dns_name, args.ip, force=args.force)
+    except (FileExistsError, ValueError) as err:
+        _fail(str(err))
+    print(f"wrote {files.ca_cert}, {files.ca_key}, {files.cert}, {files.key} (keys mode 0600)")
+    print(f"next: gpu-webhook certs inject --ca {files.ca_cert} manifests/webhook-configurations.yaml --in-place")
+    return 0
+
+
+def _certs_inject(args: argparse.Namespace) -> int:
+    from .certs import ca_bundle, inject_ca_bundle, load_documents
+
+    try:
+        bundle = ca_bundle(Path(args.ca))
+    except (OSError, ValueError) as err:
+        _fail(f"cannot use CA {args.ca}: {err}")
+    for name in args.files:
+        try:
+            docs = load_documents(Path(name))
+        except (OSError, yaml.YAMLError) as err:
+            _fail(f"cannot read {name}: {err}")
+        if not inject_ca_bundle(docs, bundle, args.url):
+            _fail(f"{name} has no MutatingWebhookConfiguration or ValidatingWebhookConfiguration")
+        text = yaml.safe_dump_all(docs, sort_keys=False)
+        if args.in_place:
+            Path(name).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text if len(args.files) == 1 else f"---\n{text}")
+    return 0
+
+
+def _validate_driver(args: argparse.Namespace) -> int:
+    from .validator.cli import main as validator_main
+
+    return validator_main(args.validator_args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpu-webhook", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gpu-webhook {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTPS admission webhook")
+    serve.add_argument("--policy", required=True, help="the policy file (YAML)")
+    serve.add_argument("--tls-cert", required=True, help="serving certificate (PEM)")
+    serve.add_argument("--tls-key", required=True, help="serving key (PEM)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=8443, help="port to listen on (default 8443)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request (off: one line per decision)")
+    serve.set_defaults(run=_serve)
+
+    review = commands.add_parser("review", help="judge an AdmissionReview offline (mutation, then validation)")
+    review.add_argument("--policy", required=True)
+    review.add_argument("--cluster-pods", help="a PodList (kubectl get pods -A -o json) to count tenants' usage from")
+    review.add_argument("file", nargs="?", default="-", help="the AdmissionReview (default: stdin)")
+    review.set_defaults(run=_review)
+
+    policy = commands.add_parser("policy", help="check a policy file or print its JSON Schema")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_commands.add_parser("check", help="validate a policy file")
+    check.add_argument("file")
+    check.set_defaults(run=_policy_check)
+    policy_commands.add_parser("schema", help="print the policy's JSON Schema").set_defaults(run=_policy_schema)
+
+    certs = commands.add_parser("certs", help="make a CA and serving certificate; put the CA into manifests")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    gen = certs_commands.add_parser("generate", help="write ca.crt ca.key tls.crt tls.key")
+    gen.add_argument("--out", required=True, help="directory to write into")
+    gen.add_argument("--service", required=True, help="the webhook's Service name")
+    gen.add_argument("--namespace", required=True, help="the webhook's namespace")
+    gen.add_argument("--dns-name", action="append", default=[], help="extra DNS SAN (repeatable)")
+    gen.add_argument("--ip", action="append", default=[], help="extra IP SAN (repeatable)")
+    gen.add_argument("--force", action="store_true", help="replace existing files")
+    gen.set_defaults(run=_certs_generate)
+    inject = certs_commands.add_parser("inject", help="set caBundle in webhook configuration manifests")
+    inject.add_argument("--ca", required=True, help="the CA certificate (ca.crt)")
+    inject.add_argument("--url", help="call the webhook at this https base URL instead of the Service")
+    inject.add_argument("--in-place", action="store_true", help="rewrite the files instead of printing")
+    inject.add_argument("files", nargs="+")
+    inject.set_defaults(run=_certs_inject)
+
+    validator = commands.add_parser("validate-driver", add_help=False,
+                                    help="check the node's NVIDIA driver and GPUs (the init container)")
+    validator.add_argument("validator_args", nargs=argparse.REMAINDER)
+    validator.set_defaults(run=_validate_driver)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""The mutating step, pure: a managed pod -> the JSON patch that gives it its GPU profile.
+
+For a managed pod (see :mod:`webhook.plan`) the patch
+- puts ``count`` units of the profile's resource in limits and requests of the target
+  container only, replacing any GPU resource set there by hand (with a warning);
+- merges the profile's tolerations and nodeSelector into the pod's (a nodeSelector key the
+  pod already sets to another value is a conflict, and a denial naming both values);
+- inserts the driver-validation init container first, with the same GPU resources;
+- stamps the accounting labels.
+Every operation is computed against what is there, so a second pass emits nothing.
+Every other pod passes untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from .decision import Decision, Violation
+from .patch import Op, add, pointer, remove, set_entries
+from .plan import GpuPlan, Scope, plan_gpu, scope_of
+from .pod import container_gpu_resources, gpu_quantity, labels, metadata, safe_label_value, spec
+from .policy import Policy
+from .rules import security_violations
+
+__all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "TENANT_LABEL", "VALIDATOR_NAME",
+           "decide_mutation", "mutation_ops", "validator_container"]
+
+VALIDATOR_NAME = "gpu-driver-validation"
+MANAGED_LABEL = "gpu.platform/managed"
+TENANT_LABEL = "gpu.platform/tenant"
+#: Stamped even when the policy reads the profile/count from other label keys, so accounting
+#: (kube-state-metrics ``kube_pod_labels``, ``gpu-webhook usage``) always finds them here.
+PROFILE_LABEL = "gpu.platform/profile"
+COUNT_LABEL = "gpu.platform/count"
+
+#: Small, fixed resources for the validator: it loads NVML and libcuda, nothing else.
+_VALIDATOR_CPU_MEMORY = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def _resource_ops(container: Mapping[str, Any], index: int, plan: GpuPlan) -> tuple[list[Op], list[str]]:
+    """Make the target container ask for exactly ``count`` of the profile's resource."""
+    resource, count = plan.profile.resource, str(plan.count)
+    base = ("spec", "containers", index, "resources")
+    by_hand = container_gpu_resources(container)
+    warnings = [
+        f"container {container.get('name')!r} asked for {name}: {value} by hand; the profile "
+        f"{plan.profile_name} gives it {resource}: {count} instead"
+        for name, value in sorted(by_hand.items())
+        if name != resource or gpu_quantity(value) != plan.count
+    ]
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return [add(pointer(*base), {"limits": {resource: count}, "requests": {resource: count}})], warnings
+    ops: list[Op] = []
+    for section in ("limits", "requests"):
+        current = resources.get(section)
+        current = current if isinstance(current, Mapping) else None
+        for name in sorted(by_hand):
+            if current is not None and name in current and name != resource:
+                ops.append(remove(pointer(*base, section, name)))
+        if current is None or gpu_quantity(current.get(resource)) != plan.count:
+            ops += set_entries(base + (section,), current, {resource: count})
+    return ops, warnings
+
+
+def _toleration_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
+    """Append the profile's tolerations the pod does not have yet (user ones are kept)."""
+    current = spec(pod).get("tolerations")
+    existing = [_normal(t) for t in current] if isinstance(current, list) else []
+    missing = [t for t in plan.profile.pod_tolerations if _normal(t) not in existing]
+    if not missing:
+        return []
+    if not isinstance(current, list):
+        return [add(pointer("spec", "tolerations"), list(missing))]
+    return [add(pointer("spec", "tolerations", "-"), t) for t in missing]
+
+
+def _normal(toleration: Any) -> dict[str, Any]:
+    """A toleration with defaults made explicit and empty fields dropped, for comparison."""
+    if not isinstance(toleration, Mapping):
+        return {}
+    normal = {k: v for k, v in toleration.items() if v not in (None, "")}
+    normal.setdefault("operator", "Equal")
+    return normal
+
+
+def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], list[Violation]]:
+    current = spec(pod).get("nodeSelector")
+    conflicts = [
+        Violation("node-selector-conflict",
+                  f"nodeSelector {key} is {current[key]!r} on the pod but profile {plan.profile_name} "
+                  f"needs {value!r}; remove it from the pod or choose a profile for that hardware")
+        for key, value in plan.profile.nodeSelector.items()
+        if isinstance(current, Mapping) and key in current and current[key] != value
+    ]
+    if conflicts:
+        return [], conflicts
+    return set_entries(("spec", "nodeSelector"), current, plan.profile.nodeSelector), []
+
+
+def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
+    """The driver-validation init container: same GPUs as the task, the policy's minimums."""
+    check = policy.spec.driverValidation
+    resource, count = plan.profile.resource, str(plan.count)
+    return {
+        "name": VALIDATOR_NAME,
+        "image": check.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["gpu-webhook"],
+        "args": ["validate-driver", "--min-driver-version", check.minDriverVersion,
+                 "--min-cuda-version", check.minCudaVersion, "--resource", resource, "--count", count],
+        "resources": {
+            "requests": {**_VALIDATOR_CPU_MEMORY["requests"], resource: count},
+            "limits": {**_VALIDATOR_CPU_MEMORY["limits"], resource: count},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _contains(actual: Any, desired: Any) -> bool:
+    """True when ``actual`` has every field of ``desired`` (the API server adds defaults)."""
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(k in actual and _contains(actual[k], v)
+                                                   for k, v in desired.items())
+    return actual == desired
+
+
+def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
+    """Put the validator first; user init containers keep their order after it."""
+    current = spec(pod).get("initContainers")
+    if not isinstance(current, list) or not current:
+        return [add(pointer("spec", "initContainers"), [desired])]
+    if isinstance(current[0], Mapping) and current[0].get("name") == VALIDATOR_NAME:
+        return [] if _contains(current[0], desired) else [add(pointer("spec", "initContainers", 0), desired)]
+    stale = [remove(pointer("spec", "initContainers", i)) for i, c in reversed(list(enumerate(current)))
+             if isinstance(c, Mapping) and c.get("name") == VALIDATOR_NAME]
+    return stale + [add(pointer("spec", "initContainers", 0), desired)]
+
+
+def _label_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
+    wanted = {
+        MANAGED_LABEL: "true",
+        TENANT_LABEL: safe_label_value(plan.tenant),
+        PROFILE_LABEL: safe_label_value(plan.profile_name),
+        COUNT_LABEL: str(plan.count),
+    }
+    return set_entries(("metadata", "labels"), metadata(pod).get("labels"), wanted)
+
+
+def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple[list[Op], list[str], list[Violation]]:
+    """The patch for a planned pod, its warnings, and conflicts that forbid it."""
+    container = spec(pod)["containers"][plan.target_index]
+    resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
+    selector_ops, conflicts = _node_selector(pod, plan)
+    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops
+           + _init_container_ops(pod, validator_container(plan, policy)) + _label_ops(pod, plan))
+    return ops, warnings, conflicts
+
+
+def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
+    """Allow with the patch, allow untouched, or deny early with every reason known now.
+
+    Quota is left to the validating step, which sees the final pod exactly once.
+    """
+    scope = scope_of(pod, policy)
+    if scope is not Scope.MANAGED:
+        return Decision.allow(scope.value)
+    problems = security_violations(pod, gpu_pod=True)
+    plan = plan_gpu(pod, namespace, policy)
+    if isinstance(plan, list):
+        return Decision.deny(problems + plan)
+    ops, warnings, conflicts = mutation_ops(pod, plan, policy)
+    if problems or conflicts:
+        # The patch rides along so that enforcement "warn" can still apply it.
+        return replace(Decision.deny(problems + conflicts), patch=tuple(ops), warnings=tuple(warnings))
+    return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings))

@@ -1,0 +1,42 @@
+"""JSON Patch (RFC 6902) operations built directly from a decision on the raw pod dict.
+
+No document diff on the hot path and no typed round trip: each helper looks at what is there
+and emits the few operations that make it what the decision wants, so a second pass over the
+patched pod emits nothing (idempotent, safe under ``reinvocationPolicy: IfNeeded``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["Op", "add", "pointer", "remove", "set_entries"]
+
+Op = dict[str, Any]
+
+
+def pointer(*parts: str | int) -> str:
+    """A JSON Pointer (RFC 6901): ``pointer("metadata", "labels", "a/b")`` -> ``/metadata/labels/a~1b``."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def add(path: str, value: Any) -> Op:
+    """``add`` creates a member or replaces an existing one (RFC 6902 section 4.1)."""
+    return {"op": "add", "path": path, "value": value}
+
+
+def remove(path: str) -> Op:
+    return {"op": "remove", "path": path}
+
+
+def set_entries(parts: tuple[str | int, ...], current: Any, desired: Mapping[str, Any]) -> list[Op]:
+    """Operations that make the mapping at ``parts`` contain ``desired`` (other keys kept).
+
+    A missing or ``null`` mapping is added whole; otherwise only keys that differ are set.
+    """
+    if not desired:
+        return []
+    if not isinstance(current, Mapping):
+        return [add(pointer(*parts), dict(desired))]
+    return [add(pointer(*parts, key), value) for key, value in desired.items()
+            if key not in current or current[key] != value]

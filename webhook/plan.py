@@ -1,0 +1,108 @@
+"""Which pods the webhook manages, and what a managed pod asked for, pure.
+
+A pod is *managed* when it carries the profile label and (with ``airflowPodsOnly``) was built
+by Airflow. For a managed pod, :func:`plan_gpu` turns its labels into a :class:`GpuPlan`
+(profile, count, tenant, target container) or the violations that make that impossible.
+Both the mutating and the validating step start here, so they can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .decision import Violation
+from .pod import airflow_dag_id, is_airflow_pod, labels, spec
+from .policy import Policy, Profile
+from .tenancy import describe_tenants, resolve_tenant
+
+__all__ = ["GpuPlan", "Scope", "plan_gpu", "scope_of"]
+
+_COUNT = re.compile(r"^[0-9]+$")
+
+
+class Scope(enum.Enum):
+    """How the webhook relates to a pod."""
+
+    UNLABELLED = "unlabelled"      # no profile label
+    NOT_AIRFLOW = "not-airflow"    # labelled, but airflowPodsOnly and not built by Airflow
+    MANAGED = "managed"            # labelled Airflow pod: mutated and charged
+
+
+def scope_of(pod: Mapping[str, Any], policy: Policy) -> Scope:
+    if policy.spec.labels.profile not in labels(pod):
+        return Scope.UNLABELLED
+    if policy.spec.airflowPodsOnly and not is_airflow_pod(pod):
+        return Scope.NOT_AIRFLOW
+    return Scope.MANAGED
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """What a managed pod gets: ``count`` units of ``profile.resource`` on one container."""
+
+    profile_name: str
+    profile: Profile
+    count: int
+    tenant: str
+    target_index: int
+
+
+def _profile(value: Any, policy: Policy) -> tuple[str, Profile] | Violation:
+    label = policy.spec.labels.profile
+    profile = policy.spec.profiles.get(value) if isinstance(value, str) else None
+    if profile is None:
+        known = ", ".join(policy.spec.profiles)
+        return Violation("unknown-profile", f"{label} {value!r} is not a known GPU profile; known profiles: {known}")
+    return value, profile
+
+
+def _count(value: Any, name: str, profile: Profile, policy: Policy) -> int | Violation:
+    label = policy.spec.labels.count
+    if value is None:
+        return 1
+    if not isinstance(value, str) or not _COUNT.match(value) or int(value) < 1:
+        return Violation("invalid-count", f"{label} {value!r} must be a positive whole number "
+                                          f"(1 to {profile.maxCount} for profile {name})")
+    if int(value) > profile.maxCount:
+        return Violation("count-over-max", f"{label} {value} exceeds maxCount {profile.maxCount} of profile "
+                                           f"{name}; ask for 1 to {profile.maxCount}")
+    return int(value)
+
+
+def _target_index(pod: Mapping[str, Any], policy: Policy) -> int | Violation:
+    name = policy.spec.targetContainer
+    for index, container in enumerate(spec(pod).get("containers") or ()):
+        if isinstance(container, Mapping) and container.get("name") == name:
+            return index
+    return Violation("no-target-container", f"the pod has no container named {name!r} to give the GPU to")
+
+
+def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy) -> str | Violation:
+    tenant = resolve_tenant(pod, namespace, policy)
+    if tenant is None:
+        return Violation("no-tenant", f"no GPU tenant matches namespace {namespace!r}, dag_id "
+                                      f"{airflow_dag_id(pod)!r}; tenants: {describe_tenants(policy)}")
+    return tenant
+
+
+def plan_gpu(pod: Mapping[str, Any], namespace: str, policy: Policy) -> GpuPlan | list[Violation]:
+    """The plan for a managed pod, or every reason it cannot have one."""
+    pod_labels = labels(pod)
+    problems: list[Violation] = []
+    chosen = _profile(pod_labels.get(policy.spec.labels.profile), policy)
+    count: int | Violation = 1
+    if isinstance(chosen, Violation):
+        problems.append(chosen)
+    else:
+        count = _count(pod_labels.get(policy.spec.labels.count), chosen[0], chosen[1], policy)
+    target = _target_index(pod, policy)
+    tenant = _tenant(pod, namespace, policy)
+    problems += [p for p in (count, target, tenant) if isinstance(p, Violation)]
+    if problems:
+        return problems
+    assert not isinstance(chosen, Violation)
+    return GpuPlan(chosen[0], chosen[1], count, tenant, target)  # type: ignore[arg-type]

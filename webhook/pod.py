@@ -1,0 +1,129 @@
+"""Read-only views of a raw pod dict, exactly as the API server sent it.
+
+The webhook never round-trips a pod through typed models (``V1Pod`` drops fields it does not
+know, and a patch computed from it would then remove them). These helpers read the raw dict
+and tolerate what Airflow and other clients really send: missing keys, ``null``, empty lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from .policy import GPU_RESOURCE_PREFIX
+
+__all__ = [
+    "AIRFLOW_ORIGIN_LABELS",
+    "Container",
+    "airflow_dag_id",
+    "all_containers",
+    "annotations",
+    "container_gpu_resources",
+    "gpu_quantity",
+    "is_airflow_pod",
+    "labels",
+    "safe_label_value",
+]
+
+#: Labels Airflow puts on the pods it builds: KubernetesPodOperator and KubernetesExecutor.
+AIRFLOW_ORIGIN_LABELS = (("kubernetes_pod_operator", "True"), ("kubernetes_executor", "True"))
+
+#: (field, index, container) where field is ``containers`` or ``initContainers``.
+Container = tuple[str, int, Mapping[str, Any]]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def metadata(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(pod.get("metadata"))
+
+
+def spec(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(pod.get("spec"))
+
+
+def labels(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(metadata(pod).get("labels"))
+
+
+def annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(metadata(pod).get("annotations"))
+
+
+def is_airflow_pod(pod: Mapping[str, Any]) -> bool:
+    """True for pods built by KubernetesPodOperator or the KubernetesExecutor."""
+    pod_labels = labels(pod)
+    return any(pod_labels.get(key) == value for key, value in AIRFLOW_ORIGIN_LABELS)
+
+
+def airflow_dag_id(pod: Mapping[str, Any]) -> str:
+    """The DAG id, preferring the full id Airflow keeps in annotations over the label.
+
+    Label values are cut at 63 characters (and suffixed with a hash); the executor keeps the
+    full id in the ``dag_id`` annotation, so a long id still matches its tenant's prefix.
+    """
+    value = annotations(pod).get("dag_id") or labels(pod).get("dag_id") or ""
+    return value if isinstance(value, str) else ""
+
+
+def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
+    """Every container of the pod with where it lives: init containers first, as they run."""
+    pod_spec = spec(pod)
+    for field in ("initContainers", "containers"):
+        for index, container in enumerate(_list(pod_spec.get(field))):
+            if isinstance(container, Mapping):
+                yield field, index, container
+
+
+def gpu_quantity(value: Any) -> Decimal | None:
+    """A GPU count from a resource quantity ("2", 2, "2.0"); None when not a whole number >= 0."""
+    try:
+        quantity = parse_quantity(value)
+    except (ValueError, TypeError, InvalidOperation):
+        return None
+    if quantity < 0 or quantity != quantity.to_integral_value():
+        return None
+    return quantity
+
+
+def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw ``nvidia.com/*`` quantities a container asks for (limits win over requests).
+
+    Extended resources may not be overcommitted, so Kubernetes takes the limit as the request;
+    a value only in requests is still a request the webhook must see.
+    """
+    resources = _mapping(container.get("resources"))
+    found: dict[str, Any] = {}
+    for section in ("requests", "limits"):
+        for name, value in _mapping(resources.get(section)).items():
+            if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX):
+                found[name] = value
+    return found
+
+
+_UNSAFE_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_UNSAFE_LABEL_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
+def safe_label_value(value: str) -> str:
+    """A valid label value for ``value``: invalid characters dropped, at most 63 characters.
+
+    A value that had to change gets a short hash suffix, so two different inputs do not
+    collapse into the same label (the same idea as Airflow's ``make_safe_label_value``).
+    """
+    cleaned = _UNSAFE_LABEL_ENDS.sub("", _UNSAFE_LABEL_CHARS.sub("", value))
+    if cleaned == value and len(value) <= 63:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    return _UNSAFE_LABEL_ENDS.sub("", f"{cleaned[:54]}-{digest}")

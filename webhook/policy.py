@@ -1,0 +1,256 @@
+"""The platform policy: a typed, validated model of the policy file, loaded once.
+
+The file's contract is ``manifests/policy.yaml`` (a copy of the reference policy): every
+field there is modelled here, unknown fields are refused (a typo in a policy file must fail
+at load, not silently do nothing), and new fields may only be added as optional ones, so a
+file that was valid stays valid.
+
+A policy error names the file, the field path and the reason::
+
+    >>> load_policy("policy.yaml")          # doctest: +SKIP
+    PolicyError: policy.yaml: spec.profiles.a100-80gb.maxCount: Input should be greater than 0
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "API_VERSION",
+    "GPU_EQUIVALENT",
+    "GPU_RESOURCE_PREFIX",
+    "Policy",
+    "PolicyError",
+    "Profile",
+    "Tenant",
+    "TenantMatch",
+    "load_policy",
+    "parse_policy",
+    "policy_schema",
+]
+
+API_VERSION = "gpu.platform/v1alpha1"
+GPU_RESOURCE_PREFIX = "nvidia.com/"
+#: The quota line that weighs every GPU resource together, in whole-GPU units.
+GPU_EQUIVALENT = "gpuEquivalent"
+
+_GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.me)?)$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_VERSION = r"^[0-9]+(\.[0-9]+)*$"
+
+PositiveQuantity = Annotated[Decimal, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    """Base of every policy model: immutable, and unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabelNames(_Strict):
+    """The label keys DAG authors put on their pods."""
+
+    profile: str = "gpu.platform/profile"
+    count: str = "gpu.platform/count"
+
+    @field_validator("profile", "count")
+    @classmethod
+    def _label_key(cls, value: str) -> str:
+        if not _LABEL_KEY.match(value):
+            raise ValueError(f"{value!r} is not a valid Kubernetes label key")
+        return value
+
+
+class DriverValidation(_Strict):
+    """The init container that checks the driver before the task starts."""
+
+    image: str = Field(min_length=1)
+    minDriverVersion: str = Field(pattern=_VERSION)
+    minCudaVersion: str = Field(pattern=_VERSION)
+
+
+class Toleration(_Strict):
+    """A Kubernetes toleration, as written in a pod spec."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists must not have a value")
+        return self
+
+    def as_pod_field(self) -> dict[str, Any]:
+        """The toleration as it appears in ``spec.tolerations`` (unset fields left out)."""
+        return self.model_dump(exclude_none=True)
+
+
+class Profile(_Strict):
+    """A GPU profile: which resource a task gets, how much, and where it may run."""
+
+    resource: str
+    maxCount: int = Field(gt=0)
+    gpuEquivalent: PositiveQuantity = Decimal(1)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+
+    @field_validator("resource")
+    @classmethod
+    def _gpu_resource(cls, value: str) -> str:
+        if not _GPU_RESOURCE.match(value):
+            raise ValueError(
+                f"{value!r} is not an NVIDIA GPU resource "
+                "(nvidia.com/gpu or a MIG name such as nvidia.com/mig-1g.10gb)")
+        return value
+
+    @field_validator("nodeSelector")
+    @classmethod
+    def _selector_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid node label key")
+        return value
+
+    @cached_property
+    def pod_tolerations(self) -> tuple[dict[str, Any], ...]:
+        """The tolerations as pod-spec dicts, computed once."""
+        return tuple(t.as_pod_field() for t in self.tolerations)
+
+
+class TenantMatch(_Strict):
+    """One way a pod can belong to a tenant: every key given must fit."""
+
+    namespace: str | None = None
+    podLabels: dict[str, str] | None = None
+    dagIdPrefix: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> TenantMatch:
+        if self.namespace is None and not self.podLabels and not self.dagIdPrefix:
+            raise ValueError("a match entry needs at least one of namespace, podLabels, dagIdPrefix")
+        return self
+
+    def describe(self) -> str:
+        """A short human form, used in the denial that lists the tenants."""
+        parts = []
+        if self.namespace is not None:
+            parts.append(f"namespace {self.namespace}")
+        if self.podLabels:
+            parts.append("labels " + ",".join(f"{k}={v}" for k, v in sorted(self.podLabels.items())))
+        if self.dagIdPrefix:
+            parts.append(f"dag_id {self.dagIdPrefix}*")
+        return " + ".join(parts)
+
+
+class Tenant(_Strict):
+    """A team that owns GPU quota."""
+
+    match: tuple[TenantMatch, ...] = Field(min_length=1)
+    quota: dict[str, PositiveQuantity] = Field(default_factory=dict)
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_lines(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for line in value:
+            if line != GPU_EQUIVALENT and not _GPU_RESOURCE.match(line):
+                raise ValueError(f"quota line {line!r} is neither {GPU_EQUIVALENT} nor an NVIDIA GPU resource")
+        return value
+
+
+class PolicySpec(_Strict):
+    """Everything the webhook decides from. Field order follows the reference file."""
+
+    labels: LabelNames = LabelNames()
+    airflowPodsOnly: bool = True
+    unlabelledGpuPods: Literal["deny", "allow"] = "deny"
+    #: ``warn`` turns every denial into an AdmissionReview warning (a safe roll-out mode).
+    enforcement: Literal["enforce", "warn"] = "enforce"
+    driverValidation: DriverValidation
+    targetContainer: str = "base"
+    profiles: dict[str, Profile] = Field(min_length=1)
+    #: Order matters: a pod belongs to the first tenant whose match fits.
+    tenants: dict[str, Tenant] = Field(default_factory=dict)
+
+
+class Metadata(_Strict):
+    name: str = Field(min_length=1)
+
+
+class Policy(_Strict):
+    """The whole policy file."""
+
+    apiVersion: Literal["gpu.platform/v1alpha1"]
+    kind: Literal["GPUPolicy"]
+    metadata: Metadata
+    spec: PolicySpec
+
+    @cached_property
+    def resource_weights(self) -> dict[str, Decimal]:
+        """Default quota weight per GPU resource: the first profile (in file order) that uses it.
+
+        A pod's own profile gives its weight; this fallback weighs GPU resources on pods whose
+        profile is gone (the policy changed while they ran).
+        """
+        weights: dict[str, Decimal] = {}
+        for profile in self.spec.profiles.values():
+            weights.setdefault(profile.resource, profile.gpuEquivalent)
+        return weights
+
+    def weight(self, resource: str, profile: Profile | None = None) -> Decimal:
+        """How many whole GPUs one unit of ``resource`` counts for in the gpuEquivalent line."""
+        if profile is not None and profile.resource == resource:
+            return profile.gpuEquivalent
+        return self.resource_weights.get(resource, Decimal(1))
+
+
+class PolicyError(ValueError):
+    """An invalid policy file: the message names the file, the field path and the reason."""
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_policy(data: Any, source: str = "<policy>") -> Policy:
+    """Validate an already-parsed policy document; raise PolicyError naming every bad field."""
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{source}: {_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise PolicyError("\n".join(lines)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file (YAML or JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PolicyError(f"{path}: cannot read the policy file: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise PolicyError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: (top level): expected a mapping with apiVersion, kind, metadata, spec")
+    return parse_policy(data, str(path))
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema of the policy file, for editors and CI linting."""
+    schema = Policy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "GPUPolicy"
+    return schema

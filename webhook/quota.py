@@ -1,0 +1,144 @@
+"""Quota math, pure: what a pod charges, what a tenant uses, and which lines a pod exceeds.
+
+Modelled on Kubernetes' ResourceQuota: quantities are added and compared per line, and a
+denial names the line with ``requested``, ``used`` and ``limited`` so a person can act on it.
+Decimals, not floats: 8 x 0.125 must be exactly 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from .pod import all_containers, container_gpu_resources, gpu_quantity, labels, metadata
+from .policy import GPU_EQUIVALENT, Policy
+from .tenancy import resolve_tenant
+
+__all__ = [
+    "FINISHED_PHASES",
+    "Exceeded",
+    "ResourceList",
+    "add",
+    "exceeded_lines",
+    "format_quantity",
+    "pod_charge",
+    "pod_gpu_request",
+    "usage_from_pods",
+]
+
+ResourceList = dict[str, Decimal]
+
+#: Pods in these phases hold no GPU any more.
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def add(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> ResourceList:
+    """Line-wise sum."""
+    total = dict(a)
+    for name, quantity in b.items():
+        total[name] = total.get(name, Decimal(0)) + quantity
+    return total
+
+
+def _max(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> ResourceList:
+    return {name: max(a.get(name, Decimal(0)), b.get(name, Decimal(0))) for name in {*a, *b}}
+
+
+def _parsed_gpu(container: Mapping[str, Any]) -> ResourceList:
+    parsed = {}
+    for name, raw in container_gpu_resources(container).items():
+        quantity = gpu_quantity(raw)
+        if quantity:  # unparsable quantities are judged by the rules, zero charges nothing
+            parsed[name] = quantity
+    return parsed
+
+
+def pod_gpu_request(pod: Mapping[str, Any]) -> ResourceList:
+    """The pod's effective GPU request, computed as the scheduler does.
+
+    max(sum of app containers + restartable init (sidecar) containers, the peak of any one
+    init container plus the sidecars started before it). The driver-validation init
+    container asks for the same GPUs as the task, so it adds nothing on top.
+    """
+    app: ResourceList = {}
+    sidecars: ResourceList = {}
+    init_peak: ResourceList = {}
+    for field, _, container in all_containers(pod):
+        request = _parsed_gpu(container)
+        if field == "containers":
+            app = add(app, request)
+        elif container.get("restartPolicy") == "Always":
+            sidecars = add(sidecars, request)
+        else:
+            init_peak = _max(init_peak, add(sidecars, request))
+    return {k: v for k, v in _max(add(app, sidecars), init_peak).items() if v}
+
+
+def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
+    """What the pod counts against its tenant: each GPU resource plus the gpuEquivalent line."""
+    request = pod_gpu_request(pod)
+    profile = policy.spec.profiles.get(labels(pod).get(policy.spec.labels.profile, ""))
+    weighted = sum((q * policy.weight(r, profile) for r, q in request.items()), Decimal(0))
+    return {**request, GPU_EQUIVALENT: weighted} if request else {}
+
+
+def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,
+                    skip: tuple[str, str] | None = None) -> dict[str, ResourceList]:
+    """Per-tenant usage of the given pods (a PodList's items), as the quota counts it.
+
+    Only pods that carry the profile label count (they are the ones the webhook charged);
+    finished pods hold nothing. ``skip`` is the (namespace, name) of the pod under review,
+    so a re-submitted pod is not counted twice.
+    """
+    usage: dict[str, ResourceList] = {}
+    for pod in pods:
+        meta = metadata(pod)
+        namespace = meta.get("namespace") or ""
+        if policy.spec.labels.profile not in labels(pod):
+            continue
+        if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+            continue
+        if skip is not None and skip[1] and (namespace, meta.get("name")) == skip:
+            continue
+        tenant = resolve_tenant(pod, namespace, policy)
+        if tenant is not None:
+            usage[tenant] = add(usage.get(tenant, {}), pod_charge(pod, policy))
+    return usage
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    """One quota line the pod would break."""
+
+    tenant: str
+    line: str
+    requested: Decimal
+    used: Decimal
+    limit: Decimal
+
+    def message(self) -> str:
+        return (f"exceeded quota: tenant {self.tenant}, {self.line}, "
+                f"requested: {format_quantity(self.requested)}, used: {format_quantity(self.used)}, "
+                f"limited: {format_quantity(self.limit)}")
+
+
+def exceeded_lines(tenant: str, quota: Mapping[str, Decimal], requested: Mapping[str, Decimal],
+                   used: Mapping[str, Decimal]) -> list[Exceeded]:
+    """Every quota line that ``used + requested`` would exceed, in the policy's order.
+
+    A line the pod does not ask for is never reported, even if the tenant is already over
+    it (a policy change may lower a quota below current usage; running pods stay).
+    """
+    broken = []
+    for line, limit in quota.items():
+        asked = requested.get(line, Decimal(0))
+        if asked and used.get(line, Decimal(0)) + asked > limit:
+            broken.append(Exceeded(tenant, line, asked, used.get(line, Decimal(0)), limit))
+    return broken
+
+
+def format_quantity(value: Decimal) -> str:
+    """``Decimal('4.000')`` -> ``4``, ``Decimal('0.125')`` -> ``0.125``."""
+    return format(value.normalize(), "f")

@@ -1,0 +1,101 @@
+"""The validating step, pure: judge the FINAL pod, after every mutating webhook has run.
+
+Mutation may be reinvoked and other webhooks may change the pod after ours, so enforcement
+lives here, as the Kubernetes webhook good practices advise: the security rules, the GPU
+rules (a managed pod must look exactly as the mutation left it: re-planning it yields no
+operation), and the tenant's quota, charged on the pod as it will really run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .decision import Decision, Violation
+from .mutate import VALIDATOR_NAME, mutation_ops
+from .plan import GpuPlan, Scope, plan_gpu, scope_of
+from .pod import all_containers, container_gpu_resources, gpu_quantity
+from .policy import Policy
+from .quota import ResourceList, exceeded_lines, pod_charge
+from .rules import security_violations
+
+__all__ = ["decide_validation"]
+
+
+def _gpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any], dict[str, Any]]]:
+    found = []
+    for field, _, container in all_containers(pod):
+        resources = container_gpu_resources(container)
+        if resources:
+            found.append((field, container, resources))
+    return found
+
+
+def _quantity_violations(gpu_containers: list[tuple[str, Mapping[str, Any], dict[str, Any]]]) -> list[Violation]:
+    return [
+        Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r}, "
+                                      f"which is not a whole number of devices")
+        for _, c, resources in gpu_containers for name, value in resources.items()
+        if gpu_quantity(value) is None
+    ]
+
+
+def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Violation]:
+    """A GPU request the webhook does not manage would bypass quota and placement."""
+    label = policy.spec.labels.profile
+    if scope is Scope.NOT_AIRFLOW:
+        return [Violation("not-airflow-gpu-pod",
+                          f"the pod carries {label} but was not built by Airflow (no kubernetes_pod_operator=True "
+                          f"or kubernetes_executor=True label), and GPUs here are managed only for Airflow pods; "
+                          f"launch it from Airflow or remove its GPU resources")]
+    if policy.spec.unlabelledGpuPods == "deny":
+        return [Violation("unlabelled-gpu-pod",
+                          f"{', '.join(names)} asks for a GPU without the {label} label; GPU pods must choose a "
+                          f"profile: add the label {label} with one of: {', '.join(policy.spec.profiles)}")]
+    return []
+
+
+def _stray_gpu(plan: GpuPlan, policy: Policy, pod: Mapping[str, Any]) -> list[Violation]:
+    """GPU resources on any container but the target (and the validator, checked by re-planning)."""
+    target = policy.spec.targetContainer
+    return [
+        Violation("gpu-outside-target", f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
+                                        f"container {target!r} gets the GPU of profile {plan.profile_name}")
+        for field, c, res in _gpu_containers(pod)
+        if not (field == "containers" and c.get("name") == target)
+        and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)
+    ]
+
+
+def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violation]:
+    ops, _, conflicts = mutation_ops(pod, plan, policy)
+    if conflicts or not ops:
+        return conflicts
+    paths = ", ".join(op["path"] for op in ops[:3]) + (", ..." if len(ops) > 3 else "")
+    return [Violation("not-mutated",
+                      f"the pod does not carry what GPU profile {plan.profile_name} requires (differs at {paths}); "
+                      f"the mutating webhook was skipped or another webhook changed the pod after it")]
+
+
+def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
+                      usage: Mapping[str, ResourceList]) -> Decision:
+    """Allow or deny the final pod; ``usage`` is what each tenant already holds."""
+    scope = scope_of(pod, policy)
+    gpu_containers = _gpu_containers(pod)
+    problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(gpu_containers))
+    problems += _quantity_violations(gpu_containers)
+    if scope is not Scope.MANAGED:
+        if gpu_containers:
+            problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in gpu_containers])
+        return Decision.deny(problems) if problems else Decision.allow(scope.value)
+    plan = plan_gpu(pod, namespace, policy)
+    if isinstance(plan, list):
+        return Decision.deny(problems + plan)
+    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, pod)
+    if problems:
+        return Decision.deny(problems)
+    quota = policy.spec.tenants[plan.tenant].quota
+    exceeded = exceeded_lines(plan.tenant, quota, pod_charge(pod, policy), usage.get(plan.tenant, {}))
+    if exceeded:
+        return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded])
+    return Decision.allow("admitted")

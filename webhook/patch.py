@@ -36,7 +36,7 @@ def set_entries(parts: tuple[str | int, ...], current: Any, desired: Mapping[str
     """
     if not desired:
         return []
-    if not isinstance(current, Mapping):
+    if not isinstance(current, dict):
         return [add(pointer(*parts), dict(desired))]
     return [add(pointer(*parts, key), value) for key, value in desired.items()
             if key not in current or current[key] != value]

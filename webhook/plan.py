@@ -76,7 +76,7 @@ def _count(value: Any, name: str, profile: Profile, policy: Policy) -> int | Vio
 def _target_index(pod: Mapping[str, Any], policy: Policy) -> int | Violation:
     name = policy.spec.targetContainer
     for index, container in enumerate(spec(pod).get("containers") or ()):
-        if isinstance(container, Mapping) and container.get("name") == name:
+        if isinstance(container, dict) and container.get("name") == name:
             return index
     return Violation("no-target-container", f"the pod has no container named {name!r} to give the GPU to")
 

@@ -3,6 +3,8 @@
 The webhook never round-trips a pod through typed models (``V1Pod`` drops fields it does not
 know, and a patch computed from it would then remove them). These helpers read the raw dict
 and tolerate what Airflow and other clients really send: missing keys, ``null``, empty lists.
+The pod is decoded JSON, so every mapping is a ``dict``: the checks say ``isinstance(x, dict)``,
+several times cheaper on the hot path than the ``Mapping`` ABC.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ Container = tuple[str, int, Mapping[str, Any]]
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:
@@ -82,7 +84,7 @@ def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
     pod_spec = spec(pod)
     for field in ("initContainers", "containers"):
         for index, container in enumerate(_list(pod_spec.get(field))):
-            if isinstance(container, Mapping):
+            if isinstance(container, dict):
                 yield field, index, container
 
 

@@ -38,7 +38,7 @@ def _env_violations(pod: Mapping[str, Any], gpu_pod: bool) -> list[Violation]:
     found = []
     for _, _, container in all_containers(pod):
         for env in container.get("env") or ():
-            if isinstance(env, Mapping) and env.get("name") in forbidden:
+            if isinstance(env, dict) and env.get("name") in forbidden:
                 found.append(Violation(
                     "forbidden-env",
                     f"container {container.get('name')!r} sets {env['name']}, which {_ENV_RISK[env['name']]}; "
@@ -64,7 +64,7 @@ def _exposes_gpu_devices(path: str) -> bool:
 def _host_path_violations(pod: Mapping[str, Any]) -> list[Violation]:
     found = []
     for volume in spec(pod).get("volumes") or ():
-        path = ((volume or {}).get("hostPath") or {}).get("path") if isinstance(volume, Mapping) else None
+        path = ((volume or {}).get("hostPath") or {}).get("path") if isinstance(volume, dict) else None
         if isinstance(path, str) and _exposes_gpu_devices(path):
             found.append(Violation(
                 "host-device-path",

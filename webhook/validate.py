@@ -22,7 +22,11 @@ from .rules import security_violations
 __all__ = ["decide_validation"]
 
 
-def _gpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any], dict[str, Any]]]:
+#: (field, container, its raw nvidia.com/* quantities)
+_GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
+
+
+def _gpu_containers(pod: Mapping[str, Any]) -> list[_GpuContainer]:
     found = []
     for field, _, container in all_containers(pod):
         resources = container_gpu_resources(container)
@@ -31,7 +35,7 @@ def _gpu_containers(pod: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]
     return found
 
 
-def _quantity_violations(gpu_containers: list[tuple[str, Mapping[str, Any], dict[str, Any]]]) -> list[Violation]:
+def _quantity_violations(gpu_containers: list[_GpuContainer]) -> list[Violation]:
     return [
         Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r}, "
                                       f"which is not a whole number of devices")
@@ -55,13 +59,13 @@ def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Viola
     return []
 
 
-def _stray_gpu(plan: GpuPlan, policy: Policy, pod: Mapping[str, Any]) -> list[Violation]:
+def _stray_gpu(plan: GpuPlan, policy: Policy, gpu_containers: list[_GpuContainer]) -> list[Violation]:
     """GPU resources on any container but the target (and the validator, checked by re-planning)."""
     target = policy.spec.targetContainer
     return [
         Violation("gpu-outside-target", f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
                                         f"container {target!r} gets the GPU of profile {plan.profile_name}")
-        for field, c, res in _gpu_containers(pod)
+        for field, c, res in gpu_containers
         if not (field == "containers" and c.get("name") == target)
         and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)
     ]
@@ -91,7 +95,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     plan = plan_gpu(pod, namespace, policy)
     if isinstance(plan, list):
         return Decision.deny(problems + plan)
-    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, pod)
+    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, gpu_containers)
     if problems:
         return Decision.deny(problems)
     quota = policy.spec.tenants[plan.tenant].quota

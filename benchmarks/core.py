@@ -1,0 +1,80 @@
+"""The pure decision's speed on Airflow-built pods, against a JSON parse of the same review.
+
+Target: the decision takes at most 50 us per Airflow GPU pod. The baseline (orjson parsing the
+AdmissionReview the decision reads) is work every webhook must do, so the ratio says what the
+decision costs on top of merely reading its input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonpatch
+import orjson
+
+from webhook.admission import mutate
+from webhook.mutate import decide_mutation
+from webhook.policy import load_policy
+from webhook.review import parse_review, review_response
+from webhook.validate import decide_validation
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU_CASE, CPU_CASE = "kpo_mig_1g_xcom", "kpo_cpu_plain"
+
+
+def case(case_id: str) -> dict:
+    return json.loads((ROOT / "tests" / "fixtures" / "airflow" / f"{case_id}.json").read_text())
+
+
+def review_bytes(pod: dict, namespace: str) -> bytes:
+    return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "operation": "CREATE", "namespace": namespace, "object": pod}})
+
+
+def per_call_us(fn: Callable[[], object], seconds: float = 1.0) -> float:
+    """Median of 5 runs of the mean time per call, in microseconds."""
+    runs = []
+    for _ in range(5):
+        count, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds / 5:
+            for _ in range(200):
+                fn()
+            count += 200
+        runs.append(elapsed / count * 1e6)
+    return sorted(runs)[2]
+
+
+def run() -> list[tuple[str, float, float]]:
+    policy = load_policy(ROOT / "manifests" / "policy.yaml")
+    gpu, cpu = case(GPU_CASE), case(CPU_CASE)
+    gpu_body = review_bytes(gpu["pod"], gpu["namespace"])
+    mutated = jsonpatch.apply_patch(gpu["pod"], list(decide_mutation(gpu["pod"], gpu["namespace"], policy).patch))
+    baseline = per_call_us(lambda: orjson.loads(gpu_body))
+    scenarios = {
+        "mutate an Airflow GPU pod (decide_mutation)": lambda: decide_mutation(gpu["pod"], "airflow", policy),
+        "validate the mutated GPU pod (decide_validation)": lambda: decide_validation(mutated, "airflow", policy, {}),
+        "pass-through CPU pod (mutate + validate)": lambda: (decide_mutation(cpu["pod"], "airflow", policy),
+                                                            decide_validation(cpu["pod"], "airflow", policy, {})),
+        "whole /mutate handler without HTTP (parse + decide + encode)": lambda: orjson.dumps(
+            review_response("u", mutate(parse_review(gpu_body), policy))),
+    }
+    rows = [("baseline: orjson.loads of the GPU pod's AdmissionReview", baseline, 1.0)]
+    for name, fn in scenarios.items():
+        us = per_call_us(fn)
+        rows.append((name, us, us / baseline))
+    return rows
+
+
+def report(rows: list[tuple[str, float, float]]) -> str:
+    lines = ["| pure core (per call) | us | x baseline | calls/s |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {name} | {us:.1f} | {ratio:.1f} | {1e6 / us:,.0f} |" for name, us, ratio in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(run()))

@@ -98,5 +98,20 @@ def test_certs_generate_then_inject_writes_a_usable_manifest(tmp_path):
     assert "url: https://127.0.0.1:8443/validate" in manifest.read_text()
 
 
+def test_validate_driver_runs_the_real_validator_and_explains_a_missing_driver(tmp_path):
+    log = tmp_path / "termination-log"
+    done = gpu_webhook("validate-driver", "--min-driver-version", "535.104.05", "--min-cuda-version", "12.2",
+                       "--resource", "nvidia.com/mig-1g.10gb", "--count", "1", "--termination-log", str(log))
+    if done.returncode == 0:
+        pytest.skip("this machine has a working NVIDIA GPU; tests/test_validator_gpu.py covers it")
+    assert done.returncode == 3, done.stderr
+    assert "nvml" in log.read_text() and "libnvidia-ml.so.1" in log.read_text()
+
+
+def test_validate_driver_help_is_the_validators():
+    done = gpu_webhook("validate-driver", "--help")
+    assert done.returncode == 0 and b"--min-driver-version" in done.stdout
+
+
 def test_version():
     assert gpu_webhook("--version").stdout.decode().startswith("gpu-webhook ")

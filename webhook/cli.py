@@ -153,10 +153,11 @@ def _certs_inject(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validate_driver(args: argparse.Namespace) -> int:
-    from .validator.cli import main as validator_main
+def _validate_driver(argv: list[str]) -> int:
+    from .validator.cli import run_as_program
 
-    return validator_main(args.validator_args)
+    run_as_program(argv)  # exits itself: hard after a timeout, as a hung driver call may never return
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -204,14 +205,15 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("files", nargs="+")
     inject.set_defaults(run=_certs_inject)
 
-    validator = commands.add_parser("validate-driver", add_help=False,
-                                    help="check the node's NVIDIA driver and GPUs (the init container)")
-    validator.add_argument("validator_args", nargs=argparse.REMAINDER)
-    validator.set_defaults(run=_validate_driver)
+    # Listed for --help only: main() hands its arguments to the validator's own parser.
+    commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["validate-driver"]:
+        return _validate_driver(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 

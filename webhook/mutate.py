@@ -51,12 +51,12 @@ def _resource_ops(container: Mapping[str, Any], index: int, plan: GpuPlan) -> tu
         if name != resource or gpu_quantity(value) != plan.count
     ]
     resources = container.get("resources")
-    if not isinstance(resources, Mapping):
+    if not isinstance(resources, dict):
         return [add(pointer(*base), {"limits": {resource: count}, "requests": {resource: count}})], warnings
     ops: list[Op] = []
     for section in ("limits", "requests"):
         current = resources.get(section)
-        current = current if isinstance(current, Mapping) else None
+        current = current if isinstance(current, dict) else None
         for name in sorted(by_hand):
             if current is not None and name in current and name != resource:
                 ops.append(remove(pointer(*base, section, name)))
@@ -79,7 +79,7 @@ def _toleration_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
 
 def _normal(toleration: Any) -> dict[str, Any]:
     """A toleration with defaults made explicit and empty fields dropped, for comparison."""
-    if not isinstance(toleration, Mapping):
+    if not isinstance(toleration, dict):
         return {}
     normal = {k: v for k, v in toleration.items() if v not in (None, "")}
     normal.setdefault("operator", "Equal")
@@ -93,7 +93,7 @@ def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], lis
                   f"nodeSelector {key} is {current[key]!r} on the pod but profile {plan.profile_name} "
                   f"needs {value!r}; remove it from the pod or choose a profile for that hardware")
         for key, value in plan.profile.nodeSelector.items()
-        if isinstance(current, Mapping) and key in current and current[key] != value
+        if isinstance(current, dict) and key in current and current[key] != value
     ]
     if conflicts:
         return [], conflicts
@@ -111,6 +111,8 @@ def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
         "command": ["gpu-webhook"],
         "args": ["validate-driver", "--min-driver-version", check.minDriverVersion,
                  "--min-cuda-version", check.minCudaVersion, "--resource", resource, "--count", count],
+        # The termination-log line then names the node, so a bad node is found from the task log.
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "resources": {
             "requests": {**_VALIDATOR_CPU_MEMORY["requests"], resource: count},
             "limits": {**_VALIDATOR_CPU_MEMORY["limits"], resource: count},
@@ -128,8 +130,8 @@ def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
 
 def _contains(actual: Any, desired: Any) -> bool:
     """True when ``actual`` has every field of ``desired`` (the API server adds defaults)."""
-    if isinstance(desired, Mapping):
-        return isinstance(actual, Mapping) and all(k in actual and _contains(actual[k], v)
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v)
                                                    for k, v in desired.items())
     return actual == desired
 
@@ -139,10 +141,10 @@ def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list
     current = spec(pod).get("initContainers")
     if not isinstance(current, list) or not current:
         return [add(pointer("spec", "initContainers"), [desired])]
-    if isinstance(current[0], Mapping) and current[0].get("name") == VALIDATOR_NAME:
+    if isinstance(current[0], dict) and current[0].get("name") == VALIDATOR_NAME:
         return [] if _contains(current[0], desired) else [add(pointer("spec", "initContainers", 0), desired)]
     stale = [remove(pointer("spec", "initContainers", i)) for i, c in reversed(list(enumerate(current)))
-             if isinstance(c, Mapping) and c.get("name") == VALIDATOR_NAME]
+             if isinstance(c, dict) and c.get("name") == VALIDATOR_NAME]
     return stale + [add(pointer("spec", "initContainers", 0), desired)]
 
 

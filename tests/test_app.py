@@ -157,6 +157,12 @@ def test_a_chunked_body_over_the_cap_is_a_413_while_reading(server):
     assert answer.status_code == 413
 
 
+@pytest.mark.parametrize("method, path, status", [("GET", "/mutate", 404), ("PUT", "/validate", 404),
+                                                  ("POST", "/healthz", 405), ("GET", "/nope", 404)])
+def test_other_methods_and_paths_get_a_4xx_not_a_500(server, method, path, status):
+    assert server.client.request(method, path).status_code == status
+
+
 def test_a_client_that_does_not_trust_the_ca_is_refused_by_tls(server):
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(server.url + "/healthz", verify=ssl.create_default_context())

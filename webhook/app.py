@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admission import Usage, mutate, validate
 from .decision import Decision
@@ -23,7 +24,7 @@ from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from .policy import Policy
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
-__all__ = ["MAX_BODY_BYTES", "Runtime", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app"]
 
 log = logging.getLogger("gpu_webhook.http")
 
@@ -55,58 +56,100 @@ def _json_response(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
 
-async def _read_body(request: Request) -> bytes:
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
     """The body, refused before parsing when it is not JSON or over the cap."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
     if content_type != _JSON:
         raise BadReview(415, f"Content-Type must be {_JSON}, got {content_type or 'none'!r}")
-    declared = request.headers.get("content-length")
+    declared = _header(scope, b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise BadReview(413 if declared.isdigit() else 400,
                         f"the body must be at most {MAX_BODY_BYTES} bytes (Content-Length {declared})")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadReview(400, "the client went away before sending the whole body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise BadReview(413, f"the body must be at most {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
+async def _send_json(send: Send, body: bytes, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _log_decision(step: str, review: AdmissionRequest, decision: Decision, seconds: float) -> None:
+    """Denials and warnings at INFO (someone will ask why); plain allows at DEBUG.
+
+    Every decision is counted in the metrics; a log line per allowed GPU pod cost about 15% of
+    the server's throughput (benchmarks/), for lines nobody reads.
+    """
+    level = logging.INFO if (not decision.allowed or decision.warnings) else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
     pod_meta = (review.object or {}).get("metadata") or {}
-    log.info("step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
+    log.log(level, "step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
              review.namespace, pod_meta.get("name") or pod_meta.get("generateName") or "-", decision.allowed,
              decision.reason, review.dry_run, seconds * 1000,
              f" message={decision.message!r}" if decision.message else "")
 
 
-def _admission_route(step: str, runtime: Runtime, decide: Callable[[AdmissionRequest], Decision]):
-    async def handle(request: Request) -> Response:
+class AdmissionEndpoints:
+    """ASGI app: ``POST /mutate`` and ``POST /validate`` straight on the ASGI interface, the rest
+    (health, readiness, metrics, 404s) through FastAPI.
+
+    The admission routes are the hot path of every GPU pod create; FastAPI's routing, request and
+    dependency machinery cost as much as the decision itself there (see benchmarks/), so these
+    two routes read the body and answer with plain ASGI messages.
+    """
+
+    def __init__(self, runtime: Runtime, fallback: ASGIApp) -> None:
+        self.runtime = runtime
+        self.fallback = fallback
+        self.steps: dict[str, Callable[[AdmissionRequest], Decision]] = {
+            "/mutate": lambda r: mutate(r, runtime.policy),
+            "/validate": lambda r: validate(r, runtime.policy, runtime.usage()),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        decide = self.steps.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if decide is None or scope["method"] != "POST":
+            await self.fallback(scope, receive, send)
+            return
+        step = scope["path"][1:]
         started = time.perf_counter()
         try:
-            review = parse_review(await _read_body(request))
+            review = parse_review(await _read_body(scope, receive))
         except BadReview as bad:
-            runtime.metrics.bad_requests.labels(step, str(bad.status)).inc()
+            self.runtime.metrics.bad_requests.labels(step, str(bad.status)).inc()
             log.warning("step=%s bad request status=%s: %s", step, bad.status, bad.message)
-            return _json_response({"error": bad.message, "status": bad.status}, bad.status)
+            await _send_json(send, orjson.dumps({"error": bad.message, "status": bad.status}), bad.status)
+            return
         decision = decide(review)
+        body = orjson.dumps(review_response(review.uid, decision))
         seconds = time.perf_counter() - started
-        runtime.metrics.observe(step, decision, seconds)
+        self.runtime.metrics.observe(step, decision, seconds)
         _log_decision(step, review, decision, seconds)
-        return _json_response(review_response(review.uid, decision))
-
-    handle.__name__ = step
-    return handle
+        await _send_json(send, body)
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime) -> ASGIApp:
     """The ASGI app for one runtime."""
     app = FastAPI(title="airflow-gpu-webhook", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_api_route("/mutate", _admission_route("mutate", runtime, lambda r: mutate(r, runtime.policy)),
-                      methods=["POST"])
-    app.add_api_route("/validate", _admission_route(
-        "validate", runtime, lambda r: validate(r, runtime.policy, runtime.usage())), methods=["POST"])
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -121,4 +164,4 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def metrics() -> Response:
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return AdmissionEndpoints(runtime, app)

@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(Runtime(policy=policy)), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,
+        proxy_headers=False,  # the API server calls us directly; trust no X-Forwarded-* header
         # Longer than the API server's idle-connection timeout (90 s), so it is never the
         # webhook that closes a kept-alive connection the API server is about to reuse.
         timeout_keep_alive=100)

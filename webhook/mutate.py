@@ -130,6 +130,8 @@ def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
 
 def _contains(actual: Any, desired: Any) -> bool:
     """True when ``actual`` has every field of ``desired`` (the API server adds defaults)."""
+    if actual == desired:
+        return True
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v)
                                                    for k, v in desired.items())

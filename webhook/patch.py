@@ -8,6 +8,7 @@ patched pod emits nothing (idempotent, safe under ``reinvocationPolicy: IfNeeded
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["Op", "add", "pointer", "remove", "set_entries"]
@@ -15,8 +16,13 @@ __all__ = ["Op", "add", "pointer", "remove", "set_entries"]
 Op = dict[str, Any]
 
 
+@lru_cache(maxsize=4096)
 def pointer(*parts: str | int) -> str:
-    """A JSON Pointer (RFC 6901): ``pointer("metadata", "labels", "a/b")`` -> ``/metadata/labels/a~1b``."""
+    """A JSON Pointer (RFC 6901): ``pointer("metadata", "labels", "a/b")`` -> ``/metadata/labels/a~1b``.
+
+    Cached: the same few paths (label keys, container indexes) recur on every GPU pod, and
+    escaping was the decision's largest single cost.
+    """
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 

@@ -22,10 +22,12 @@ from .policy import GPU_RESOURCE_PREFIX
 __all__ = [
     "AIRFLOW_ORIGIN_LABELS",
     "Container",
+    "GpuContainer",
     "airflow_dag_id",
     "all_containers",
     "annotations",
     "container_gpu_resources",
+    "gpu_containers",
     "gpu_quantity",
     "is_airflow_pod",
     "labels",
@@ -37,6 +39,8 @@ AIRFLOW_ORIGIN_LABELS = (("kubernetes_pod_operator", "True"), ("kubernetes_execu
 
 #: (field, index, container) where field is ``containers`` or ``initContainers``.
 Container = tuple[str, int, Mapping[str, Any]]
+#: (field, container, its raw ``nvidia.com/*`` quantities) for containers that ask for a GPU.
+GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -111,6 +115,16 @@ def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in _mapping(resources.get(section)).items():
             if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX):
                 found[name] = value
+    return found
+
+
+def gpu_containers(pod: Mapping[str, Any]) -> list[GpuContainer]:
+    """The containers (init containers first) that ask for any ``nvidia.com/*`` resource."""
+    found = []
+    for field, _, container in all_containers(pod):
+        resources = container_gpu_resources(container)
+        if resources:
+            found.append((field, container, resources))
     return found
 
 

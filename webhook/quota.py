@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .pod import all_containers, container_gpu_resources, gpu_quantity, labels, metadata
-from .policy import GPU_EQUIVALENT, Policy
+from .pod import GpuContainer, gpu_containers, gpu_quantity, labels, metadata
+from .policy import GPU_EQUIVALENT, Policy, Profile
 from .tenancy import resolve_tenant
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "Exceeded",
     "ResourceList",
     "add",
+    "charge",
     "exceeded_lines",
     "format_quantity",
+    "gpu_request",
     "pod_charge",
     "pod_gpu_request",
     "usage_from_pods",
@@ -46,27 +48,19 @@ def _max(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> ResourceList:
     return {name: max(a.get(name, Decimal(0)), b.get(name, Decimal(0))) for name in {*a, *b}}
 
 
-def _parsed_gpu(container: Mapping[str, Any]) -> ResourceList:
-    parsed = {}
-    for name, raw in container_gpu_resources(container).items():
-        quantity = gpu_quantity(raw)
-        if quantity:  # unparsable quantities are judged by the rules, zero charges nothing
-            parsed[name] = quantity
-    return parsed
-
-
-def pod_gpu_request(pod: Mapping[str, Any]) -> ResourceList:
-    """The pod's effective GPU request, computed as the scheduler does.
+def gpu_request(containers: Iterable[GpuContainer]) -> ResourceList:
+    """The pod's effective GPU request from its GPU containers, computed as the scheduler does.
 
     max(sum of app containers + restartable init (sidecar) containers, the peak of any one
     init container plus the sidecars started before it). The driver-validation init
-    container asks for the same GPUs as the task, so it adds nothing on top.
+    container asks for the same GPUs as the task, so it adds nothing on top. Unparsable
+    quantities are judged by the rules; here they, and zeros, charge nothing.
     """
     app: ResourceList = {}
     sidecars: ResourceList = {}
     init_peak: ResourceList = {}
-    for field, _, container in all_containers(pod):
-        request = _parsed_gpu(container)
+    for field, container, raw in containers:
+        request = {name: q for name, value in raw.items() if (q := gpu_quantity(value))}
         if field == "containers":
             app = add(app, request)
         elif container.get("restartPolicy") == "Always":
@@ -76,12 +70,23 @@ def pod_gpu_request(pod: Mapping[str, Any]) -> ResourceList:
     return {k: v for k, v in _max(add(app, sidecars), init_peak).items() if v}
 
 
-def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
-    """What the pod counts against its tenant: each GPU resource plus the gpuEquivalent line."""
-    request = pod_gpu_request(pod)
-    profile = policy.spec.profiles.get(labels(pod).get(policy.spec.labels.profile, ""))
+def pod_gpu_request(pod: Mapping[str, Any]) -> ResourceList:
+    """The effective GPU request of a whole pod (see :func:`gpu_request`)."""
+    return gpu_request(gpu_containers(pod))
+
+
+def charge(request: Mapping[str, Decimal], profile: Profile | None, policy: Policy) -> ResourceList:
+    """What a GPU request counts against its tenant: each resource plus the gpuEquivalent line."""
+    if not request:
+        return {}
     weighted = sum((q * policy.weight(r, profile) for r, q in request.items()), Decimal(0))
-    return {**request, GPU_EQUIVALENT: weighted} if request else {}
+    return {**request, GPU_EQUIVALENT: weighted}
+
+
+def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
+    """What a pod counts against its tenant, weighted by the profile on its label."""
+    profile = policy.spec.profiles.get(labels(pod).get(policy.spec.labels.profile, ""))
+    return charge(pod_gpu_request(pod), profile, policy)
 
 
 def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,

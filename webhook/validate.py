@@ -14,32 +14,19 @@ from typing import Any
 from .decision import Decision, Violation
 from .mutate import VALIDATOR_NAME, mutation_ops
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import all_containers, container_gpu_resources, gpu_quantity
+from .pod import GpuContainer, gpu_containers, gpu_quantity
 from .policy import Policy
-from .quota import ResourceList, exceeded_lines, pod_charge
+from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import security_violations
 
 __all__ = ["decide_validation"]
 
 
-#: (field, container, its raw nvidia.com/* quantities)
-_GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
-
-
-def _gpu_containers(pod: Mapping[str, Any]) -> list[_GpuContainer]:
-    found = []
-    for field, _, container in all_containers(pod):
-        resources = container_gpu_resources(container)
-        if resources:
-            found.append((field, container, resources))
-    return found
-
-
-def _quantity_violations(gpu_containers: list[_GpuContainer]) -> list[Violation]:
+def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
     return [
         Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r}, "
                                       f"which is not a whole number of devices")
-        for _, c, resources in gpu_containers for name, value in resources.items()
+        for _, c, resources in containers for name, value in resources.items()
         if gpu_quantity(value) is None
     ]
 
@@ -59,13 +46,13 @@ def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Viola
     return []
 
 
-def _stray_gpu(plan: GpuPlan, policy: Policy, gpu_containers: list[_GpuContainer]) -> list[Violation]:
+def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) -> list[Violation]:
     """GPU resources on any container but the target (and the validator, checked by re-planning)."""
     target = policy.spec.targetContainer
     return [
         Violation("gpu-outside-target", f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
                                         f"container {target!r} gets the GPU of profile {plan.profile_name}")
-        for field, c, res in gpu_containers
+        for field, c, res in containers
         if not (field == "containers" and c.get("name") == target)
         and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)
     ]
@@ -85,21 +72,22 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
                       usage: Mapping[str, ResourceList]) -> Decision:
     """Allow or deny the final pod; ``usage`` is what each tenant already holds."""
     scope = scope_of(pod, policy)
-    gpu_containers = _gpu_containers(pod)
-    problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(gpu_containers))
-    problems += _quantity_violations(gpu_containers)
+    containers = gpu_containers(pod)
+    problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(containers))
+    problems += _quantity_violations(containers)
     if scope is not Scope.MANAGED:
-        if gpu_containers:
-            problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in gpu_containers])
+        if containers:
+            problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
     plan = plan_gpu(pod, namespace, policy)
     if isinstance(plan, list):
         return Decision.deny(problems + plan)
-    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, gpu_containers)
+    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
     if problems:
         return Decision.deny(problems)
     quota = policy.spec.tenants[plan.tenant].quota
-    exceeded = exceeded_lines(plan.tenant, quota, pod_charge(pod, policy), usage.get(plan.tenant, {}))
+    requested = charge(gpu_request(containers), plan.profile, policy)
+    exceeded = exceeded_lines(plan.tenant, quota, requested, usage.get(plan.tenant, {}))
     if exceeded:
         return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded])
     return Decision.allow("admitted")

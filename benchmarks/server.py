@@ -1,0 +1,149 @@
+"""The HTTPS server's reviews/s and p50/p99 latency, against a bare uvicorn endpoint (same TLS,
+same uvicorn) measured in the same run, with wrk as the load generator (apt-get install wrk).
+
+Targets: >= 70% of the bare endpoint's reviews/s, p99 within 2x of it. Each round measures the
+baseline and then every scenario, so the ratios compare neighbours in time on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonpatch
+
+from benchmarks.core import CPU_CASE, GPU_CASE, ROOT, case, review_bytes
+from webhook.mutate import decide_mutation
+from webhook.policy import load_policy
+
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BODY_FILE"), "rb"); wrk.body = f:read("*a"); f:close()
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(port: int, ca: Path, process: subprocess.Popen, limit: float = 30) -> None:
+    context = ssl.create_default_context(cafile=ca)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as raw, context.wrap_socket(raw, server_hostname="localhost"):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on {port} not up in {limit}s")
+
+
+def _start(command: list[str], port: int, ca: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               cwd=ROOT)
+    _wait(port, ca, process)
+    return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+
+def _wrk(url: str, body: Path, lua: Path, seconds: int, connections: int) -> Result:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+                         capture_output=True, text=True, env={**os.environ, "BODY_FILE": str(body)}, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s))$", out, re.M))
+    if "Non-2xx" in out or not latency:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+
+    def ms(text: str) -> float:
+        number, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+        return float(number) * _UNITS[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return Result(rps, ms(latency["50"]), ms(latency["99"]))
+
+
+def run(seconds: int = 8, rounds: int = 2, connections: int = 8) -> dict[str, list[tuple[Result, Result]]]:
+    if shutil.which("wrk") is None:
+        sys.exit("benchmarks.server needs wrk: apt-get install wrk")
+    policy = load_policy(ROOT / "manifests" / "policy.yaml")
+    gpu, cpu = case(GPU_CASE), case(CPU_CASE)
+    mutated = jsonpatch.apply_patch(gpu["pod"], list(decide_mutation(gpu["pod"], gpu["namespace"], policy).patch))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        cli = [sys.executable, "-m", "webhook.cli"]
+        subprocess.run([*cli, "certs", "generate", "--out", str(tmp), "--service", "b", "--namespace", "b"], check=True,
+                       capture_output=True)
+        tls = ["--ssl-certfile", str(tmp / "tls.crt"), "--ssl-keyfile", str(tmp / "tls.key")]
+        lua = tmp / "post.lua"
+        lua.write_text(LUA)
+        bodies = {"mutate": (gpu["pod"], gpu["namespace"]), "validate": (mutated, gpu["namespace"]),
+                  "passthrough": (cpu["pod"], cpu["namespace"])}
+        for name, (pod, namespace) in bodies.items():
+            (tmp / f"{name}.json").write_bytes(review_bytes(pod, namespace))
+        base_port, hook_port = _free_port(), _free_port()
+        baseline = _start([sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(base_port),
+                           "--lifespan", "off", "--no-access-log", "--log-level", "warning", *tls], base_port, tmp / "ca.crt")
+        webhook = _start([*cli, "serve", "--policy", str(ROOT / "manifests" / "policy.yaml"), "--port", str(hook_port),
+                          "--host", "127.0.0.1", "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key")],
+                         hook_port, tmp / "ca.crt")
+        scenarios = {
+            "Airflow GPU pod, /mutate": ("mutate", "/mutate"),
+            "mutated GPU pod, /validate": ("validate", "/validate"),
+            "pass-through CPU pod, /validate": ("passthrough", "/validate"),
+        }
+        results: dict[str, list[tuple[Result, Result]]] = {name: [] for name in scenarios}
+        try:
+            for _ in range(rounds):
+                for name, (body, path) in scenarios.items():
+                    body_file = tmp / f"{body}.json"
+                    base = _wrk(f"https://127.0.0.1:{base_port}/", body_file, lua, seconds, connections)
+                    ours = _wrk(f"https://127.0.0.1:{hook_port}{path}", body_file, lua, seconds, connections)
+                    results[name].append((base, ours))
+        finally:
+            _stop(baseline)
+            _stop(webhook)
+    return results
+
+
+def report(results: dict[str, list[tuple[Result, Result]]]) -> str:
+    lines = ["| HTTPS server (wrk, 1 thread, 8 connections) | bare reviews/s | ours reviews/s | ratio | "
+             "bare p50 / p99 ms | ours p50 / p99 ms | p99 ratio |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, pairs in results.items():
+        rps_ratio = statistics.median(o.rps / b.rps for b, o in pairs)
+        p99_ratio = statistics.median(o.p99_ms / b.p99_ms for b, o in pairs)
+        base = Result(*(statistics.median(getattr(b, f) for b, _ in pairs) for f in ("rps", "p50_ms", "p99_ms")))
+        ours = Result(*(statistics.median(getattr(o, f) for _, o in pairs) for f in ("rps", "p50_ms", "p99_ms")))
+        lines.append(f"| {name} | {base.rps:,.0f} | {ours.rps:,.0f} | {rps_ratio:.0%} | {base.p50_ms:.2f} / "
+                     f"{base.p99_ms:.2f} | {ours.p50_ms:.2f} / {ours.p99_ms:.2f} | {p99_ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(run()))

@@ -12,8 +12,8 @@ FROM ${BASE} AS build
 COPY dist/wheels/ /wheels/
 RUN python3 -m venv /opt/gpu-webhook \
  && /opt/gpu-webhook/bin/pip install --no-index --find-links /wheels --no-compile airflow-gpu-webhook \
- && /opt/gpu-webhook/bin/python -m compileall -q /opt/gpu-webhook/lib \
- && find /opt/gpu-webhook -name '*.dist-info' -path '*pip*' -prune -o -name 'pip*' -maxdepth 3 -print | xargs rm -rf
+ && /opt/gpu-webhook/bin/python -m pip uninstall --quiet --yes pip setuptools \
+ && /opt/gpu-webhook/bin/python -m compileall -q /opt/gpu-webhook/lib
 
 FROM ${BASE}
 COPY --from=build /opt/gpu-webhook /opt/gpu-webhook

@@ -7,10 +7,14 @@ import dataclasses
 import jsonpatch
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
 from webhook import admission
 from webhook.admission import mutate, review_chain, validate
+from webhook.mutate import decide_mutation
+from webhook.validate import decide_validation
 from webhook.review import parse_review
 
 
@@ -111,3 +115,47 @@ def test_dry_run_gets_the_same_decision(policy):
     for case_id in ("kpo_h100_count2", "kpo_quota_breaker"):
         assert review_chain(request_for(case_id, dry_run=True), policy, {}) == \
             review_chain(request_for(case_id), policy, {})
+
+
+# --- hostile pods: whatever shape a field has, the webhook answers and never crashes ---
+
+_garbage = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.just("nvidia.com/gpu"),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6)
+_PATHS = [
+    ("metadata",), ("metadata", "labels"), ("metadata", "labels", "gpu.platform/count"),
+    ("metadata", "labels", "gpu.platform/profile"), ("metadata", "annotations"), ("spec",),
+    ("spec", "containers"), ("spec", "containers", 0), ("spec", "containers", 0, "resources"),
+    ("spec", "containers", 0, "resources", "limits"), ("spec", "containers", 0, "env"),
+    ("spec", "containers", 0, "securityContext"), ("spec", "initContainers"), ("spec", "tolerations"),
+    ("spec", "nodeSelector"), ("spec", "volumes"), ("spec", "containers", 0, "name"),
+]
+
+
+def _put(doc, path, value):
+    node = doc
+    for part in path[:-1]:
+        node = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else (
+            node.setdefault(part, {}) if isinstance(node, dict) else None)
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    elif isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
+        node[path[-1]] = value
+
+
+@settings(max_examples=1500, deadline=None)
+@given(case_id=st.sampled_from(["kpo_mig_1g_xcom", "executor_gpu_override", "kpo_cpu_plain"]),
+       edits=st.lists(st.tuples(st.sampled_from(_PATHS), _garbage), min_size=1, max_size=3))
+def test_a_hostile_pod_gets_a_decision_never_an_exception(policy, case_id, edits):
+    case = airflow_fixture(case_id)
+    pod = case["pod"]
+    for path, value in edits:
+        _put(pod, path, value)
+    mutated = decide_mutation(pod, case["namespace"], policy)
+    if mutated.allowed and mutated.patch:
+        pod = jsonpatch.apply_patch(pod, list(mutated.patch))
+    checked = decide_validation(pod, case["namespace"], policy, {})
+    assert checked.reason != "internal-error" and mutated.reason != "internal-error"

@@ -31,6 +31,7 @@ BAD = [
      "only core/v1 Pods, not apps/v1/Deployment"),
     ("a CREATE without the pod is refused", _review(object=None), "must carry the pod"),
     ("an object that is not a mapping is refused", _review(object=[1, 2]), "must be a JSON object"),
+    ("a namespace that is not a string is refused", _review(namespace={"a": 1}), "request.namespace must be a string"),
 ]
 
 

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .admission import Usage, mutate, validate
 from .decision import Decision
 from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
+from .pod import metadata
 from .policy import Policy
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
@@ -101,7 +102,7 @@ def _log_decision(step: str, review: AdmissionRequest, decision: Decision, secon
     level = logging.INFO if (not decision.allowed or decision.warnings) else logging.DEBUG
     if not log.isEnabledFor(level):
         return
-    pod_meta = (review.object or {}).get("metadata") or {}
+    pod_meta = metadata(review.object or {})
     log.log(level, "step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
              review.namespace, pod_meta.get("name") or pod_meta.get("generateName") or "-", decision.allowed,
              decision.reason, review.dry_run, seconds * 1000,

@@ -84,6 +84,7 @@ def _cluster_pods(source: str | None) -> list[dict[str, Any]]:
 
 def _review(args: argparse.Namespace) -> int:
     from .admission import review_chain
+    from .pod import metadata
     from .quota import usage_from_pods
     from .review import BadReview, parse_review, review_response
 
@@ -94,7 +95,7 @@ def _review(args: argparse.Namespace) -> int:
         request = parse_review(body)
     except BadReview as bad:
         _fail(f"{source}: {bad.message}")
-    pod_name = ((request.object or {}).get("metadata") or {}).get("name") or ""
+    pod_name = metadata(request.object or {}).get("name") or ""
     usage = usage_from_pods(_cluster_pods(args.cluster_pods), policy, skip=(request.namespace, pod_name))
     decision = review_chain(request, policy, usage)
     sys.stdout.write(json.dumps(review_response(request.uid, decision), indent=2) + "\n")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .decision import Violation
-from .pod import airflow_dag_id, is_airflow_pod, labels, spec
+from .pod import airflow_dag_id, as_list, is_airflow_pod, labels, spec
 from .policy import Policy, Profile
 from .tenancy import describe_tenants, resolve_tenant
 
@@ -75,7 +75,7 @@ def _count(value: Any, name: str, profile: Profile, policy: Policy) -> int | Vio
 
 def _target_index(pod: Mapping[str, Any], policy: Policy) -> int | Violation:
     name = policy.spec.targetContainer
-    for index, container in enumerate(spec(pod).get("containers") or ()):
+    for index, container in enumerate(as_list(spec(pod).get("containers"))):
         if isinstance(container, dict) and container.get("name") == name:
             return index
     return Violation("no-target-container", f"the pod has no container named {name!r} to give the GPU to")

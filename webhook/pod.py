@@ -26,6 +26,8 @@ __all__ = [
     "airflow_dag_id",
     "all_containers",
     "annotations",
+    "as_dict",
+    "as_list",
     "container_gpu_resources",
     "gpu_containers",
     "gpu_quantity",
@@ -43,28 +45,30 @@ Container = tuple[str, int, Mapping[str, Any]]
 GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
+def as_dict(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping, else an empty one: a hostile pod may put anything anywhere."""
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else an empty one."""
     return value if isinstance(value, list) else []
 
 
 def metadata(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(pod.get("metadata"))
+    return as_dict(pod.get("metadata"))
 
 
 def spec(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(pod.get("spec"))
+    return as_dict(pod.get("spec"))
 
 
 def labels(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(metadata(pod).get("labels"))
+    return as_dict(metadata(pod).get("labels"))
 
 
 def annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(metadata(pod).get("annotations"))
+    return as_dict(metadata(pod).get("annotations"))
 
 
 def is_airflow_pod(pod: Mapping[str, Any]) -> bool:
@@ -87,7 +91,7 @@ def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
     """Every container of the pod with where it lives: init containers first, as they run."""
     pod_spec = spec(pod)
     for field in ("initContainers", "containers"):
-        for index, container in enumerate(_list(pod_spec.get(field))):
+        for index, container in enumerate(as_list(pod_spec.get(field))):
             if isinstance(container, dict):
                 yield field, index, container
 
@@ -109,10 +113,10 @@ def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:
     Extended resources may not be overcommitted, so Kubernetes takes the limit as the request;
     a value only in requests is still a request the webhook must see.
     """
-    resources = _mapping(container.get("resources"))
+    resources = as_dict(container.get("resources"))
     found: dict[str, Any] = {}
     for section in ("requests", "limits"):
-        for name, value in _mapping(resources.get(section)).items():
+        for name, value in as_dict(resources.get(section)).items():
             if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX):
                 found[name] = value
     return found

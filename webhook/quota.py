@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .pod import GpuContainer, gpu_containers, gpu_quantity, labels, metadata
+from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels, metadata
 from .policy import GPU_EQUIVALENT, Policy, Profile
 from .tenancy import resolve_tenant
 
@@ -103,7 +103,7 @@ def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,
         namespace = meta.get("namespace") or ""
         if policy.spec.labels.profile not in labels(pod):
             continue
-        if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+        if as_dict(pod.get("status")).get("phase") in FINISHED_PHASES:
             continue
         if skip is not None and skip[1] and (namespace, meta.get("name")) == skip:
             continue

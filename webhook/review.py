@@ -90,13 +90,15 @@ def parse_review(body: bytes) -> AdmissionRequest:
     _check_kind(request)
     operation = request.get("operation")
     _require(isinstance(operation, str), "request.operation is missing")
+    namespace = request.get("namespace") or ""
+    _require(isinstance(namespace, str), "request.namespace must be a string")
     obj = request.get("object")
     _require(obj is None or isinstance(obj, dict), "request.object must be a JSON object")
     _require(obj is not None or operation != "CREATE", "a CREATE request must carry the pod in request.object")
     return AdmissionRequest(
         uid=uid,
         operation=operation,
-        namespace=request.get("namespace") or "",
+        namespace=namespace,
         name=request.get("name") or "",
         subresource=request.get("subResource") or "",
         dry_run=request.get("dryRun") is True,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .decision import Violation
-from .pod import all_containers, spec
+from .pod import all_containers, as_dict, as_list, spec
 
 __all__ = ["ALWAYS_FORBIDDEN_ENV", "GPU_POD_FORBIDDEN_ENV", "security_violations"]
 
@@ -37,7 +37,7 @@ def _env_violations(pod: Mapping[str, Any], gpu_pod: bool) -> list[Violation]:
     forbidden = ALWAYS_FORBIDDEN_ENV + (GPU_POD_FORBIDDEN_ENV if gpu_pod else ())
     found = []
     for _, _, container in all_containers(pod):
-        for env in container.get("env") or ():
+        for env in as_list(container.get("env")):
             if isinstance(env, dict) and env.get("name") in forbidden:
                 found.append(Violation(
                     "forbidden-env",
@@ -52,7 +52,7 @@ def _privileged_violations(pod: Mapping[str, Any]) -> list[Violation]:
                   f"container {container.get('name')!r} is privileged in a GPU pod and would see every GPU "
                   f"of the node; remove securityContext.privileged")
         for _, _, container in all_containers(pod)
-        if ((container.get("securityContext") or {}).get("privileged") is True)
+        if as_dict(container.get("securityContext")).get("privileged") is True
     ]
 
 
@@ -63,8 +63,8 @@ def _exposes_gpu_devices(path: str) -> bool:
 
 def _host_path_violations(pod: Mapping[str, Any]) -> list[Violation]:
     found = []
-    for volume in spec(pod).get("volumes") or ():
-        path = ((volume or {}).get("hostPath") or {}).get("path") if isinstance(volume, dict) else None
+    for volume in as_list(spec(pod).get("volumes")):
+        path = as_dict(as_dict(volume).get("hostPath")).get("path")
         if isinstance(path, str) and _exposes_gpu_devices(path):
             found.append(Violation(
                 "host-device-path",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from decimal import Decimal
 
 import jsonschema
@@ -99,3 +100,9 @@ def test_the_published_schema_accepts_the_reference_and_rejects_a_typo():
     jsonschema.validate(REFERENCE, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(_broken("spec.unlabeledGpuPods", "deny"), schema)
+
+
+def test_the_published_schema_file_is_current():
+    published = POLICY_FILE.parents[1] / "docs" / "policy.schema.json"
+    assert json.loads(published.read_text()) == policy_schema(), \
+        "regenerate it: gpu-webhook policy schema > docs/policy.schema.json"

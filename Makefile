@@ -12,7 +12,7 @@ CERTS  ?= dev-certs
 $(BIN)/gpu-webhook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,e2e]'
 	@touch $@
 
 venv: $(BIN)/gpu-webhook

@@ -1,4 +1,4 @@
-"""``gpu-webhook``: serve | review | policy | certs | validate-driver. A thin shell over the core.
+"""``gpu-webhook``: serve | review | policy | certs | explain | validate-driver. A thin shell over the core.
 
 Every command exits 2 with one line on stderr for bad input (a policy, a review or a pod
 list it cannot use), so scripts and CI can tell "bad input" from "judged".
@@ -207,8 +207,9 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("files", nargs="+")
     inject.set_defaults(run=_certs_inject)
 
-    # Listed for --help only: main() hands its arguments to the validator's own parser.
+    # Listed for --help only: main() hands their arguments to their own parsers.
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")
+    commands.add_parser("explain", help="what a task with a GPU profile label will get, from the policy")
     return parser
 
 
@@ -216,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["validate-driver"]:
         return _validate_driver(argv[1:])
+    if argv[:1] == ["explain"]:
+        from .explain import run_explain
+
+        return run_explain(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 

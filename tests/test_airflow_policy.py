@@ -1,0 +1,202 @@
+"""The parse-time check with real Airflow: DAG files through Airflow's own DagBag.
+
+One subprocess (Airflow configures itself at import, so it must not share this process) imports
+Airflow with this package installed, so the ``airflow.policy`` entry point is what registers the
+check, and fills a DagBag from ``tests/airflow_dags/`` once per step: the reference policy, the
+option unset, a policy file that cannot be read, ``enforcement: warn``, a policy file replaced
+in place. Airflow reads ``AIRFLOW__*`` variables on every ``conf.get``, so a step only changes
+the environment. Each test then asserts on one file of one step.
+
+Airflow is required: these tests fail, never skip, without it (``pip install -e '.[e2e]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import POLICY_FILE, ROOT
+
+DAGS = ROOT / "tests" / "airflow_dags"
+KNOWN = "a100-80gb, h100-80gb, a100-mig-1g.10gb, a100-mig-2g.20gb, a100-mig-3g.40gb"
+KPO = "(KubernetesPodOperator pod)"
+ALL_FILES = sorted(p.name for p in DAGS.glob("*.py"))
+
+LOADER = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from airflow import settings
+    from airflow.dag_processing.dagbag import DagBag
+
+    dags, steps, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    manager = settings.get_policy_plugin_manager()
+    results = {"plugins": [name for name, _ in manager.list_name_plugin()],
+               "task_policy": [i.function.__module__ for i in manager.hook.task_policy.get_hookimpls()]}
+    for step in steps:
+        if step.get("write"):
+            path = Path(step["policy_file"])
+            before = path.stat().st_mtime_ns if path.exists() else 0
+            path.write_text(step["write"])
+            os.utime(path, ns=(before + 10**9, before + 10**9))  # a new mtime even on coarse clocks
+        os.environ["AIRFLOW__GPU_WEBHOOK__POLICY_FILE"] = step["policy_file"]
+        bag = DagBag(dags)
+        loaded = {}
+        for dag in bag.dags.values():
+            loaded.setdefault(Path(dag.fileloc).name, []).append(dag.dag_id)
+        results[step["name"]] = {"import_errors": {Path(k).name: v for k, v in bag.import_errors.items()},
+                                 "loaded": loaded}
+    Path(out).write_text(json.dumps(results))
+""")
+
+
+def _policy_text(**spec_changes: Any) -> str:
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"].update(spec_changes)
+    return yaml.safe_dump(data)
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every step's import errors and loaded DAG ids per file, and the log of the whole run."""
+    if importlib.util.find_spec("airflow") is None:
+        pytest.fail("apache-airflow is not installed in this environment: pip install -e '.[e2e]'")
+    if not any(ep.value == "webhook.airflow_policy" for ep in entry_points(group="airflow.policy")):
+        pytest.fail("the airflow.policy entry point is not registered: pip install -e . (again) after editing "
+                    "pyproject.toml")
+    tmp = tmp_path_factory.mktemp("airflow")
+    profiles = yaml.safe_load(POLICY_FILE.read_text())["spec"]["profiles"]
+    steps = [
+        {"name": "reference", "policy_file": str(POLICY_FILE)},
+        {"name": "off", "policy_file": ""},
+        {"name": "unreadable", "policy_file": str(tmp / "missing.yaml")},
+        {"name": "warn", "policy_file": str(tmp / "warn.yaml"), "write": _policy_text(enforcement="warn")},
+        {"name": "replaced", "policy_file": str(tmp / "warn.yaml"),
+         "write": _policy_text(profiles={**profiles, "h100-8gb": profiles["h100-80gb"]})},
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE="airflow")
+    out = tmp / "results.json"
+    # Run outside the checkout, so the entry point can only come from the installed package.
+    run = subprocess.run([sys.executable, "-c", LOADER, str(DAGS), json.dumps(steps), str(out)],
+                         env=env, cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"the DagBag run failed:\n{run.stderr[-4000:]}"
+    return {**json.loads(out.read_text()), "log": run.stdout + run.stderr}
+
+
+def test_the_check_is_registered_by_the_airflow_policy_entry_point(parsed):
+    assert "gpu_webhook" in parsed["plugins"]
+    assert parsed["task_policy"] == ["webhook.airflow_policy"]
+
+
+@pytest.mark.parametrize("dag_file, message", [
+    pytest.param("bad_unknown_profile.py",
+                 f"task 'train' in DAG 'bad_unknown_profile' {KPO}: gpu.platform/profile 'h100-8gb' is not a known "
+                 f"GPU profile; known profiles: {KNOWN}",
+                 id="an unknown profile fails the DAG and names the known profiles"),
+    pytest.param("bad_count_zero.py",
+                 f"task 'train' in DAG 'bad_count_zero' {KPO}: gpu.platform/count '0' must be a positive whole "
+                 f"number (1 to 8 for profile a100-80gb)",
+                 id="a count of zero fails the DAG with the profile's range"),
+    pytest.param("bad_visible_devices_env.py",
+                 f"task 'sneaky' in DAG 'bad_visible_devices_env' {KPO}: container 'base' sets "
+                 f"NVIDIA_VISIBLE_DEVICES, which makes the container toolkit expose GPUs the device plugin never "
+                 f"allocated; remove it (GPUs are assigned by the GPU profile label)",
+                 id="NVIDIA_VISIBLE_DEVICES fails even a DAG that asks for no GPU"),
+    pytest.param("bad_gpu_resources_without_label.py",
+                 f"task 'train' in DAG 'bad_gpu_resources_without_label' {KPO}: container 'base' asks for a GPU "
+                 f"without the gpu.platform/profile label; GPU pods must choose a profile: add the label "
+                 f"gpu.platform/profile with one of: {KNOWN}",
+                 id="GPU container_resources without the label fail the DAG"),
+    pytest.param("bad_no_tenant.py",
+                 f"task 'train' in DAG 'adhoc_train' {KPO}: no GPU tenant matches namespace 'airflow', dag_id "
+                 f"'adhoc_train'; tenants: vision (namespace ml-jobs | namespace airflow + labels team=vision | "
+                 f"namespace airflow + dag_id team_vision__*), forecasting (namespace airflow + dag_id nightly_*)",
+                 id="a namespace and dag_id of no tenant fail the DAG and list the tenants"),
+    pytest.param("bad_privileged.py",
+                 f"task 'train' in DAG 'bad_privileged' {KPO}: container 'base' is privileged in a GPU pod and "
+                 f"would see every GPU of the node; remove securityContext.privileged",
+                 id="a privileged GPU container fails the DAG"),
+    pytest.param("bad_host_path.py",
+                 f"task 'train' in DAG 'bad_host_path' {KPO}: volume 'gpu0' mounts hostPath /dev/nvidia0: GPU "
+                 f"device nodes come only from the device plugin; remove the volume",
+                 id="a hostPath to /dev/nvidia0 fails the DAG"),
+    pytest.param("bad_node_selector_conflict.py",
+                 f"task 'train' in DAG 'bad_node_selector_conflict' {KPO}: nodeSelector nvidia.com/gpu.product is "
+                 f"'NVIDIA-H100-80GB-HBM3' on the pod but profile a100-80gb needs 'NVIDIA-A100-SXM4-80GB'; remove "
+                 f"it from the pod or choose a profile for that hardware",
+                 id="a node selector that contradicts the profile fails the DAG naming both values"),
+    pytest.param("bad_kpo_mapped.py",
+                 f"task 'sweep' in DAG 'bad_kpo_mapped' {KPO}: gpu.platform/profile 'a100-mig-9g' is not a known "
+                 f"GPU profile; known profiles: {KNOWN}",
+                 id="a mapped operator is checked on what partial() fixes"),
+    pytest.param("bad_task_kubernetes.py",
+                 f"task 'train' in DAG 'bad_task_kubernetes' {KPO}: gpu.platform/profile 'a100-40gb' is not a known "
+                 f"GPU profile; known profiles: {KNOWN}",
+                 id="a task kubernetes decorator is checked like the operator it is"),
+    pytest.param("bad_secret_env.py",
+                 f"task 'train' in DAG 'bad_secret_env' {KPO}: container 'base' sets NVIDIA_VISIBLE_DEVICES, which "
+                 f"makes the container toolkit expose GPUs the device plugin never allocated; remove it (GPUs are "
+                 f"assigned by the GPU profile label)",
+                 id="a Secret exposed as NVIDIA_VISIBLE_DEVICES fails the DAG like a plain env var"),
+    pytest.param("bad_executor_pod_override.py",
+                 "task 'finetune' in DAG 'team_vision__finetune' (KubernetesExecutor pod_override): container "
+                 "'base' sets NVIDIA_VISIBLE_DEVICES, which makes the container toolkit expose GPUs the device "
+                 "plugin never allocated; remove it (GPUs are assigned by the GPU profile label); "
+                 "gpu.platform/count 9 exceeds maxCount 8 of profile h100-80gb; ask for 1 to 8",
+                 id="a KubernetesExecutor pod_override is checked and every problem is named at once"),
+])
+def test_a_bad_dag_is_an_import_error_in_the_webhooks_words(parsed, dag_file, message):
+    assert parsed["reference"]["import_errors"].get(dag_file) == f"AirflowClusterPolicyViolation: {message}"
+    assert dag_file not in parsed["reference"]["loaded"]
+
+
+@pytest.mark.parametrize("dag_file, dag_ids", [
+    pytest.param("good_kpo_h100.py", ["good_kpo_h100"], id="two H100s in a tenant's namespace load"),
+    pytest.param("good_kpo_cpu_only.py", ["good_kpo_cpu_only"], id="a CPU-only pod operator loads"),
+    pytest.param("good_kpo_mapped.py", ["good_kpo_mapped"], id="a mapped operator with good labels loads"),
+    pytest.param("good_kpo_run_time_values.py", ["good_kpo_run_time_values"],
+                 id="templates, a namespace known only at run time and quota are skipped not guessed"),
+    pytest.param("good_executor_pod_override.py", ["team_vision__embed"],
+                 id="a pod_override in the executor's namespace with a tenant's dag_id loads"),
+    pytest.param("good_no_kubernetes.py", ["good_no_kubernetes"], id="a DAG without Kubernetes tasks loads"),
+])
+def test_a_good_dag_loads(parsed, dag_file, dag_ids):
+    assert dag_file not in parsed["reference"]["import_errors"]
+    assert parsed["reference"]["loaded"][dag_file] == dag_ids
+
+
+def test_with_the_policy_file_unset_every_dag_loads_and_the_log_says_so_once(parsed):
+    assert parsed["off"]["import_errors"] == {}
+    assert sorted(parsed["off"]["loaded"]) == ALL_FILES
+    assert parsed["log"].count("gpu-webhook parse-time GPU checks are off") == 1
+
+
+def test_an_unreadable_policy_fails_every_kubernetes_dag_naming_the_file(parsed):
+    errors = parsed["unreadable"]["import_errors"]
+    missing = parsed["unreadable"]["loaded"]
+    assert sorted(errors) == [f for f in ALL_FILES if f != "good_no_kubernetes.py"]
+    assert list(missing) == ["good_no_kubernetes.py"]
+    for message in errors.values():
+        assert message.startswith("AirflowClusterPolicyError: gpu-webhook: the GPU policy [gpu_webhook] policy_file")
+        assert "missing.yaml: cannot read the policy file: No such file or directory" in message
+
+
+def test_enforcement_warn_loads_bad_dags_and_logs_the_webhooks_words(parsed):
+    assert parsed["warn"]["import_errors"] == {}
+    assert ("[gpu-webhook warn-only] task 'train' in DAG 'bad_unknown_profile' (KubernetesPodOperator pod): "
+            "gpu.platform/profile 'h100-8gb' is not a known GPU profile") in parsed["log"]
+
+
+def test_a_policy_file_replaced_in_place_is_read_again(parsed):
+    assert "bad_unknown_profile.py" in parsed["replaced"]["loaded"]

@@ -1,0 +1,181 @@
+"""``gpu-webhook explain PROFILE``: what a task with that GPU label will get, read from the policy.
+
+Nothing is re-derived here. A tiny pod such as Airflow builds (container ``base``, the
+``kubernetes_pod_operator`` origin label, the GPU labels) goes through the webhook's own plan
+and mutation; the patched pod is then described, and its charge is what the validating step
+would count against the tenant. So the answer cannot drift from what the webhook does::
+
+    $ gpu-webhook explain h100-80gb --count 2 --namespace ml-jobs
+    profile h100-80gb: 2 x nvidia.com/gpu (maxCount 8; one unit weighs 1 in gpuEquivalent)
+    resources   container base: limits and requests nvidia.com/gpu: 2 (sidecars get none)
+    ...
+
+Exit codes (:func:`run_explain`): 0 explained, 1 the webhook would refuse such a task (unknown
+profile, bad count, no tenant; its message on stderr), 2 bad input (no or invalid policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jsonpatch
+
+from .decision import Decision
+from .mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
+from .plan import GpuPlan, plan_gpu
+from .pod import safe_label_value
+from .policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
+from .quota import ResourceList, exceeded_lines, format_quantity, pod_charge
+
+__all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]
+
+#: The policy the Airflow side already names (``[gpu_webhook] policy_file``), the default here.
+POLICY_ENV = "AIRFLOW__GPU_WEBHOOK__POLICY_FILE"
+_INDENT = " " * 12
+
+
+class ExplainError(ValueError):
+    """The webhook would refuse a task with these labels; the message is the webhook's."""
+
+
+def explain(policy: Policy, profile: str, count: str | int = "1", *, namespace: str | None = None,
+            dag_id: str = "", labels: Mapping[str, str] | None = None) -> str:
+    """What a task labelled ``profile`` x ``count`` gets; ``namespace`` None means "not known yet"."""
+    pod = _airflow_pod(policy, profile, str(count), dag_id, labels or {})
+    plan = _plan(pod, namespace, policy)
+    ops, _, _ = mutation_ops(pod, plan, policy)
+    patched = jsonpatch.apply_patch(pod, ops)
+    lines = [_headline(plan, policy), *_resources(patched, plan), *_placement(patched),
+             *_validation(patched), _labels(patched, plan), *_quota(patched, plan, namespace, policy)]
+    return "\n".join(lines) + "\n"
+
+
+def _airflow_pod(policy: Policy, profile: str, count: str, dag_id: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The smallest pod the webhook manages: what KubernetesPodOperator builds, less the noise."""
+    pod_labels = {**labels, "kubernetes_pod_operator": "True", policy.spec.labels.profile: profile,
+                  policy.spec.labels.count: count}
+    if dag_id:
+        pod_labels["dag_id"] = safe_label_value(dag_id)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": pod_labels, "annotations": {"dag_id": dag_id} if dag_id else {}},
+            "spec": {"containers": [{"name": policy.spec.targetContainer}]}}
+
+
+def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy) -> GpuPlan:
+    """The webhook's plan; without a namespace the tenant is unknown, not missing."""
+    plan = plan_gpu(pod, namespace or "", policy)
+    if isinstance(plan, GpuPlan):
+        return plan
+    problems = [v for v in plan if namespace is not None or v.reason != "no-tenant"]
+    if problems:
+        raise ExplainError(Decision.deny(problems).message)
+    labels = pod["metadata"]["labels"]
+    name = labels[policy.spec.labels.profile]
+    return GpuPlan(name, policy.spec.profiles[name], int(labels[policy.spec.labels.count]), "", 0)
+
+
+def _headline(plan: GpuPlan, policy: Policy) -> str:
+    profile = plan.profile
+    return (f"profile {plan.profile_name}: {plan.count} x {profile.resource} (maxCount {profile.maxCount}; "
+            f"one unit weighs {format_quantity(policy.weight(profile.resource, profile))} in gpuEquivalent)")
+
+
+def _row(title: str, text: str) -> str:
+    return f"{title:<{len(_INDENT)}}{text}"
+
+
+def _resources(pod: Mapping[str, Any], plan: GpuPlan) -> list[str]:
+    container = pod["spec"]["containers"][plan.target_index]
+    limits = container["resources"]["limits"]
+    granted = ", ".join(f"{name}: {value}" for name, value in sorted(limits.items()))
+    return [_row("resources", f"container {container['name']}: limits and requests {granted} (sidecars get none)")]
+
+
+def _placement(pod: Mapping[str, Any]) -> list[str]:
+    spec = pod["spec"]
+    rows = [f"nodeSelector {key}={value}" for key, value in sorted(spec.get("nodeSelector", {}).items())]
+    rows += ["toleration " + " ".join(f"{k}={v}" for k, v in t.items()) for t in spec.get("tolerations", [])]
+    rows = rows or ["the profile adds no nodeSelector or toleration"]
+    return [_row("placement", rows[0]), *(_INDENT + row for row in rows[1:])]
+
+
+def _validation(pod: Mapping[str, Any]) -> list[str]:
+    init = pod["spec"]["initContainers"][0]
+    limits = init["resources"]["limits"]
+    gpus = ", ".join(f"{k}: {v}" for k, v in sorted(limits.items()) if k.startswith(GPU_RESOURCE_PREFIX))
+    return [_row("validation", f"init container {init['name']} runs first, on the same GPUs ({gpus})"),
+            _INDENT + f"image {init['image']}",
+            _INDENT + " ".join(init["command"] + init["args"])]
+
+
+def _labels(pod: Mapping[str, Any], plan: GpuPlan) -> str:
+    labels = pod["metadata"]["labels"]
+    shown = [f"{key}={labels[key]}" for key in (MANAGED_LABEL, PROFILE_LABEL, COUNT_LABEL)]
+    shown.insert(1, f"{TENANT_LABEL}={labels[TENANT_LABEL] if plan.tenant else '<its tenant>'}")
+    return _row("labels", " ".join(shown))
+
+
+def _quota(pod: Mapping[str, Any], plan: GpuPlan, namespace: str | None, policy: Policy) -> list[str]:
+    charge = pod_charge(pod, policy)
+    if not plan.tenant:
+        charged = ", ".join(f"{line} {format_quantity(q)}" for line, q in charge.items())
+        return [_row("quota", f"charges {charged} to its tenant; give --namespace (and --dag-id) to see which "
+                              f"tenant and its limits")]
+    quota = policy.spec.tenants[plan.tenant].quota
+    if not quota:
+        return [_row("quota", f"tenant {plan.tenant} (namespace {namespace}) has no quota lines: not limited")]
+    rows = [_row("quota", f"tenant {plan.tenant} (namespace {namespace}); this pod charges, of each limit:")]
+    rows += [_INDENT + f"  {line}: {_charged(charge, line)} of {format_quantity(limit)}"
+             for line, limit in quota.items()]
+    rows += [_INDENT + f"refused even when the tenant uses nothing: {e.message()}"
+             for e in exceeded_lines(plan.tenant, quota, charge, {})]
+    return rows
+
+
+def _charged(charge: ResourceList, line: str) -> str:
+    return format_quantity(charge[line]) if line in charge else "0"
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpu-webhook explain", description="what a task with the GPU profile label will get, from the policy")
+    parser.add_argument("profile", help="the value of the profile label, e.g. h100-80gb")
+    parser.add_argument("--count", default="1", help="the value of the count label (default 1)")
+    parser.add_argument("--namespace", help="where the pod runs: picks the tenant and its quota lines")
+    parser.add_argument("--dag-id", default="", help="the DAG id, for tenants matched by dag_id prefix")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="another pod label, for tenants matched by pod labels (repeatable)")
+    parser.add_argument("--policy", default=os.environ.get(POLICY_ENV),
+                        help=f"the policy file (default: ${POLICY_ENV}, the file Airflow's parse-time check reads)")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"gpu-webhook explain: {message}", file=sys.stderr)
+    return code
+
+
+def run_explain(argv: Sequence[str]) -> int:
+    """The ``gpu-webhook explain`` command: 0 explained, 1 refused by the webhook, 2 bad input."""
+    args = _parser().parse_args(list(argv))
+    if not args.policy:
+        return _fail(f"no policy file: pass --policy FILE or set {POLICY_ENV}", 2)
+    labels = dict(label.partition("=")[::2] for label in args.label)
+    if any("=" not in label for label in args.label):
+        return _fail("--label takes KEY=VALUE", 2)
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as err:
+        return _fail(f"invalid policy:\n{err}", 2)
+    try:
+        text = explain(policy, args.profile, args.count, namespace=args.namespace, dag_id=args.dag_id, labels=labels)
+    except ExplainError as err:
+        return _fail(f"the webhook would refuse this task: {err}", 1)
+    sys.stdout.write(text)
+    return 0

@@ -5,71 +5,23 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import jsonpatch
 import orjson
 import pytest
 
-from conftest import POLICY_FILE, admission_review, airflow_fixture
+from conftest import admission_review, airflow_fixture
+from serve import WebhookServer
 from webhook.app import MAX_BODY_BYTES
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.certs = tmp / "certs"
-        self.port = _free_port()
-        self.log = tmp / "serve.log"
-        cli = [sys.executable, "-m", "webhook.cli"]
-        subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
-                        "--namespace", "gpu-webhook"], check=True, capture_output=True)
-        self.process = subprocess.Popen(
-            [*cli, "serve", "--policy", str(POLICY_FILE), "--tls-cert", str(self.certs / "tls.crt"),
-             "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"https://localhost:{self.port}"
-        self.client = httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.certs / "ca.crt"),
-                                   timeout=10)
-
-    def wait_ready(self, limit: float = 30) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"serve not ready in {limit}s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(10)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("serve"))
+def server(tmp_path_factory) -> Iterator[WebhookServer]:
+    running = WebhookServer(tmp_path_factory.mktemp("serve"))
     try:
         running.wait_ready()
         yield running
@@ -77,7 +29,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         running.stop()
 
 
-def post(server: Server, path: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
+def post(server: WebhookServer, path: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
     return server.client.post(path, content=body, headers={"Content-Type": content_type})
 
 

@@ -1,0 +1,61 @@
+"""A real `gpu-webhook serve` for tests: certificates from `gpu-webhook certs generate`, a free
+loopback port, an httpx client that verifies the server against the generated CA (as the API
+server does), and a stop that always runs. Used by test_app.py and the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import POLICY_FILE
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WebhookServer:
+    """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
+
+    def __init__(self, tmp: Path, policy: Path = POLICY_FILE) -> None:
+        self.certs = tmp / "certs"
+        self.port = _free_port()
+        self.log = tmp / "serve.log"
+        cli = [sys.executable, "-m", "webhook.cli"]
+        subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
+                        "--namespace", "gpu-webhook"], check=True, capture_output=True)
+        self.process = subprocess.Popen(
+            [*cli, "serve", "--policy", str(policy), "--tls-cert", str(self.certs / "tls.crt"),
+             "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"https://localhost:{self.port}"
+        self.client = httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.certs / "ca.crt"),
+                                   timeout=10)
+
+    def wait_ready(self, limit: float = 30) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"serve not ready in {limit}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(10)

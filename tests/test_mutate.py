@@ -142,6 +142,16 @@ def test_mutating_an_already_mutated_pod_changes_nothing(case_id, policy):
     assert second.patch == () and second.allowed
 
 
+def test_fields_the_api_server_defaults_on_the_validator_do_not_count_as_a_change(policy):
+    pod, _ = mutated("kpo_h100_count2", policy)
+    validator = pod["spec"]["initContainers"][0]
+    validator["env"][0]["valueFrom"]["fieldRef"]["apiVersion"] = "v1"   # as kube-apiserver stores it
+    validator.setdefault("securityContext", {})["seccompProfile"] = {"type": "RuntimeDefault"}
+    assert decide_mutation(pod, "ml-jobs", policy).patch == ()
+    validator["args"][-1] = "3"
+    assert decide_mutation(pod, "ml-jobs", policy).patch != ()
+
+
 # --- properties: patches always apply, mutation is idempotent, untouched pods get no patch ---
 
 _PROFILES = ["a100-80gb", "h100-80gb", "a100-mig-1g.10gb", "a100-mig-2g.20gb", "a100-mig-3g.40gb"]

@@ -129,13 +129,19 @@ def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
 
 
 def _contains(actual: Any, desired: Any) -> bool:
-    """True when ``actual`` has every field of ``desired`` (the API server adds defaults)."""
+    """True when ``actual`` has every field of ``desired``, at every depth.
+
+    The API server defaults what the webhook left out (``fieldRef.apiVersion``,
+    ``terminationMessagePath``, ...), so a reinvocation must accept extra fields, not equality.
+    """
     if actual == desired:
         return True
     if isinstance(desired, dict):
-        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v)
-                                                   for k, v in desired.items())
-    return actual == desired
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(actual, list) and len(actual) == len(desired)
+                and all(_contains(a, d) for a, d in zip(actual, desired)))
+    return False
 
 
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:

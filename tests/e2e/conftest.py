@@ -5,12 +5,25 @@ A component that cannot start FAILS the session's e2e tests with its log tail; n
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
-from .controlplane import ControlPlane, build
+from conftest import ROOT, airflow_fixture
+from serve import WebhookServer
+from webhook.certs import ca_bundle, inject_ca_bundle, load_documents
+
+from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
+
+WEBHOOK_CONFIGURATIONS = ROOT / "manifests" / "webhook-configurations.yaml"
+#: Namespaces the reference policy's tenants match on (plus one that fits no tenant).
+TENANT_NAMESPACES = ("ml-jobs", "airflow", "analytics")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +53,86 @@ def namespace(controlplane: ControlPlane) -> str:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
+
+
+# ------------------------------------------------------------------ the webhook, as it ships
+class RegisteredWebhook:
+    """A running `gpu-webhook serve` registered with the test API server through the project's
+    own manifests/webhook-configurations.yaml (caBundle and a loopback url injected by
+    `gpu-webhook certs`'s own code), so what is tested is what ships."""
+
+    def __init__(self, controlplane: ControlPlane, tmp: Path) -> None:
+        self.cp = controlplane
+        self.server = WebhookServer(tmp)
+        self.server.wait_ready()
+        self.core = client.CoreV1Api(controlplane.api_client())
+        self.admission = client.AdmissionregistrationV1Api(controlplane.api_client())
+
+    def configurations(self, url: str | None = None) -> list[dict[str, Any]]:
+        docs = load_documents(WEBHOOK_CONFIGURATIONS)
+        inject_ca_bundle(docs, ca_bundle(self.server.certs / "ca.crt"),
+                         url=url or f"https://127.0.0.1:{self.server.port}")
+        return docs
+
+    def register(self, url: str | None = None) -> None:
+        """Apply the configurations and wait until the API server calls the webhook."""
+        self.cp.apply(self.configurations(url))
+        self.wait_until(lambda: self.probe() == ("mutated" if url is None else "refused"))
+
+    def unregister(self) -> None:
+        for doc in self.configurations():
+            delete = (self.admission.delete_mutating_webhook_configuration
+                      if doc["kind"] == "MutatingWebhookConfiguration"
+                      else self.admission.delete_validating_webhook_configuration)
+            try:
+                delete(doc["metadata"]["name"])
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+        self.wait_until(lambda: self.probe() == "untouched")
+
+    def probe(self) -> str:
+        """Dry-run an Airflow GPU pod: 'mutated', 'untouched' (no webhook) or 'refused'."""
+        pod = airflow_pod("kpo_h100_count2", f"probe-{uuid.uuid4().hex[:6]}")
+        try:
+            created = self.core.create_namespaced_pod("ml-jobs", pod, dry_run="All")
+        except ApiException as err:
+            return "refused" if err.status in (403, 500) else f"error {err.status}"
+        labels = created.metadata.labels or {}
+        return "mutated" if labels.get("gpu.platform/managed") == "true" else "untouched"
+
+    @staticmethod
+    def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        """The API server picks up webhook configuration changes within about a second."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the API server did not pick up the webhook configuration change")
+            time.sleep(0.25)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.server.log.read_text().splitlines()[-lines:])
+
+
+def airflow_pod(case_id: str, name: str, *, complete_after: str | None = "1s") -> dict[str, Any]:
+    """An Airflow-built fixture pod with a unique name (and, by default, kwok's completion label)."""
+    pod = airflow_fixture(case_id)["pod"]
+    pod["metadata"]["name"] = name
+    if complete_after is not None:
+        pod["metadata"]["labels"][COMPLETE_AFTER_LABEL] = complete_after
+    return pod
+
+
+@pytest.fixture(scope="module")
+def webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisteredWebhook]:
+    """The webhook registered for one test module, and unregistered after it, so modules that
+    test the bare control plane never meet it. Creates the policy's tenant namespaces."""
+    for name in TENANT_NAMESPACES:
+        controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    registered = RegisteredWebhook(controlplane, tmp_path_factory.mktemp("webhook"))
+    try:
+        registered.register()
+        yield registered
+        registered.unregister()
+    finally:
+        registered.server.stop()

@@ -126,7 +126,7 @@ def test_health_readiness_and_metrics(server):
     post(server, "/mutate", review_body("kpo_unknown_profile")[0])
     post(server, "/mutate", b"a=b", "text/plain")
     metrics = server.client.get("/metrics").text
-    assert 'gpu_webhook_admissions_total{outcome="denied",reason="unknown-profile",step="mutate"}' in metrics
+    assert 'gpu_webhook_admissions_total{outcome="denied",profile="unknown",reason="unknown-profile",step="mutate",tenant="vision"}' in metrics
     assert 'gpu_webhook_bad_requests_total{status="415",step="mutate"}' in metrics
     assert "gpu_webhook_decision_seconds_bucket" in metrics
 

@@ -2,7 +2,9 @@
 
 The HTTP layer turns a Decision into an AdmissionReview response; nothing here knows HTTP.
 Reasons are short stable codes (bounded, so they are safe as metric labels); messages are
-for the person who wrote the DAG.
+for the person who wrote the DAG. ``profile`` and ``tenant`` say whose pod it was, for the
+metrics: names from the policy only (never free pod text), ``UNKNOWN`` for a managed pod whose
+profile or tenant could not be resolved, empty for a pod the webhook does not manage.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["Decision", "Violation"]
+__all__ = ["UNKNOWN", "Decision", "Violation"]
 
 Patch = tuple[dict[str, Any], ...]
+
+#: The profile or tenant of a managed pod that names no profile or fits no tenant of the policy.
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -34,16 +39,22 @@ class Decision:
     warnings: tuple[str, ...] = ()
     code: int = 200
     violations: tuple[Violation, ...] = field(default=(), compare=False)
+    #: Metric labels only: they never change what the API server is told, so they do not
+    #: take part in equality.
+    profile: str = field(default="", compare=False)
+    tenant: str = field(default="", compare=False)
 
     @classmethod
-    def allow(cls, reason: str, patch: Patch = (), warnings: tuple[str, ...] = ()) -> Decision:
-        return cls(True, reason, patch=patch, warnings=warnings)
+    def allow(cls, reason: str, patch: Patch = (), warnings: tuple[str, ...] = (), *,
+              profile: str = "", tenant: str = "") -> Decision:
+        return cls(True, reason, patch=patch, warnings=warnings, profile=profile, tenant=tenant)
 
     @classmethod
-    def deny(cls, violations: list[Violation] | tuple[Violation, ...], code: int = 403) -> Decision:
+    def deny(cls, violations: list[Violation] | tuple[Violation, ...], code: int = 403, *,
+             profile: str = "", tenant: str = "") -> Decision:
         """A denial listing every violation, so one round trip shows the author all problems."""
         return cls(False, violations[0].reason, "; ".join(v.message for v in violations),
-                   code=code, violations=tuple(violations))
+                   code=code, violations=tuple(violations), profile=profile, tenant=tenant)
 
     @classmethod
     def error(cls, message: str) -> Decision:

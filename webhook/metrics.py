@@ -1,42 +1,131 @@
 """Prometheus metrics of the webhook's decisions, on a registry owned by the app (no globals).
 
-Labels are bounded: step, outcome and reason are small fixed sets; no pod, namespace or
-dag_id labels (those belong to kube-state-metrics, joined through the stamped pod labels).
+Labels are bounded: step, outcome and reason are small fixed sets, profile and tenant are names
+from the policy (or ``unknown`` / ``none``, see :mod:`webhook.decision`); no pod, namespace or
+dag_id labels (those belong to kube-state-metrics, joined through the stamped pod labels; see
+docs/observability.md and manifests/monitoring/).
+
+The policy's quota limits and profile weights are gauges read from the policy in force at each
+scrape, so a reloaded policy shows at the next scrape with nothing to refresh::
+
+    >>> metrics = WebhookMetrics()
+    >>> metrics.follow_policy(lambda: runtime.policy)      # doctest: +SKIP
+    >>> metrics.observe("mutate", decision, 0.0004)        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from .decision import Decision
+from .policy import Policy
 
-__all__ = ["CONTENT_TYPE_LATEST", "WebhookMetrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "NONE", "WebhookMetrics", "ksm_name"]
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
+#: profile and tenant of a pod the webhook does not manage (an empty label would vanish in PromQL).
+NONE = "none"
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def ksm_name(name: str) -> str:
+    """A resource or quota line as kube-state-metrics spells it in label values and names.
+
+    ``nvidia.com/mig-1g.10gb`` -> ``nvidia_com_mig_1g_10gb`` (its ``SanitizeLabelName``, as in
+    ``kube_pod_container_resource_requests{resource=...}``), ``gpuEquivalent`` ->
+    ``gpu_equivalent`` (its snake-casing), so quota gauges join its series without rewriting.
+    """
+    return _CAMEL.sub(r"\1_\2", _INVALID.sub("_", name)).lower()
+
+
+class _PolicyCollector(Collector):
+    """The policy in force as gauges, read at scrape time from ``source``."""
+
+    def __init__(self, source: Callable[[], Policy | None]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        policy = self.source()
+        info = GaugeMetricFamily("gpu_webhook_policy_info", "The policy in force (always 1).",
+                                 labels=["policy", "enforcement"])
+        limits = GaugeMetricFamily(
+            "gpu_webhook_quota_limit", "A tenant's quota line from the policy; resource is the line as "
+            "kube-state-metrics spells resources (nvidia_com_gpu, gpu_equivalent).",
+            labels=["tenant", "line", "resource"])
+        weights = GaugeMetricFamily(
+            "gpu_webhook_profile_gpu_equivalent", "Quota weight of one unit of a profile's resource, in whole GPUs.",
+            labels=["profile", "resource"])
+        if policy is not None:
+            info.add_metric([policy.metadata.name, policy.spec.enforcement], 1)
+            for tenant, spec in policy.spec.tenants.items():
+                for line, limit in spec.quota.items():
+                    limits.add_metric([tenant, line, ksm_name(line)], float(limit))
+            for name, profile in policy.spec.profiles.items():
+                weights.add_metric([name, ksm_name(profile.resource)], float(profile.gpuEquivalent))
+        yield from (info, limits, weights)
+
 
 class WebhookMetrics:
-    """The counters and histograms one server updates."""
+    """The counters, histograms and policy gauges one server exposes."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.admissions = Counter(
-            "gpu_webhook_admissions", "Admission decisions by step, outcome and reason.",
-            ["step", "outcome", "reason"], registry=self.registry)
+            "gpu_webhook_admissions", "Admission decisions by step, outcome, reason, GPU profile and tenant.",
+            ["step", "outcome", "reason", "profile", "tenant"], registry=self.registry)
         self.bad_requests = Counter(
             "gpu_webhook_bad_requests", "Requests answered with a 4xx before any decision.",
             ["step", "status"], registry=self.registry)
+        self.reloads = Counter(
+            "gpu_webhook_reloads", "Reloads of the policy or serving certificate files, by result.",
+            ["what", "result"], registry=self.registry)
+        for what in ("policy", "certificate"):  # from 0, so the first failure is an increase()
+            for result in ("ok", "failed"):
+                self.reloads.labels(what, result)
         self.latency = Histogram(
             "gpu_webhook_decision_seconds", "Time to read, decide and answer one AdmissionReview.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self._policy = _PolicyCollector(lambda: None)
+        self.registry.register(self._policy)
+        # (step, allowed, unpatched, reason, profile, tenant) -> (counter inc, histogram observe):
+        # prometheus_client's labels() costs more than the update itself, and the keys are bounded.
+        self._children: dict[tuple[str, bool, bool, str, str, str], tuple[Callable[[], None],
+                                                                          Callable[[float], None]]] = {}
+
+    def follow_policy(self, source: Callable[[], Policy | None]) -> None:
+        """Expose the policy that ``source`` returns at each scrape (the one in force)."""
+        self._policy.source = source
 
     def observe(self, step: str, decision: Decision, seconds: float) -> None:
-        outcome = ("warned" if decision.reason.startswith("warned:") else
-                   "mutated" if decision.patch and decision.allowed else
-                   "allowed" if decision.allowed else "denied")
-        self.admissions.labels(step, outcome, decision.reason.removeprefix("warned:")).inc()
-        self.latency.labels(step).observe(seconds)
+        """Count one answered AdmissionReview and its latency (the hot path: one dict lookup)."""
+        key = (step, decision.allowed, not decision.patch, decision.reason, decision.profile, decision.tenant)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._children_for(*key)
+        children[0]()
+        children[1](seconds)
+
+    def _children_for(self, step: str, allowed: bool, unpatched: bool, reason: str, profile: str,
+                      tenant: str) -> tuple[Callable[[], None], Callable[[float], None]]:
+        outcome = ("warned" if reason.startswith("warned:") else
+                   "mutated" if allowed and not unpatched else
+                   "allowed" if allowed else "denied")
+        counter = self.admissions.labels(step, outcome, reason.removeprefix("warned:"), profile or NONE,
+                                         tenant or NONE)
+        return counter.inc, self.latency.labels(step).observe
+
+    def reloaded(self, what: str, ok: bool) -> None:
+        """A reload of the policy or the serving certificate was attempted (``ok``: taken)."""
+        self.reloads.labels(what, "ok" if ok else "failed").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,15 +17,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from .decision import Decision, Violation
+from .decision import UNKNOWN, Decision, Violation
 from .patch import Op, add, pointer, remove, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import container_gpu_resources, gpu_quantity, labels, metadata, safe_label_value, spec
 from .policy import Policy
 from .rules import security_violations
+from .tenancy import resolve_tenant
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "TENANT_LABEL", "VALIDATOR_NAME",
-           "decide_mutation", "mutation_ops", "validator_container"]
+           "decide_mutation", "mutation_ops", "unplanned_labels", "validator_container"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
 MANAGED_LABEL = "gpu.platform/managed"
@@ -176,6 +177,17 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple
     return ops, warnings, conflicts
 
 
+def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy) -> dict[str, str]:
+    """The metric labels of a managed pod that got no plan: its profile and tenant where they
+    name ones of the policy, else ``unknown`` (never the pod's own text: bounded cardinality).
+
+    Only denials come here, so the second look at the labels costs the hot path nothing.
+    """
+    profile = labels(pod).get(policy.spec.labels.profile)
+    return {"profile": profile if isinstance(profile, str) and profile in policy.spec.profiles else UNKNOWN,
+            "tenant": resolve_tenant(pod, namespace, policy) or UNKNOWN}
+
+
 def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
     """Allow with the patch, allow untouched, or deny early with every reason known now.
 
@@ -187,9 +199,11 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> D
     problems = security_violations(pod, gpu_pod=True)
     plan = plan_gpu(pod, namespace, policy)
     if isinstance(plan, list):
-        return Decision.deny(problems + plan)
+        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy))
     ops, warnings, conflicts = mutation_ops(pod, plan, policy)
     if problems or conflicts:
         # The patch rides along so that enforcement "warn" can still apply it.
-        return replace(Decision.deny(problems + conflicts), patch=tuple(ops), warnings=tuple(warnings))
-    return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings))
+        return replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
+                       patch=tuple(ops), warnings=tuple(warnings))
+    return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings),
+                          profile=plan.profile_name, tenant=plan.tenant)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .decision import Decision, Violation
-from .mutate import VALIDATOR_NAME, mutation_ops
+from .mutate import VALIDATOR_NAME, mutation_ops, unplanned_labels
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import GpuContainer, gpu_containers, gpu_quantity
 from .policy import Policy
@@ -81,13 +81,14 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
     plan = plan_gpu(pod, namespace, policy)
     if isinstance(plan, list):
-        return Decision.deny(problems + plan)
+        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy))
+    whose = {"profile": plan.profile_name, "tenant": plan.tenant}
     problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
     if problems:
-        return Decision.deny(problems)
+        return Decision.deny(problems, **whose)
     quota = policy.spec.tenants[plan.tenant].quota
     requested = charge(gpu_request(containers), plan.profile, policy)
     exceeded = exceeded_lines(plan.tenant, quota, requested, usage.get(plan.tenant, {}))
     if exceeded:
-        return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded])
-    return Decision.allow("admitted")
+        return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], **whose)
+    return Decision.allow("admitted", **whose)

@@ -1,0 +1,231 @@
+"""Metrics: what each decision counts as, the policy's gauges, and /metrics after real admissions
+through the real HTTPS server (as Prometheus would scrape it)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import jsonpatch
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import admission_review, airflow_fixture, policy_with
+from serve import WebhookServer
+from webhook.app import Runtime
+from webhook.decision import Decision, Violation
+from webhook.metrics import WebhookMetrics, ksm_name
+from webhook.mutate import decide_mutation
+from webhook.validate import decide_validation
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of the one sample ``name{labels}`` in an exposition, None when absent."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def admissions(text: str, **labels: str) -> float | None:
+    return sample(text, "gpu_webhook_admissions_total", **labels)
+
+
+# --- what a decision counts as --------------------------------------------------------------------
+
+_PATCH = ({"op": "add", "path": "/metadata/labels/a", "value": "b"},)
+_DENIED = Decision.deny([Violation("unknown-profile", "no such profile")], profile="unknown", tenant="vision")
+
+OUTCOMES = [
+    ("a patched GPU pod counts as mutated under its profile and tenant",
+     Decision.allow("mutated", _PATCH, profile="h100-80gb", tenant="vision"),
+     {"outcome": "mutated", "reason": "mutated", "profile": "h100-80gb", "tenant": "vision"}),
+    ("an already mutated GPU pod counts as allowed",
+     Decision.allow("already-mutated", profile="h100-80gb", tenant="vision"),
+     {"outcome": "allowed", "reason": "already-mutated", "profile": "h100-80gb", "tenant": "vision"}),
+    ("a denial counts as denied under its first reason",
+     _DENIED, {"outcome": "denied", "reason": "unknown-profile", "profile": "unknown", "tenant": "vision"}),
+    ("a warn-mode denial counts as warned under the reason it would have been denied for",
+     _DENIED.as_warning(),
+     {"outcome": "warned", "reason": "unknown-profile", "profile": "unknown", "tenant": "vision"}),
+    ("a pod the webhook does not manage counts under profile and tenant none",
+     Decision.allow("unlabelled"), {"outcome": "allowed", "reason": "unlabelled", "profile": "none", "tenant": "none"}),
+    ("an internal error counts as denied with reason internal-error",
+     Decision.error("boom"), {"outcome": "denied", "reason": "internal-error", "profile": "none", "tenant": "none"}),
+]
+
+
+@pytest.mark.parametrize("description, decision, labels", OUTCOMES, ids=[o[0] for o in OUTCOMES])
+def test_each_decision_counts_once_under_bounded_labels(description, decision, labels):
+    metrics = WebhookMetrics()
+    metrics.observe("mutate", decision, 0.0003)
+    text = metrics.exposition().decode()
+    assert admissions(text, step="mutate", **labels) == 1
+    assert sample(text, "gpu_webhook_decision_seconds_count", step="mutate") == 1
+
+
+def test_repeated_decisions_add_up_and_differing_tenants_stay_apart():
+    metrics = WebhookMetrics()
+    for tenant in ("vision", "vision", "forecasting"):
+        metrics.observe("validate", Decision.allow("admitted", profile="a100-80gb", tenant=tenant), 0.001)
+    text = metrics.exposition().decode()
+    base = {"step": "validate", "outcome": "allowed", "reason": "admitted", "profile": "a100-80gb"}
+    assert admissions(text, **base, tenant="vision") == 2
+    assert admissions(text, **base, tenant="forecasting") == 1
+    assert sample(text, "gpu_webhook_decision_seconds_sum", step="validate") == pytest.approx(0.003)
+
+
+def test_webhook_metrics_carry_no_pod_namespace_or_dag_labels(policy):
+    metrics = Runtime(policy=policy).metrics
+    metrics.observe("mutate", Decision.allow("unlabelled"), 0.0001)
+    metrics.bad_requests.labels("mutate", "415").inc()
+    names = {label for family in text_string_to_metric_families(metrics.exposition().decode())
+             for s in family.samples for label in s.labels}
+    forbidden = {"pod", "namespace", "uid", "name", "dag_id", "task_id", "run_id", "try_number", "map_index"}
+    assert names & forbidden == set()
+    assert metrics.admissions._labelnames == ("step", "outcome", "reason", "profile", "tenant")
+
+
+# --- which profile and tenant the decisions carry ------------------------------------------------
+
+WHOSE = [
+    ("a mutated MIG pod names its profile and tenant", "kpo_mig_1g_xcom", "a100-mig-1g.10gb", "vision"),
+    ("an unknown profile is profile unknown, never the pod's text", "kpo_unknown_profile", "unknown", "vision"),
+    ("a pod of no tenant is tenant unknown with its known profile", "kpo_no_tenant", "a100-80gb", "unknown"),
+    ("a count over the maximum still names the profile and tenant", "kpo_count_over_max", "a100-mig-3g.40gb", "vision"),
+    ("a CPU pod the webhook does not manage names neither", "kpo_cpu_plain", "", ""),
+]
+
+
+@pytest.mark.parametrize("description, case_id, profile, tenant", WHOSE, ids=[w[0] for w in WHOSE])
+def test_both_steps_say_whose_pod_it_was(policy, description, case_id, profile, tenant):
+    case = airflow_fixture(case_id)
+    mutated = decide_mutation(case["pod"], case["namespace"], policy)
+    final = jsonpatch.apply_patch(case["pod"], list(mutated.patch)) if mutated.patch else case["pod"]
+    validated = decide_validation(final, case["namespace"], policy, {})
+    assert (mutated.profile, mutated.tenant) == (validated.profile, validated.tenant) == (profile, tenant)
+
+
+# --- the policy's gauges -------------------------------------------------------------------------
+
+LIMITS = [
+    ("vision's whole-GPU line", "vision", "nvidia.com/gpu", "nvidia_com_gpu", 4),
+    ("vision's MIG 1g line", "vision", "nvidia.com/mig-1g.10gb", "nvidia_com_mig_1g_10gb", 14),
+    ("vision's GPU-equivalent line", "vision", "gpuEquivalent", "gpu_equivalent", 6),
+    ("forecasting's whole-GPU line", "forecasting", "nvidia.com/gpu", "nvidia_com_gpu", 2),
+    ("forecasting's GPU-equivalent line", "forecasting", "gpuEquivalent", "gpu_equivalent", 3),
+]
+
+
+@pytest.mark.parametrize("description, tenant, line, resource, limit", LIMITS,
+                         ids=[f"{x[0]} is a gauge" for x in LIMITS])
+def test_every_quota_line_of_the_policy_is_a_limit_gauge(policy, description, tenant, line, resource, limit):
+    text = WebhookMetrics().exposition().decode()
+    assert sample(text, "gpu_webhook_quota_limit", tenant=tenant, line=line, resource=resource) is None
+    runtime = Runtime(policy=policy)
+    text = runtime.metrics.exposition().decode()
+    assert sample(text, "gpu_webhook_quota_limit", tenant=tenant, line=line, resource=resource) == limit
+
+
+def test_the_policy_name_and_profile_weights_are_exposed(policy):
+    text = Runtime(policy=policy).metrics.exposition().decode()
+    assert sample(text, "gpu_webhook_policy_info", policy="reference", enforcement="enforce") == 1
+    assert sample(text, "gpu_webhook_profile_gpu_equivalent", profile="a100-mig-1g.10gb",
+                  resource="nvidia_com_mig_1g_10gb") == 0.125
+    assert sample(text, "gpu_webhook_profile_gpu_equivalent", profile="h100-80gb", resource="nvidia_com_gpu") == 1
+
+
+def test_a_policy_set_on_the_runtime_shows_at_the_next_scrape(policy):
+    runtime = Runtime(policy=policy)
+    runtime.policy = policy_with(
+        enforcement="warn",
+        tenants={"vision": {"match": [{"namespace": "ml-jobs"}], "quota": {"nvidia.com/gpu": 1}}})
+    text = runtime.metrics.exposition().decode()
+    assert sample(text, "gpu_webhook_policy_info", policy="reference", enforcement="warn") == 1
+    assert sample(text, "gpu_webhook_quota_limit", tenant="vision", line="nvidia.com/gpu",
+                  resource="nvidia_com_gpu") == 1
+    assert sample(text, "gpu_webhook_quota_limit", tenant="forecasting", line="nvidia.com/gpu",
+                  resource="nvidia_com_gpu") is None
+
+
+KSM = [
+    ("a whole GPU", "nvidia.com/gpu", "nvidia_com_gpu"),
+    ("a MIG slice", "nvidia.com/mig-1g.10gb", "nvidia_com_mig_1g_10gb"),
+    ("a MIG slice with media extensions", "nvidia.com/mig-1g.10gb.me", "nvidia_com_mig_1g_10gb_me"),
+    ("the GPU-equivalent line", "gpuEquivalent", "gpu_equivalent"),
+]
+
+
+@pytest.mark.parametrize("description, name, spelled", KSM,
+                         ids=[f"{k[0]} is spelled as kube-state-metrics does" for k in KSM])
+def test_resources_are_spelled_as_kube_state_metrics_spells_them(description, name, spelled):
+    assert ksm_name(name) == spelled
+
+
+# --- /metrics after real admissions over HTTPS ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[WebhookServer]:
+    running = WebhookServer(tmp_path_factory.mktemp("metrics"))
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+def _post(server: WebhookServer, step: str, pod: dict, namespace: str) -> dict:
+    answer = server.client.post(f"/{step}", content=orjson.dumps(admission_review(pod, namespace)),
+                                headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["response"]
+
+
+def _chain(server: WebhookServer, case_id: str) -> None:
+    """Mutate, then validate the mutated pod unless denied, as the API server chains the webhooks."""
+    case = airflow_fixture(case_id)
+    mutated = _post(server, "mutate", case["pod"], case["namespace"])
+    if mutated["allowed"]:
+        patch = json.loads(base64.b64decode(mutated["patch"])) if "patch" in mutated else []
+        _post(server, "validate", jsonpatch.apply_patch(case["pod"], patch), case["namespace"])
+
+
+SCRAPED = [
+    ("the MIG pod was mutated once for vision", ("mutate", "mutated", "mutated", "a100-mig-1g.10gb", "vision"), 1),
+    ("the mutated MIG pod was admitted once", ("validate", "allowed", "admitted", "a100-mig-1g.10gb", "vision"), 1),
+    ("the unknown profile was denied as profile unknown",
+     ("mutate", "denied", "unknown-profile", "unknown", "vision"), 1),
+    ("the pod of no tenant was denied as tenant unknown", ("mutate", "denied", "no-tenant", "a100-80gb", "unknown"), 1),
+    ("the 5-GPU pod was mutated, then denied on quota",
+     ("validate", "denied", "quota-exceeded", "a100-80gb", "vision"), 1),
+    ("the CPU pod passed both steps untouched", ("validate", "allowed", "unlabelled", "none", "none"), 1),
+]
+
+
+@pytest.fixture(scope="module")
+def scraped(server) -> str:
+    for case_id in ("kpo_mig_1g_xcom", "kpo_unknown_profile", "kpo_no_tenant", "kpo_quota_breaker", "kpo_cpu_plain"):
+        _chain(server, case_id)
+    server.client.post("/validate", content=b"a=b", headers={"Content-Type": "text/plain"})
+    return server.client.get("/metrics").text
+
+
+@pytest.mark.parametrize("description, labels, count", SCRAPED, ids=[s[0] for s in SCRAPED])
+def test_metrics_after_real_admissions_count_each_decision(scraped, description, labels, count):
+    step, outcome, reason, profile, tenant = labels
+    assert admissions(scraped, step=step, outcome=outcome, reason=reason, profile=profile, tenant=tenant) == count
+
+
+def test_metrics_after_real_admissions_time_every_answer_and_count_bad_requests(scraped):
+    assert sample(scraped, "gpu_webhook_decision_seconds_count", step="mutate") == 5
+    assert sample(scraped, "gpu_webhook_decision_seconds_count", step="validate") == 3
+    assert sample(scraped, "gpu_webhook_bad_requests_total", step="validate", status="415") == 1
+
+
+def test_metrics_of_the_serving_policy_are_scraped(scraped):
+    assert sample(scraped, "gpu_webhook_policy_info", policy="reference", enforcement="enforce") == 1
+    assert sample(scraped, "gpu_webhook_quota_limit", tenant="vision", line="nvidia.com/gpu",
+                  resource="nvidia_com_gpu") == 4

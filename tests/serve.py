@@ -27,20 +27,27 @@ def _free_port() -> int:
 class WebhookServer:
     """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
 
-    def __init__(self, tmp: Path, policy: Path = POLICY_FILE) -> None:
-        self.certs = tmp / "certs"
+    def __init__(self, tmp: Path, policy: Path = POLICY_FILE, extra_args: tuple[str, ...] = (),
+                 certs: Path | None = None) -> None:
+        """``certs``: serve an existing pair (replicas behind one Service share it), else make one."""
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.certs = certs or tmp / "certs"
         self.port = _free_port()
         self.log = tmp / "serve.log"
         cli = [sys.executable, "-m", "webhook.cli"]
-        subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
-                        "--namespace", "gpu-webhook"], check=True, capture_output=True)
+        if certs is None:
+            subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
+                            "--namespace", "gpu-webhook"], check=True, capture_output=True)
         self.process = subprocess.Popen(
             [*cli, "serve", "--policy", str(policy), "--tls-cert", str(self.certs / "tls.crt"),
-             "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port)],
+             "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port), *extra_args],
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"https://localhost:{self.port}"
-        self.client = httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=self.certs / "ca.crt"),
-                                   timeout=10)
+        self.client = self.client_trusting(self.certs / "ca.crt")
+
+    def client_trusting(self, ca: Path) -> httpx.Client:
+        """An HTTPS client that verifies the server against ``ca``, as the API server does."""
+        return httpx.Client(base_url=self.url, verify=ssl.create_default_context(cafile=ca), timeout=10)
 
     def wait_ready(self, limit: float = 30) -> None:
         deadline = time.monotonic() + limit

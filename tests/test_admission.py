@@ -159,3 +159,13 @@ def test_a_hostile_pod_gets_a_decision_never_an_exception(policy, case_id, edits
         pod = jsonpatch.apply_patch(pod, list(mutated.patch))
     checked = decide_validation(pod, case["namespace"], policy, {})
     assert checked.reason != "internal-error" and mutated.reason != "internal-error"
+
+
+def test_while_usage_is_not_synced_quota_bound_pods_get_a_retryable_denial(policy):
+    request = request_for("kpo_h100_count2")
+    final = jsonpatch.apply_patch(request.object, list(mutate(request, policy).patch))
+    decision = validate(dataclasses.replace(request, object=final), policy, None)
+    assert (decision.allowed, decision.code, decision.reason) == (False, 503, "usage-not-synced")
+    assert "retry in a few seconds" in decision.message
+    assert validate(request_for("kpo_cpu_plain"), policy, None).allowed, "pass-through pods are unaffected"
+    assert validate(dataclasses.replace(request, object=final), policy_with(enforcement="warn"), None).allowed

@@ -15,14 +15,14 @@ from dataclasses import replace
 
 import jsonpatch
 
-from .decision import Decision
+from .decision import Decision, Violation
 from .mutate import decide_mutation
 from .policy import Policy
 from .quota import ResourceList
 from .review import AdmissionRequest
 from .validate import decide_validation
 
-__all__ = ["Usage", "mutate", "review_chain", "validate"]
+__all__ = ["NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
 
 log = logging.getLogger("gpu_webhook.admission")
 
@@ -50,9 +50,26 @@ def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
     return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy))
 
 
-def validate(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:
-    """The /validate step on the final pod: rules and quota."""
-    return _guarded(request, policy, lambda pod: decide_validation(pod, request.namespace, policy, usage))
+#: The denial for a quota-bound pod while the usage of the cluster is not known yet.
+NOT_SYNCED = Violation("usage-not-synced", "gpu-webhook has not finished reading the cluster's GPU usage yet, so "
+                                           "it cannot check the tenant's quota; this is temporary: retry in a few "
+                                           "seconds")
+
+
+def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None) -> Decision:
+    """The /validate step on the final pod: rules and quota.
+
+    ``usage`` is None while the cluster's usage is not known yet (the pod watch has not
+    synced): then a pod that would be charged to a tenant is denied with a retryable message
+    (fail closed), and every other pod is judged as usual.
+    """
+    def decide(pod: dict) -> Decision:
+        decision = decide_validation(pod, request.namespace, policy, usage or {})
+        if usage is None and decision.allowed and decision.reason == "admitted":
+            return Decision.deny([NOT_SYNCED], code=503, profile=decision.profile, tenant=decision.tenant)
+        return decision
+
+    return _guarded(request, policy, decide)
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -35,7 +35,7 @@ MAX_BODY_BYTES = 3 * 1024 * 1024 + 64 * 1024
 _JSON = "application/json"
 
 
-def _no_usage() -> Usage:
+def _no_usage() -> Usage | None:
     return {}
 
 
@@ -43,14 +43,21 @@ def _no_usage() -> Usage:
 class Runtime:
     """What the server decides with, built once in ``serve`` and passed in (no module globals).
 
-    ``usage`` returns the per-tenant usage to charge against. Until live cluster tracking
-    lands it is empty, so the validating step charges each pod alone against its quota.
+    ``usage`` returns the per-tenant usage to charge against, or None while it is not known
+    yet (the pod watch has not synced). Without ``serve --track-usage`` it is empty, so the
+    validating step charges each pod alone against its quota.
     """
 
     policy: Policy
-    usage: Callable[[], Usage] = _no_usage
+    usage: Callable[[], Usage | None] = _no_usage
     ready: Callable[[], bool] = lambda: True
+    #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
+    reserve: Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]] | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+
+    def __post_init__(self) -> None:
+        # The quota gauges show whatever policy is in force at scrape time, reloads included.
+        self.metrics.follow_policy(lambda: self.policy)
 
 
 def _json_response(body: object, status: int = 200) -> Response:
@@ -141,11 +148,21 @@ class AdmissionEndpoints:
             await _send_json(send, orjson.dumps({"error": bad.message, "status": bad.status}), bad.status)
             return
         decision = decide(review)
+        if step == "validate" and self.runtime.reserve is not None:
+            decision = await self._reserve(review, decision)
         body = orjson.dumps(review_response(review.uid, decision))
         seconds = time.perf_counter() - started
         self.runtime.metrics.observe(step, decision, seconds)
         _log_decision(step, review, decision, seconds)
         await _send_json(send, body)
+
+
+    async def _reserve(self, review: AdmissionRequest, decision: Decision) -> Decision:
+        try:
+            return await self.runtime.reserve(review, decision, self.runtime.policy)
+        except Exception:  # noqa: BLE001 - an answer carrying the uid, never an allow by accident
+            log.exception("quota reservation failed uid=%s", review.uid)
+            return Decision.error(f"gpu-webhook failed to record the quota reservation (uid {review.uid}); retry")
 
 
 def create_app(runtime: Runtime) -> ASGIApp:

@@ -1,4 +1,4 @@
-"""``gpu-webhook``: serve | review | policy | certs | explain | validate-driver. A thin shell over the core.
+"""``gpu-webhook``: serve | review | usage | policy | certs | explain | validate-driver. A thin shell over the core.
 
 Every command exits 2 with one line on stderr for bad input (a policy, a review or a pod
 list it cannot use), so scripts and CI can tell "bad input" from "judged".
@@ -38,9 +38,12 @@ def _policy(path: str):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     import uvicorn
 
     from .app import Runtime, create_app
+    from .reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     policy = _policy(args.policy)
@@ -48,18 +51,83 @@ def _serve(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             _fail(f"TLS file {path} does not exist (make one with: gpu-webhook certs generate)")
     logging.getLogger("gpu_webhook").info(
-        "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts each pod "
-        "alone until live usage tracking lands", policy.metadata.name, len(policy.spec.profiles),
-        len(policy.spec.tenants), policy.spec.enforcement, args.host, args.port)
+        "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts %s",
+        policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,
+        args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
+    runtime = Runtime(policy=policy)
+    apply_policy = _track_usage(runtime, args) if args.track_usage else (
+        lambda new: setattr(runtime, "policy", new))
     config = uvicorn.Config(
-        create_app(Runtime(policy=policy)), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
+        create_app(runtime), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,
         proxy_headers=False,  # the API server calls us directly; trust no X-Forwarded-* header
         # Longer than the API server's idle-connection timeout (90 s), so it is never the
         # webhook that closes a kept-alive connection the API server is about to reuse.
         timeout_keep_alive=100)
-    uvicorn.Server(config).run()
+    config.load()  # builds config.ssl: the SSLContext the certificate reloader loads new pairs into
+    watches = [] if args.reload_interval <= 0 else [
+        policy_reloader(Path(args.policy), apply_policy, runtime.metrics.reloaded, args.reload_interval),
+        certificate_reloader(config.ssl, Path(args.tls_cert), Path(args.tls_key), runtime.metrics.reloaded,
+                             args.reload_interval),
+    ]
+    asyncio.run(_serve_until_stopped(uvicorn.Server(config), watches))
     return 0
+
+
+def kube_client(kubeconfig: str | None):
+    """An API client: the given kubeconfig, else the in-cluster service account, else ~/.kube/config."""
+    import os
+
+    from kubernetes import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def _own_namespace() -> str:
+    """The namespace this pod runs in (the service account's), else the manifests' default."""
+    token_dir = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return token_dir.read_text().strip() if token_dir.is_file() else "gpu-webhook"
+
+
+def _track_usage(runtime, args: argparse.Namespace):
+    """Start the pod watch and the quota ledger; the runtime then charges against the cluster
+    and is ready once the watch synced.
+
+    Returns what a policy reload must call: the book re-charges its pods under the new policy.
+    """
+    from kubernetes import client
+
+    from .ledger import Ledger, QuotaReserver
+    from .tracker import PodWatch, UsageBook
+
+    api = kube_client(args.kubeconfig)
+    book = UsageBook(runtime.policy)
+    watch = PodWatch(api, book)
+    runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
+    runtime.ready = watch.synced.is_set
+    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), args.ledger_namespace or _own_namespace(), book,
+                                           ttl=args.reservation_ttl))
+    watch.start()
+
+    def apply(policy) -> None:
+        book.set_policy(policy)
+        runtime.policy = policy
+
+    return apply
+
+
+async def _serve_until_stopped(server, watches) -> None:
+    import asyncio
+
+    tasks = [asyncio.create_task(watch.run()) for watch in watches]
+    try:
+        await server.serve()
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _read_json(source: str, what: str) -> Any:
@@ -107,6 +175,29 @@ def _read_bytes(source: str) -> bytes:
         return Path(source).read_bytes()
     except OSError as err:
         _fail(f"cannot read {source}: {err.strerror}")
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from .tracker import MANAGED_SELECTOR, UsageBook
+    from .usage_report import usage_table
+
+    policy = _policy(args.policy)
+    if args.tenant and args.tenant not in policy.spec.tenants:
+        _fail(f"no tenant {args.tenant!r} in the policy; tenants: {', '.join(policy.spec.tenants)}")
+    try:
+        api = kube_client(args.kubeconfig)
+        response = api.call_api("/api/v1/pods", "GET", query_params=[("labelSelector", MANAGED_SELECTOR)],
+                                auth_settings=["BearerToken"], _preload_content=False,
+                                _return_http_data_only=True, _request_timeout=60)
+        pods = _json.loads(response.data).get("items") or []
+    except Exception as err:  # noqa: BLE001 - any client or config failure is one line for the operator
+        _fail(f"cannot list the cluster's pods: {err}")
+    book = UsageBook(policy)
+    book.replace_all(pods)
+    print(usage_table(policy, book, args.tenant, args.top))
+    return 0
 
 
 def _policy_check(args: argparse.Namespace) -> int:
@@ -174,7 +265,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=8443, help="port to listen on (default 8443)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--access-log", action="store_true", help="log every HTTP request (off: one line per decision)")
+    serve.add_argument("--access-log", action="store_true", help="log every HTTP request (off: one line per denial)")
+    serve.add_argument("--track-usage", action="store_true",
+                       help="charge quota against the cluster's running GPU pods (list+watch; /readyz waits for it)")
+    serve.add_argument("--kubeconfig", help="kubeconfig for --track-usage (default: in-cluster, else ~/.kube/config)")
+    serve.add_argument("--ledger-namespace", help="where the quota ledger ConfigMaps live (default: this pod's namespace)")
+    serve.add_argument("--reservation-ttl", type=float, default=60.0,
+                       help="seconds a quota reservation holds if its pod never appears (default 60)")
+    serve.add_argument("--reload-interval", type=float, default=5.0,
+                       help="seconds between checks of the policy and certificate files for changes (0: never)")
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser("review", help="judge an AdmissionReview offline (mutation, then validation)")
@@ -182,6 +281,13 @@ def _parser() -> argparse.ArgumentParser:
     review.add_argument("--cluster-pods", help="a PodList (kubectl get pods -A -o json) to count tenants' usage from")
     review.add_argument("file", nargs="?", default="-", help="the AdmissionReview (default: stdin)")
     review.set_defaults(run=_review)
+
+    usage = commands.add_parser("usage", help="each tenant's quota lines, usage and top holders, from the cluster")
+    usage.add_argument("--policy", required=True)
+    usage.add_argument("--tenant", help="only this tenant")
+    usage.add_argument("--top", type=int, default=5, help="how many holders to list per tenant (default 5)")
+    usage.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    usage.set_defaults(run=_usage)
 
     policy = commands.add_parser("policy", help="check a policy file or print its JSON Schema")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

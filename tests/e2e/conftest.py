@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import ROOT, airflow_fixture
+from conftest import POLICY_FILE, ROOT, airflow_fixture
 from serve import WebhookServer
 from webhook.certs import ca_bundle, inject_ca_bundle, load_documents
 
@@ -61,17 +61,19 @@ class RegisteredWebhook:
     own manifests/webhook-configurations.yaml (caBundle and a loopback url injected by
     `gpu-webhook certs`'s own code), so what is tested is what ships."""
 
-    def __init__(self, controlplane: ControlPlane, tmp: Path) -> None:
+    def __init__(self, controlplane: ControlPlane, tmp: Path, extra_args: tuple[str, ...] = (),
+                 policy: Path = POLICY_FILE) -> None:
         self.cp = controlplane
-        self.server = WebhookServer(tmp)
+        self.server = WebhookServer(tmp, policy, extra_args)
+        #: Where the API server is told to call; a test may put a load balancer in front.
+        self.base_url = f"https://127.0.0.1:{self.server.port}"
         self.server.wait_ready()
         self.core = client.CoreV1Api(controlplane.api_client())
         self.admission = client.AdmissionregistrationV1Api(controlplane.api_client())
 
     def configurations(self, url: str | None = None) -> list[dict[str, Any]]:
         docs = load_documents(WEBHOOK_CONFIGURATIONS)
-        inject_ca_bundle(docs, ca_bundle(self.server.certs / "ca.crt"),
-                         url=url or f"https://127.0.0.1:{self.server.port}")
+        inject_ca_bundle(docs, ca_bundle(self.server.certs / "ca.crt"), url=url or self.base_url)
         return docs
 
     def register(self, url: str | None = None) -> None:
@@ -123,16 +125,28 @@ def airflow_pod(case_id: str, name: str, *, complete_after: str | None = "1s") -
     return pod
 
 
-@pytest.fixture(scope="module")
-def webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisteredWebhook]:
-    """The webhook registered for one test module, and unregistered after it, so modules that
-    test the bare control plane never meet it. Creates the policy's tenant namespaces."""
+def registered_webhook(controlplane: ControlPlane, tmp: Path, *args: str) -> Iterator[RegisteredWebhook]:
+    """Serve (with ``args``), register for the duration, then unregister and stop."""
     for name in TENANT_NAMESPACES:
         controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    registered = RegisteredWebhook(controlplane, tmp_path_factory.mktemp("webhook"))
+    registered = RegisteredWebhook(controlplane, tmp, args)
     try:
         registered.register()
         yield registered
         registered.unregister()
     finally:
         registered.server.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisteredWebhook]:
+    """The webhook registered for one test module, and unregistered after it, so modules that
+    test the bare control plane never meet it. Creates the policy's tenant namespaces."""
+    yield from registered_webhook(controlplane, tmp_path_factory.mktemp("webhook"))
+
+
+@pytest.fixture(scope="module")
+def tracked_webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegisteredWebhook]:
+    """The same, serving with ``--track-usage``: quota charged against the watched cluster."""
+    yield from registered_webhook(controlplane, tmp_path_factory.mktemp("tracked"), "--track-usage", "--kubeconfig",
+                                  str(controlplane.kubeconfig), "--ledger-namespace", "default")

@@ -1,0 +1,50 @@
+"""`gpu-webhook usage`: each tenant's quota lines, what is used, and the pods holding it.
+
+Pure formatting over a :class:`~webhook.tracker.UsageBook`; the CLI fills the book from one
+list of the cluster's managed pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from .policy import Policy
+from .quota import format_quantity
+from .tracker import UsageBook
+
+__all__ = ["holder_name", "usage_table"]
+
+
+def holder_name(pod: Mapping[str, Any]) -> str:
+    """``dag_id/task_id`` for an Airflow pod (full dag id when the executor kept it), else ns/name."""
+    meta = pod["metadata"]
+    dag = meta.get("annotations", {}).get("dag_id") or meta.get("labels", {}).get("dag_id")
+    task = meta.get("labels", {}).get("task_id")
+    where = f"{meta.get('namespace')}/{meta.get('name')}"
+    return f"{dag}/{task} ({where})" if dag and task else where
+
+
+def _charge_text(charge: Mapping[str, Decimal]) -> str:
+    return ", ".join(f"{line} {format_quantity(q)}" for line, q in charge.items())
+
+
+def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top: int = 5) -> str:
+    """One block per tenant: its quota lines (used / limit) and its ``top`` largest holders."""
+    usage = book.usage()
+    names = [tenant] if tenant else list(policy.spec.tenants)
+    blocks = []
+    for name in names:
+        lines = [f"tenant {name}"]
+        for line, limit in policy.spec.tenants[name].quota.items():
+            used = usage.get(name, {}).get(line, Decimal(0))
+            lines.append(f"  {line:<24} {format_quantity(used):>8} / {format_quantity(limit):<6}"
+                         f" ({used / limit:.0%})")
+        holders = book.holders(name)
+        lines.append(f"  holders ({len(holders)} pods)" + (":" if holders else ": none"))
+        lines += [f"    {holder_name(pod)}: {_charge_text(charge)}" for charge, pod in holders[:top]]
+        if len(holders) > top:
+            lines.append(f"    ... and {len(holders) - top} more")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

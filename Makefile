@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8443
 CERTS  ?= dev-certs
 
-.PHONY: venv run test bench fixtures clean
+.PHONY: venv run test bench fixtures image image-deps clean
 
 $(BIN)/gpu-webhook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,15 @@ run: venv $(CERTS)/tls.crt
 	$(BIN)/gpu-webhook serve --policy manifests/policy.yaml \
 	  --tls-cert $(CERTS)/tls.crt --tls-key $(CERTS)/tls.key --port $(PORT)
 
-test: venv
+# buildah and debootstrap, for `make image` and tests/test_image.py (Debian 12, as root).
+image-deps:
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq buildah debootstrap; }
+
+image: venv image-deps
+	scripts/build-image.sh
+
+test: venv image-deps
 	$(BIN)/python -m pytest
 
 bench: venv
@@ -34,4 +42,4 @@ fixtures:
 	scripts/generate-fixtures.sh
 
 clean:
-	rm -rf $(VENV) $(CERTS) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CERTS) dist .pytest_cache .hypothesis

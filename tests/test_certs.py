@@ -56,7 +56,7 @@ def test_existing_files_are_not_overwritten_without_force(files):
 
 
 def test_the_ca_bundle_goes_into_every_webhook_of_the_shipped_configurations(files):
-    docs = load_documents(ROOT / "manifests" / "webhook-configurations.yaml")
+    docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
     assert inject_ca_bundle(docs, ca_bundle(files.ca_cert)) == 2
     for doc in docs:
         client = doc["webhooks"][0]["clientConfig"]
@@ -65,7 +65,7 @@ def test_the_ca_bundle_goes_into_every_webhook_of_the_shipped_configurations(fil
 
 
 def test_a_url_replaces_the_service_and_keeps_each_path(files):
-    docs = load_documents(ROOT / "manifests" / "webhook-configurations.yaml")
+    docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
     inject_ca_bundle(docs, ca_bundle(files.ca_cert), url="https://127.0.0.1:9443/")
     urls = [d["webhooks"][0]["clientConfig"]["url"] for d in docs]
     assert urls == ["https://127.0.0.1:9443/mutate", "https://127.0.0.1:9443/validate"]

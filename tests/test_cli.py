@@ -91,7 +91,7 @@ def test_certs_generate_then_inject_writes_a_usable_manifest(tmp_path):
     again = gpu_webhook("certs", "generate", "--out", str(tmp_path / "c"), "--service", "s", "--namespace", "n")
     assert again.returncode == 2 and b"--force" in again.stderr
     manifest = tmp_path / "webhooks.yaml"
-    manifest.write_text((POLICY_FILE.parent / "webhook-configurations.yaml").read_text())
+    manifest.write_text((POLICY_FILE.parent / "base" / "webhook-configurations.yaml").read_text())
     injected = gpu_webhook("certs", "inject", "--ca", str(tmp_path / "c" / "ca.crt"), "--url",
                            "https://127.0.0.1:8443", "--in-place", str(manifest))
     assert injected.returncode == 0, injected.stderr

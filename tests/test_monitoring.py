@@ -230,7 +230,7 @@ def test_the_metric_name_lexer(description, expr, names):
 
 def test_the_service_monitor_scrapes_the_webhook_service_over_verified_tls():
     monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
-    service = yaml.safe_load((ROOT / "manifests" / "service.yaml").read_text())
+    service = yaml.safe_load((ROOT / "manifests" / "base" / "service.yaml").read_text())
     endpoint, = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["scheme"] == "https" and endpoint["path"] == "/metrics"

@@ -220,7 +220,8 @@ def _certs_generate(args: argparse.Namespace) -> int:
     except (FileExistsError, ValueError) as err:
         _fail(str(err))
     print(f"wrote {files.ca_cert}, {files.ca_key}, {files.cert}, {files.key} (keys mode 0600)")
-    print(f"next: gpu-webhook certs inject --ca {files.ca_cert} manifests/webhook-configurations.yaml --in-place")
+    print("next: the Secret and caBundle from these files: see certs/README.md (kubectl apply -k "
+          "manifests/overlays/self-managed, or gpu-webhook certs inject for manifests rendered elsewhere)")
     return 0
 
 

@@ -21,7 +21,7 @@ from webhook.certs import ca_bundle, inject_ca_bundle, load_documents
 
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
 
-WEBHOOK_CONFIGURATIONS = ROOT / "manifests" / "webhook-configurations.yaml"
+WEBHOOK_CONFIGURATIONS = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 #: Namespaces the reference policy's tenants match on (plus one that fits no tenant).
 TENANT_NAMESPACES = ("ml-jobs", "airflow", "analytics")
 
@@ -58,7 +58,7 @@ def namespace(controlplane: ControlPlane) -> str:
 # ------------------------------------------------------------------ the webhook, as it ships
 class RegisteredWebhook:
     """A running `gpu-webhook serve` registered with the test API server through the project's
-    own manifests/webhook-configurations.yaml (caBundle and a loopback url injected by
+    own manifests/base/webhook-configurations.yaml (caBundle and a loopback url injected by
     `gpu-webhook certs`'s own code), so what is tested is what ships."""
 
     def __init__(self, controlplane: ControlPlane, tmp: Path, extra_args: tuple[str, ...] = (),

@@ -3,7 +3,7 @@
 `airflow dags test` (Airflow 3.3.2, cncf.kubernetes 10.25.0, SQLite metadata DB in a temp
 AIRFLOW_HOME) runs the DAG tests/e2e/dags/team_vision__gpu_kpo.py, whose KubernetesPodOperator
 tasks carry GPU profile labels, against the testbed's kube-apiserver with `gpu-webhook serve`
-registered from manifests/webhook-configurations.yaml. Proven here, read back from the API server
+registered from manifests/base/webhook-configurations.yaml. Proven here, read back from the API server
 and from Airflow's own metadata DB and task logs:
 
 - a MIG task (a100-mig-1g.10gb, namespace airflow, tenant vision by dag_id prefix) and a 2 x H100

@@ -4,6 +4,7 @@ server does), and a stop that always runs. Used by test_app.py and the e2e tests
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -12,10 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonpatch
+import orjson
 
-from conftest import POLICY_FILE
+from conftest import POLICY_FILE, admission_review
 
 
 def _free_port() -> int:
@@ -60,6 +64,32 @@ class WebhookServer:
             except httpx.TransportError:
                 time.sleep(0.1)
         raise RuntimeError(f"serve not ready in {limit}s:\n{self.log.read_text()[-3000:]}")
+
+    def __enter__(self) -> WebhookServer:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def review(self, step: str, pod: dict[str, Any], namespace: str) -> dict[str, Any]:
+        """POST the pod's AdmissionReview to /mutate or /validate; the AdmissionResponse."""
+        answer = self.client.post(f"/{step}", content=orjson.dumps(admission_review(pod, namespace)),
+                                  headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["response"]
+
+    def chain(self, pod: dict[str, Any], namespace: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Mutate, then validate the mutated pod (unless denied), as the API server chains them."""
+        mutated = self.review("mutate", pod, namespace)
+        if not mutated["allowed"]:
+            return mutated, None
+        patch = orjson.loads(base64.b64decode(mutated["patch"])) if "patch" in mutated else []
+        return mutated, self.review("validate", jsonpatch.apply_patch(pod, patch), namespace)
 
     def stop(self) -> None:
         self.client.close()

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
 import pytest

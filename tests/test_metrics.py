@@ -3,16 +3,13 @@ through the real HTTPS server (as Prometheus would scrape it)."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 
 import jsonpatch
-import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import admission_review, airflow_fixture, policy_with
+from conftest import airflow_fixture, policy_with
 from serve import WebhookServer
 from webhook.app import Runtime
 from webhook.decision import Decision, Violation
@@ -169,28 +166,13 @@ def test_resources_are_spelled_as_kube_state_metrics_spells_them(description, na
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[WebhookServer]:
-    running = WebhookServer(tmp_path_factory.mktemp("metrics"))
-    try:
-        running.wait_ready()
+    with WebhookServer(tmp_path_factory.mktemp("metrics")) as running:
         yield running
-    finally:
-        running.stop()
-
-
-def _post(server: WebhookServer, step: str, pod: dict, namespace: str) -> dict:
-    answer = server.client.post(f"/{step}", content=orjson.dumps(admission_review(pod, namespace)),
-                                headers={"Content-Type": "application/json"})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["response"]
 
 
 def _chain(server: WebhookServer, case_id: str) -> None:
-    """Mutate, then validate the mutated pod unless denied, as the API server chains the webhooks."""
     case = airflow_fixture(case_id)
-    mutated = _post(server, "mutate", case["pod"], case["namespace"])
-    if mutated["allowed"]:
-        patch = json.loads(base64.b64decode(mutated["patch"])) if "patch" in mutated else []
-        _post(server, "validate", jsonpatch.apply_patch(case["pod"], patch), case["namespace"])
+    server.chain(case["pod"], case["namespace"])
 
 
 SCRAPED = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import shutil
 import ssl
@@ -10,12 +9,10 @@ import subprocess
 import sys
 import time
 
-import jsonpatch
-import orjson
 import pytest
 import yaml
 
-from conftest import POLICY_FILE, admission_review, airflow_fixture
+from conftest import POLICY_FILE, airflow_fixture
 from serve import WebhookServer
 from webhook.certs import generate
 from webhook.reload import FileWatch, certificate_reloader, policy_reloader
@@ -87,21 +84,12 @@ def _wait(condition, timeout=15.0):
 
 @pytest.fixture
 def server(tmp_path):
-    running = WebhookServer(tmp_path, policy=_policy_copy(tmp_path), extra_args=("--reload-interval", "0.2"))
-    try:
-        running.wait_ready()
+    with WebhookServer(tmp_path, policy=_policy_copy(tmp_path), extra_args=("--reload-interval", "0.2")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _validate_h100_pod(server: WebhookServer) -> dict:
-    case = airflow_fixture("kpo_h100_count2")
-    mutated = server.client.post("/mutate", content=orjson.dumps(admission_review(case["pod"], "ml-jobs")),
-                                 headers={"Content-Type": "application/json"}).json()["response"]
-    final = jsonpatch.apply_patch(case["pod"], orjson.loads(base64.b64decode(mutated["patch"])))
-    return server.client.post("/validate", content=orjson.dumps(admission_review(final, "ml-jobs")),
-                              headers={"Content-Type": "application/json"}).json()["response"]
+    return server.chain(airflow_fixture("kpo_h100_count2")["pod"], "ml-jobs")[1]
 
 
 def test_a_lowered_quota_applies_to_the_next_admission_and_a_bad_file_keeps_the_last_good(server, tmp_path):

@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import Runtime, create_app
+    from .cluster import track_usage
     from .reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -55,8 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
         policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
     runtime = Runtime(policy=policy)
-    apply_policy = _track_usage(runtime, args) if args.track_usage else (
-        lambda new: setattr(runtime, "policy", new))
+    apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_ttl) \
+        if args.track_usage else (lambda new: setattr(runtime, "policy", new))
     config = uvicorn.Config(
         create_app(runtime), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,
@@ -72,51 +73,6 @@ def _serve(args: argparse.Namespace) -> int:
     ]
     asyncio.run(_serve_until_stopped(uvicorn.Server(config), watches))
     return 0
-
-
-def kube_client(kubeconfig: str | None):
-    """An API client: the given kubeconfig, else the in-cluster service account, else ~/.kube/config."""
-    import os
-
-    from kubernetes import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig)
-
-
-def _own_namespace() -> str:
-    """The namespace this pod runs in (the service account's), else the manifests' default."""
-    token_dir = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    return token_dir.read_text().strip() if token_dir.is_file() else "gpu-webhook"
-
-
-def _track_usage(runtime, args: argparse.Namespace):
-    """Start the pod watch and the quota ledger; the runtime then charges against the cluster
-    and is ready once the watch synced.
-
-    Returns what a policy reload must call: the book re-charges its pods under the new policy.
-    """
-    from kubernetes import client
-
-    from .ledger import Ledger, QuotaReserver
-    from .tracker import PodWatch, UsageBook
-
-    api = kube_client(args.kubeconfig)
-    book = UsageBook(runtime.policy)
-    watch = PodWatch(api, book)
-    runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
-    runtime.ready = watch.synced.is_set
-    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), args.ledger_namespace or _own_namespace(), book,
-                                           ttl=args.reservation_ttl))
-    watch.start()
-
-    def apply(policy) -> None:
-        book.set_policy(policy)
-        runtime.policy = policy
-
-    return apply
 
 
 async def _serve_until_stopped(server, watches) -> None:
@@ -180,6 +136,7 @@ def _read_bytes(source: str) -> bytes:
 def _usage(args: argparse.Namespace) -> int:
     import json as _json
 
+    from .cluster import kube_client
     from .tracker import MANAGED_SELECTOR, UsageBook
     from .usage_report import usage_table
 
@@ -270,7 +227,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--track-usage", action="store_true",
                        help="charge quota against the cluster's running GPU pods (list+watch; /readyz waits for it)")
     serve.add_argument("--kubeconfig", help="kubeconfig for --track-usage (default: in-cluster, else ~/.kube/config)")
-    serve.add_argument("--ledger-namespace", help="where the quota ledger ConfigMaps live (default: this pod's namespace)")
+    serve.add_argument("--ledger-namespace", default="gpu-webhook-ledger",
+                       help="where the quota ledger ConfigMaps live (default gpu-webhook-ledger, as the manifests)")
     serve.add_argument("--reservation-ttl", type=float, default=60.0,
                        help="seconds a quota reservation holds if its pod never appears (default 60)")
     serve.add_argument("--reload-interval", type=float, default=5.0,

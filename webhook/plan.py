@@ -92,17 +92,12 @@ def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy) -> str | Vio
 def plan_gpu(pod: Mapping[str, Any], namespace: str, policy: Policy) -> GpuPlan | list[Violation]:
     """The plan for a managed pod, or every reason it cannot have one."""
     pod_labels = labels(pod)
-    problems: list[Violation] = []
     chosen = _profile(pod_labels.get(policy.spec.labels.profile), policy)
-    count: int | Violation = 1
-    if isinstance(chosen, Violation):
-        problems.append(chosen)
-    else:
-        count = _count(pod_labels.get(policy.spec.labels.count), chosen[0], chosen[1], policy)
+    count = 1 if isinstance(chosen, Violation) else _count(pod_labels.get(policy.spec.labels.count), *chosen, policy)
     target = _target_index(pod, policy)
     tenant = _tenant(pod, namespace, policy)
-    problems += [p for p in (count, target, tenant) if isinstance(p, Violation)]
-    if problems:
+    problems = [p for p in (chosen, count, target, tenant) if isinstance(p, Violation)]
+    if problems or isinstance(chosen, Violation):
         return problems
-    assert not isinstance(chosen, Violation)
-    return GpuPlan(chosen[0], chosen[1], count, tenant, target)  # type: ignore[arg-type]
+    name, profile = chosen
+    return GpuPlan(name, profile, count, tenant, target)  # each is a value here, not a Violation

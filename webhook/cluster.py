@@ -1,0 +1,51 @@
+"""Cluster wiring for `serve --track-usage` and `gpu-webhook usage`: the API client, and the
+pod watch + quota ledger plugged into a runtime. Nothing here decides anything."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .policy import Policy
+
+__all__ = ["DEFAULT_LEDGER_NAMESPACE", "kube_client", "track_usage"]
+
+#: Where the manifests put the ledger, apart from the webhook's own namespace (docs/quota.md).
+DEFAULT_LEDGER_NAMESPACE = "gpu-webhook-ledger"
+
+
+def kube_client(kubeconfig: str | None) -> Any:
+    """An API client: the given kubeconfig, else the in-cluster service account, else ~/.kube/config."""
+    from kubernetes import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl: float) -> Callable[[Policy], None]:
+    """Start the pod watch and the quota ledger; the runtime then charges against the cluster
+    and is ready once the watch has synced.
+
+    Returns what a policy reload must call: the book re-charges its pods under the new policy.
+    """
+    from kubernetes import client
+
+    from .ledger import Ledger, QuotaReserver
+    from .tracker import PodWatch, UsageBook
+
+    api = kube_client(kubeconfig)
+    book = UsageBook(runtime.policy)
+    watch = PodWatch(api, book)
+    runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
+    runtime.ready = watch.synced.is_set
+    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl))
+    watch.start()
+
+    def apply(policy: Policy) -> None:
+        book.set_policy(policy)
+        runtime.policy = policy
+
+    return apply

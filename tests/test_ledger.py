@@ -114,3 +114,21 @@ def test_an_unavailable_ledger_denies_with_a_retryable_503(api, policy):
     decision = _ledger(api, policy, deadline=0.3).reserve("forecasting", QUOTA, "u", "p", ONE_GPU)
     assert (decision.allowed, decision.code, decision.reason) == (False, 503, "ledger-unavailable")
     assert "retry" in decision.message
+
+
+def test_dry_runs_and_pods_not_admitted_reserve_nothing(api, policy):
+    import asyncio
+
+    from webhook.decision import Decision
+    from webhook.ledger import QuotaReserver
+
+    reserver = QuotaReserver(_ledger(api, policy))
+    admitted = Decision.allow("admitted", tenant="forecasting")
+    pod = {"metadata": {"name": "p", "uid": "u1"}, "spec": {"containers": []}}
+    dry = SimpleNamespace(dry_run=True, object=pod, namespace="airflow")
+    wet = SimpleNamespace(dry_run=False, object=pod, namespace="airflow")
+    assert asyncio.run(reserver(dry, admitted, policy)) is admitted
+    assert asyncio.run(reserver(wet, Decision.allow("unlabelled"), policy)).reason == "unlabelled"
+    assert api.objects == {}, "nothing may be written for a dry run or a pod without quota"
+    asyncio.run(reserver(wet, admitted, policy))
+    assert list(api.objects) == ["gpu-webhook-ledger-forecasting"]

@@ -32,7 +32,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from conftest import POLICY_FILE, ROOT
+from conftest import POLICY_FILE, ROOT, airflow_fixture
+from serve import WebhookServer
 
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane
 
@@ -216,6 +217,28 @@ def as_service_account(controlplane: ControlPlane, base, tmp_path_factory) -> It
     api = client.ApiClient(config)
     yield api
     api.close()
+
+
+def test_serve_runs_as_the_service_account_and_charges_quota_through_the_ledger(as_service_account,
+                                                                                 tmp_path) -> None:
+    """The real `serve --track-usage` with the ServiceAccount's token as its only identity: its pod
+    watch syncs (/readyz) and an admission records its reservation in the ledger namespace."""
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    config = as_service_account.configuration
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "testbed", "cluster": {"server": config.host, "certificate-authority": config.ssl_ca_cert}}],
+        "users": [{"name": "sa", "user": {"token": config.api_key["authorization"].removeprefix("Bearer ")}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "testbed", "user": "sa"}}]}))
+    args = ("--track-usage", "--kubeconfig", str(kubeconfig), "--ledger-namespace", LEDGER_NAMESPACE)
+    with WebhookServer(tmp_path / "serve", extra_args=args) as server:   # ready = the watch synced
+        case = airflow_fixture("kpo_h100_count2")
+        pod = {**case["pod"], "metadata": {**case["pod"]["metadata"], "uid": str(uuid.uuid4())}}
+        mutated, validated = server.chain(pod, case["namespace"])
+        assert validated is not None and validated["allowed"] is True, validated
+    ledger = client.CoreV1Api(as_service_account).read_namespaced_config_map("gpu-webhook-ledger-vision",
+                                                                             LEDGER_NAMESPACE)
+    assert pod["metadata"]["uid"] in json.loads(ledger.data["reservations"])
 
 
 def test_the_service_account_is_who_the_token_says(as_service_account) -> None:

@@ -169,3 +169,10 @@ def test_while_usage_is_not_synced_quota_bound_pods_get_a_retryable_denial(polic
     assert "retry in a few seconds" in decision.message
     assert validate(request_for("kpo_cpu_plain"), policy, None).allowed, "pass-through pods are unaffected"
     assert validate(dataclasses.replace(request, object=final), policy_with(enforcement="warn"), None).allowed
+
+
+def test_while_the_node_list_is_not_synced_a_gpu_pod_is_admitted_with_a_warning(policy):
+    request = request_for("kpo_h100_count2")
+    final = jsonpatch.apply_patch(request.object, list(mutate(request, policy).patch))
+    decision = validate(dataclasses.replace(request, object=final), policy, {}, None, nodes_synced=False)
+    assert decision.allowed and any("did not check that a node can hold" in w for w in decision.warnings)

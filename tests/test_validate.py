@@ -134,3 +134,18 @@ def test_every_violation_is_reported_in_one_denial(policy):
     decision = decide_validation(pod, "airflow", policy, {})
     assert [v.reason for v in decision.violations] == ["forbidden-env", "privileged-gpu-pod"]
     assert "NVIDIA_DRIVER_CAPABILITIES" in decision.message and "privileged" in decision.message
+
+
+def test_a_pod_no_node_can_hold_is_refused_and_a_fitting_one_admitted(policy):
+    from webhook.nodes import NodeOffer
+
+    four_gpu_h100 = NodeOffer("h100-0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                              ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},),
+                              {"nvidia.com/gpu": 4})
+    pod = final_pod("kpo_h100_count2", policy)
+    assert decide_validation(pod, "ml-jobs", policy, {}, [four_gpu_h100]).reason == "admitted"
+    four_gpu_h100 = NodeOffer(four_gpu_h100.name, four_gpu_h100.labels, four_gpu_h100.taints, {"nvidia.com/gpu": 1})
+    decision = decide_validation(pod, "ml-jobs", policy, {}, [four_gpu_h100])
+    assert (decision.allowed, decision.reason) == (False, "no-node-fits")
+    assert "the largest offers 1" in decision.message
+    assert decide_validation(pod, "ml-jobs", policy, {}, None).reason == "admitted", "no nodes known: no check"

@@ -17,12 +17,13 @@ import jsonpatch
 
 from .decision import Decision, Violation
 from .mutate import decide_mutation
+from .nodes import NodeOffer
 from .policy import Policy
 from .quota import ResourceList
 from .review import AdmissionRequest
 from .validate import decide_validation
 
-__all__ = ["NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
+__all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
 
 log = logging.getLogger("gpu_webhook.admission")
 
@@ -56,17 +57,26 @@ NOT_SYNCED = Violation("usage-not-synced", "gpu-webhook has not finished reading
                                            "seconds")
 
 
-def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None) -> Decision:
-    """The /validate step on the final pod: rules and quota.
+#: The warning for a GPU pod admitted while the node list is not known yet (never a denial).
+NODES_NOT_SYNCED = ("gpu-webhook has not finished reading the cluster's nodes, so it did not check that a node "
+                    "can hold this pod")
+
+
+def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
+             nodes: list[NodeOffer] | None = None, nodes_synced: bool = True) -> Decision:
+    """The /validate step on the final pod: rules, node capacity and quota.
 
     ``usage`` is None while the cluster's usage is not known yet (the pod watch has not
     synced): then a pod that would be charged to a tenant is denied with a retryable message
-    (fail closed), and every other pod is judged as usual.
+    (fail closed), and every other pod is judged as usual. ``nodes`` None: no capacity check;
+    with ``nodes_synced`` false (the node watch is not there yet), a warning, never a denial.
     """
     def decide(pod: dict) -> Decision:
-        decision = decide_validation(pod, request.namespace, policy, usage or {})
+        decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes)
         if usage is None and decision.allowed and decision.reason == "admitted":
             return Decision.deny([NOT_SYNCED], code=503, profile=decision.profile, tenant=decision.tenant)
+        if not nodes_synced and decision.allowed and decision.reason == "admitted":
+            return replace(decision, warnings=decision.warnings + (NODES_NOT_SYNCED,))
         return decision
 
     return _guarded(request, policy, decide)

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .admission import Usage, mutate, validate
 from .decision import Decision
 from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
+from .nodes import NodeOffer
 from .pod import metadata
 from .policy import Policy
 from .review import AdmissionRequest, BadReview, parse_review, review_response
@@ -51,6 +52,8 @@ class Runtime:
     policy: Policy
     usage: Callable[[], Usage | None] = _no_usage
     ready: Callable[[], bool] = lambda: True
+    #: The cluster's nodes and whether the node watch has synced; (None, True): no capacity check.
+    nodes: Callable[[], tuple[list[NodeOffer] | None, bool]] = lambda: (None, True)
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]] | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
@@ -130,7 +133,7 @@ class AdmissionEndpoints:
         self.fallback = fallback
         self.steps: dict[str, Callable[[AdmissionRequest], Decision]] = {
             "/mutate": lambda r: mutate(r, runtime.policy),
-            "/validate": lambda r: validate(r, runtime.policy, runtime.usage()),
+            "/validate": lambda r: validate(r, runtime.policy, runtime.usage(), *runtime.nodes()),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

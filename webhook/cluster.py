@@ -1,5 +1,5 @@
 """Cluster wiring for `serve --track-usage` and `gpu-webhook usage`: the API client, and the
-pod watch + quota ledger plugged into a runtime. Nothing here decides anything."""
+pod watch, node watch and quota ledger plugged into a runtime. Nothing here decides anything."""
 
 from __future__ import annotations
 
@@ -26,23 +26,26 @@ def kube_client(kubeconfig: str | None) -> Any:
 
 
 def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl: float) -> Callable[[Policy], None]:
-    """Start the pod watch and the quota ledger; the runtime then charges against the cluster
-    and is ready once the watch has synced.
+    """Start the pod and node watches and the quota ledger; the runtime then charges against the
+    cluster, checks node capacity, and is ready once the pod watch has synced.
 
     Returns what a policy reload must call: the book re-charges its pods under the new policy.
     """
     from kubernetes import client
 
     from .ledger import Ledger, QuotaReserver
+    from .nodes import NodeBook
     from .tracker import PodWatch, UsageBook
 
     api = kube_client(kubeconfig)
-    book = UsageBook(runtime.policy)
-    watch = PodWatch(api, book)
+    book, nodes = UsageBook(runtime.policy), NodeBook()
+    watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
     runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
-    runtime.ready = watch.synced.is_set
+    runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
+    runtime.ready = watch.synced.is_set   # quota needs the pods; capacity only warns until nodes sync
     runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl))
     watch.start()
+    node_watch.start()
 
     def apply(policy: Policy) -> None:
         book.set_policy(policy)

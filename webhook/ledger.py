@@ -163,7 +163,8 @@ class QuotaReserver:
             reserved = await asyncio.to_thread(self.ledger.reserve, decision.tenant,
                                                policy.spec.tenants[decision.tenant].quota, uid, name,
                                                pod_charge(pod, policy))
-        reserved = self._with_holders(replace(reserved, profile=decision.profile))
+        reserved = self._with_holders(replace(reserved, profile=decision.profile,
+                                              warnings=decision.warnings + reserved.warnings))
         return reserved.as_warning() if policy.spec.enforcement == "warn" else reserved
 
     def _with_holders(self, decision: Decision, top: int = 3) -> Decision:

@@ -105,6 +105,8 @@ class Profile(_Strict):
     gpuEquivalent: PositiveQuantity = Decimal(1)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
+    #: The pool autoscales from zero: no node yet is no reason to refuse (a warning instead).
+    scaleFromZero: bool = False
 
     @field_validator("resource")
     @classmethod

@@ -149,29 +149,32 @@ class UsageBook:
 
 
 class PodWatch:
-    """List+watch of managed pods over the API server into a :class:`UsageBook`, on a thread."""
+    """List+watch over the API server into a book (``apply`` per event, ``replace_all`` per list),
+    on a thread: managed pods into a :class:`UsageBook` by default, or nodes into a NodeBook."""
 
-    def __init__(self, api_client: Any, book: UsageBook, selector: str = MANAGED_SELECTOR) -> None:
+    def __init__(self, api_client: Any, book: Any, selector: str = MANAGED_SELECTOR, path: str = "/api/v1/pods") -> None:
         self.api = api_client
         self.book = book
         self.selector = selector
+        self.path = path
         self.synced = threading.Event()
         self._stop = threading.Event()
 
     def _get(self, params: list[tuple[str, str]], stream: bool) -> Any:
-        return self.api.call_api("/api/v1/pods", "GET", query_params=params, auth_settings=["BearerToken"],
+        params = ([("labelSelector", self.selector)] if self.selector else []) + params
+        return self.api.call_api(self.path, "GET", query_params=params, auth_settings=["BearerToken"],
                                  _preload_content=False, _return_http_data_only=True,
                                  _request_timeout=None if stream else 60)
 
     def _list(self) -> str:
-        response = self._get([("labelSelector", self.selector)], stream=False)
+        response = self._get([], stream=False)
         body = json.loads(response.data)
         self.book.replace_all(body.get("items") or [])
         self.synced.set()
         return body["metadata"]["resourceVersion"]
 
     def _events(self, version: str) -> Iterator[dict[str, Any]]:
-        params = [("labelSelector", self.selector), ("watch", "true"), ("resourceVersion", version),
+        params = [("watch", "true"), ("resourceVersion", version),
                   ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(_WATCH_SECONDS))]
         response = self._get(params, stream=True)
         try:
@@ -212,7 +215,7 @@ class PodWatch:
                 self._stop.wait(1.0)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="pod-watch", daemon=True)
+        thread = threading.Thread(target=self.run, name=f"watch {self.path}", daemon=True)
         thread.start()
         return thread
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .decision import Decision, Violation
 from .mutate import VALIDATOR_NAME, mutation_ops, unplanned_labels
+from .nodes import NodeOffer, capacity_verdict
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import GpuContainer, gpu_containers, gpu_quantity
 from .policy import Policy
@@ -69,8 +70,9 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
 
 
 def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
-                      usage: Mapping[str, ResourceList]) -> Decision:
-    """Allow or deny the final pod; ``usage`` is what each tenant already holds."""
+                      usage: Mapping[str, ResourceList], nodes: list[NodeOffer] | None = None) -> Decision:
+    """Allow or deny the final pod; ``usage`` is what each tenant already holds, ``nodes`` the
+    cluster's nodes when they are known (None: no capacity check)."""
     scope = scope_of(pod, policy)
     containers = gpu_containers(pod)
     problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(containers))
@@ -84,6 +86,11 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy))
     whose = {"profile": plan.profile_name, "tenant": plan.tenant}
     problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
+    warnings: tuple[str, ...] = ()
+    if nodes is not None and not problems:
+        no_fit, warning = capacity_verdict(pod, plan.profile.resource, plan.count, nodes, plan.profile.scaleFromZero)
+        problems += [no_fit] if no_fit else []
+        warnings = (warning,) if warning else ()
     if problems:
         return Decision.deny(problems, **whose)
     quota = policy.spec.tenants[plan.tenant].quota
@@ -91,4 +98,4 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     exceeded = exceeded_lines(plan.tenant, quota, requested, usage.get(plan.tenant, {}))
     if exceeded:
         return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], **whose)
-    return Decision.allow("admitted", **whose)
+    return Decision.allow("admitted", warnings=warnings, **whose)

@@ -125,11 +125,12 @@ def airflow_pod(case_id: str, name: str, *, complete_after: str | None = "1s") -
     return pod
 
 
-def registered_webhook(controlplane: ControlPlane, tmp: Path, *args: str) -> Iterator[RegisteredWebhook]:
-    """Serve (with ``args``), register for the duration, then unregister and stop."""
+def registered_webhook(controlplane: ControlPlane, tmp: Path, *args: str,
+                       policy: Path = POLICY_FILE) -> Iterator[RegisteredWebhook]:
+    """Serve (with ``args`` and ``policy``), register for the duration, then unregister and stop."""
     for name in TENANT_NAMESPACES:
         controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    registered = RegisteredWebhook(controlplane, tmp, args)
+    registered = RegisteredWebhook(controlplane, tmp, args, policy)
     try:
         registered.register()
         yield registered

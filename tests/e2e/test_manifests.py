@@ -6,8 +6,8 @@ for the base's namespaced objects and RBAC, `dryRun=All` for the webhook configu
 ones would send GPU pods of other tests to a Service with no endpoints, failurePolicy Fail) and
 for the overlays (same names as the base). A Pod made from the Deployment's template passes Pod
 Security `restricted` in the webhook's namespace. The ServiceAccount, with a real token from the
-TokenRequest API, can read and watch pods in every namespace and keep the quota ledger in its own
-namespace (the webhook's own Ledger code, for real), and nothing else.
+TokenRequest API, can read and watch pods in every namespace, list the nodes, and keep the quota
+ledger in its own namespace (the webhook's own Ledger code, for real), and nothing else.
 """
 
 from __future__ import annotations
@@ -246,6 +246,11 @@ def test_the_service_account_is_who_the_token_says(as_service_account) -> None:
     assert review.status.user_info.username == SERVICE_ACCOUNT
 
 
+def test_the_service_account_lists_the_nodes_for_the_capacity_check(as_service_account) -> None:
+    names = {n.metadata.name for n in client.CoreV1Api(as_service_account).list_node().items}
+    assert {"h100-0", "a100-mig-mixed-0"} <= names
+
+
 def test_the_service_account_lists_and_watches_pods_in_every_namespace(controlplane, as_service_account,
                                                                         namespace) -> None:
     core = client.CoreV1Api(as_service_account)
@@ -292,7 +297,7 @@ REFUSED = [  # (what, call on CoreV1Api) - each a dry run, so a wrongly granted 
     ("patch the policy ConfigMap", lambda core, ns: core.patch_namespaced_config_map(
         "gpu-webhook-policy", NAMESPACE, {"data": {"policy.yaml": "{}"}}, dry_run="All")),
     ("delete a node", lambda core, ns: core.delete_node("cpu-0", dry_run="All")),
-    ("list nodes", lambda core, ns: core.list_node()),
+    ("label a node", lambda core, ns: core.patch_node("cpu-0", {"metadata": {"labels": {"x": "y"}}}, dry_run="All")),
     ("read secrets", lambda core, ns: core.list_namespaced_secret(NAMESPACE)),
     ("create a ConfigMap outside the ledger namespace", lambda core, ns: core.create_namespaced_config_map(
         NAMESPACE, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rbac-cm"}}, dry_run="All")),

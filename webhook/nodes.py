@@ -1,0 +1,101 @@
+"""Can any node ever hold this pod? Pure: node facts in, a verdict out.
+
+A pod that asks for more of a GPU resource than any node of its pool offers sits Pending until
+Airflow's start-up timeout. The webhook knows better at admission: it keeps the nodes' labels,
+taints and allocatable (:class:`NodeBook`, fed by a watch like the pod watch) and refuses a GPU
+pod whose node selector and tolerations match no node able to hold ``count`` units, naming what
+exists instead. A pool that autoscales from zero has no nodes to look at: its profile says
+``scaleFromZero: true`` and the verdict is then a warning. Until the node watch has synced, the
+webhook only warns: it never denies on a guess.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .decision import Violation
+from .pod import as_dict, as_list, gpu_quantity, metadata, spec
+
+__all__ = ["NodeBook", "NodeOffer", "capacity_verdict", "tolerates"]
+
+_BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
+
+
+@dataclass(frozen=True)
+class NodeOffer:
+    """What scheduling needs of one node: labels, blocking taints, allocatable GPU units."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: tuple[Mapping[str, Any], ...]
+    allocatable: Mapping[str, int]
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> NodeOffer:
+        meta = metadata(node)
+        allocatable = {k: int(q) for k, v in as_dict(as_dict(node.get("status")).get("allocatable")).items()
+                       if k.startswith("nvidia.com/") and (q := gpu_quantity(v)) is not None}
+        taints = tuple(t for t in as_list(spec(node).get("taints"))
+                       if isinstance(t, dict) and t.get("effect") in _BLOCKING_EFFECTS)
+        return cls(str(meta.get("name", "")), dict(as_dict(meta.get("labels"))), taints, allocatable)
+
+
+def _tolerates_one(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("operator") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.get("key")
+    return toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get("value", "")
+
+
+def tolerates(tolerations: list[Mapping[str, Any]], taints: tuple[Mapping[str, Any], ...]) -> bool:
+    """Every NoSchedule/NoExecute taint is tolerated (the scheduler's rule)."""
+    return all(any(_tolerates_one(t, taint) for t in tolerations) for taint in taints)
+
+
+def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: list[NodeOffer],
+                     scale_from_zero: bool) -> tuple[Violation | None, str | None]:
+    """(denial, warning) for a final pod asking ``count`` x ``resource``; both None when a node fits."""
+    selector = {k: v for k, v in as_dict(spec(pod).get("nodeSelector")).items()}
+    tolerations = [t for t in as_list(spec(pod).get("tolerations")) if isinstance(t, dict)]
+    pool = [o for o in offers if all(o.labels.get(k) == v for k, v in selector.items())
+            and tolerates(tolerations, o.taints)]
+    largest = max((o.allocatable.get(resource, 0) for o in pool), default=0)
+    if largest >= count:
+        return None, None
+    where = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any node"
+    if not pool and scale_from_zero:
+        return None, (f"no node matches {where} yet; the pool scales from zero, so the pod waits for "
+                      f"a {count} x {resource} node to be added")
+    instead = (f"the largest offers {largest}" if pool else
+               "no node matches that selector and tolerations at all")
+    return Violation("no-node-fits", f"no node offers {count} x {resource} with {where}; {instead}; "
+                                     f"ask for fewer or another profile"), None
+
+
+class NodeBook:
+    """The nodes the watch has seen, as offers; thread-safe. Same interface as the usage book."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeOffer] = {}
+
+    def apply(self, event: str, node: Mapping[str, Any]) -> None:
+        offer = NodeOffer.from_node(node)
+        with self._lock:
+            if event == "DELETED":
+                self._nodes.pop(offer.name, None)
+            else:
+                self._nodes[offer.name] = offer
+
+    def replace_all(self, nodes: list[Mapping[str, Any]]) -> None:
+        offers = [NodeOffer.from_node(n) for n in nodes]
+        with self._lock:
+            self._nodes = {o.name: o for o in offers}
+
+    def offers(self) -> list[NodeOffer]:
+        with self._lock:
+            return list(self._nodes.values())

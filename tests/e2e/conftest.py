@@ -5,6 +5,7 @@ A component that cannot start FAILS the session's e2e tests with its log tail; n
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -77,9 +78,10 @@ class RegisteredWebhook:
         return docs
 
     def register(self, url: str | None = None) -> None:
-        """Apply the configurations and wait until the API server calls the webhook."""
+        """Apply the configurations and wait until the API server calls the webhook (which may
+        also deny the probe: quota held by earlier modules' pods is no reason to wait)."""
         self.cp.apply(self.configurations(url))
-        self.wait_until(lambda: self.probe() == ("mutated" if url is None else "refused"))
+        self.wait_until(lambda: self.probe() in (("mutated", "denied") if url is None else ("refused",)))
 
     def unregister(self) -> None:
         for doc in self.configurations():
@@ -94,12 +96,16 @@ class RegisteredWebhook:
         self.wait_until(lambda: self.probe() == "untouched")
 
     def probe(self) -> str:
-        """Dry-run an Airflow GPU pod: 'mutated', 'untouched' (no webhook) or 'refused'."""
+        """Dry-run an Airflow GPU pod: 'mutated', 'denied' (by this webhook), 'refused' (the API
+        server could not call it), or 'untouched' (no webhook registered)."""
         pod = airflow_pod("kpo_h100_count2", f"probe-{uuid.uuid4().hex[:6]}")
         try:
             created = self.core.create_namespaced_pod("ml-jobs", pod, dry_run="All")
         except ApiException as err:
-            return "refused" if err.status in (403, 500) else f"error {err.status}"
+            message = json.loads(err.body).get("message", "") if err.body else ""
+            if "failed calling webhook" in message:
+                return "refused"
+            return "denied" if 'gpu.platform" denied the request' in message else f"error {err.status}: {message}"
         labels = created.metadata.labels or {}
         return "mutated" if labels.get("gpu.platform/managed") == "true" else "untouched"
 

@@ -87,5 +87,8 @@ def test_a_node_added_after_start_up_counts_at_once(capacity, controlplane):
             time.sleep(0.5)
         bound = controlplane.wait_for_pod("ml-jobs", pod["metadata"]["name"], lambda p: bool(p.spec.node_name), 30)
         assert bound.spec.node_name == big["metadata"]["name"]
+        # Finished before its node goes: a pod stranded on a deleted node would hold 12 GPUs of
+        # tenant vision for the rest of the session.
+        controlplane.wait_for_pod("ml-jobs", pod["metadata"]["name"], lambda p: p.status.phase == "Succeeded", 30)
     finally:
         capacity.core.delete_node(big["metadata"]["name"])

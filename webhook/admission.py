@@ -10,7 +10,7 @@ A decision that raises becomes a denial with code 500: never an allow by acciden
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import jsonpatch
@@ -63,7 +63,7 @@ NODES_NOT_SYNCED = ("gpu-webhook has not finished reading the cluster's nodes, s
 
 
 def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
-             nodes: list[NodeOffer] | None = None, nodes_synced: bool = True) -> Decision:
+             nodes: Sequence[NodeOffer] | None = None, nodes_synced: bool = True) -> Decision:
     """The /validate step on the final pod: rules, node capacity and quota.
 
     ``usage`` is None while the cluster's usage is not known yet (the pod watch has not

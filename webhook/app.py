@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -53,7 +53,7 @@ class Runtime:
     usage: Callable[[], Usage | None] = _no_usage
     ready: Callable[[], bool] = lambda: True
     #: The cluster's nodes and whether the node watch has synced; (None, True): no capacity check.
-    nodes: Callable[[], tuple[list[NodeOffer] | None, bool]] = lambda: (None, True)
+    nodes: Callable[[], tuple[Sequence[NodeOffer] | None, bool]] = lambda: (None, True)
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]] | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)

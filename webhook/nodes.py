@@ -12,7 +12,7 @@ webhook only warns: it never denies on a guess.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ def tolerates(tolerations: list[Mapping[str, Any]], taints: tuple[Mapping[str, A
     return all(any(_tolerates_one(t, taint) for t in tolerations) for taint in taints)
 
 
-def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: list[NodeOffer],
+def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: Sequence[NodeOffer],
                      scale_from_zero: bool) -> tuple[Violation | None, str | None]:
     """(denial, warning) for a final pod asking ``count`` x ``resource``; both None when a node fits."""
     selector = {k: v for k, v in as_dict(spec(pod).get("nodeSelector")).items()}
@@ -77,11 +77,16 @@ def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: 
 
 
 class NodeBook:
-    """The nodes the watch has seen, as offers; thread-safe. Same interface as the usage book."""
+    """The nodes the watch has seen, as offers; thread-safe. Same interface as the usage book.
+
+    ``offers()`` is on the path of every validating request, so it returns a snapshot built when
+    the nodes change (rarely), not a copy per request.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeOffer] = {}
+        self._snapshot: tuple[NodeOffer, ...] = ()
 
     def apply(self, event: str, node: Mapping[str, Any]) -> None:
         offer = NodeOffer.from_node(node)
@@ -90,12 +95,13 @@ class NodeBook:
                 self._nodes.pop(offer.name, None)
             else:
                 self._nodes[offer.name] = offer
+            self._snapshot = tuple(self._nodes.values())
 
     def replace_all(self, nodes: list[Mapping[str, Any]]) -> None:
         offers = [NodeOffer.from_node(n) for n in nodes]
         with self._lock:
             self._nodes = {o.name: o for o in offers}
+            self._snapshot = tuple(self._nodes.values())
 
-    def offers(self) -> list[NodeOffer]:
-        with self._lock:
-            return list(self._nodes.values())
+    def offers(self) -> tuple[NodeOffer, ...]:
+        return self._snapshot

@@ -8,7 +8,7 @@ operation), and the tenant's quota, charged on the pod as it will really run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .decision import Decision, Violation
@@ -70,7 +70,7 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
 
 
 def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
-                      usage: Mapping[str, ResourceList], nodes: list[NodeOffer] | None = None) -> Decision:
+                      usage: Mapping[str, ResourceList], nodes: Sequence[NodeOffer] | None = None) -> Decision:
     """Allow or deny the final pod; ``usage`` is what each tenant already holds, ``nodes`` the
     cluster's nodes when they are known (None: no capacity check)."""
     scope = scope_of(pod, policy)

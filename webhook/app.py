@@ -159,7 +159,6 @@ class AdmissionEndpoints:
         _log_decision(step, review, decision, seconds)
         await _send_json(send, body)
 
-
     async def _reserve(self, review: AdmissionRequest, decision: Decision) -> Decision:
         try:
             return await self.runtime.reserve(review, decision, self.runtime.policy)

@@ -134,25 +134,18 @@ def _read_bytes(source: str) -> bytes:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    import json as _json
-
     from .cluster import kube_client
-    from .tracker import MANAGED_SELECTOR, UsageBook
+    from .tracker import PodWatch, UsageBook
     from .usage_report import usage_table
 
     policy = _policy(args.policy)
     if args.tenant and args.tenant not in policy.spec.tenants:
         _fail(f"no tenant {args.tenant!r} in the policy; tenants: {', '.join(policy.spec.tenants)}")
+    book = UsageBook(policy)
     try:
-        api = kube_client(args.kubeconfig)
-        response = api.call_api("/api/v1/pods", "GET", query_params=[("labelSelector", MANAGED_SELECTOR)],
-                                auth_settings=["BearerToken"], _preload_content=False,
-                                _return_http_data_only=True, _request_timeout=60)
-        pods = _json.loads(response.data).get("items") or []
+        PodWatch(kube_client(args.kubeconfig), book).list_once()
     except Exception as err:  # noqa: BLE001 - any client or config failure is one line for the operator
         _fail(f"cannot list the cluster's pods: {err}")
-    book = UsageBook(policy)
-    book.replace_all(pods)
     print(usage_table(policy, book, args.tenant, args.top))
     return 0
 

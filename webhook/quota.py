@@ -27,6 +27,7 @@ __all__ = [
     "gpu_request",
     "pod_charge",
     "pod_gpu_request",
+    "tenant_charge",
     "usage_from_pods",
 ]
 
@@ -89,27 +90,33 @@ def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
     return charge(pod_gpu_request(pod), profile, policy)
 
 
+def tenant_charge(pod: Mapping[str, Any], policy: Policy) -> tuple[str, ResourceList] | None:
+    """(tenant, charge) of a pod the quota counts, or None: only pods carrying the profile label
+    (the ones the webhook charged), not finished, that fit a tenant and ask for a GPU."""
+    if policy.spec.labels.profile not in labels(pod):
+        return None
+    if as_dict(pod.get("status")).get("phase") in FINISHED_PHASES:
+        return None
+    tenant = resolve_tenant(pod, metadata(pod).get("namespace") or "", policy)
+    charged = pod_charge(pod, policy) if tenant else {}
+    return (tenant, charged) if tenant and charged else None
+
+
 def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,
                     skip: tuple[str, str] | None = None) -> dict[str, ResourceList]:
     """Per-tenant usage of the given pods (a PodList's items), as the quota counts it.
 
-    Only pods that carry the profile label count (they are the ones the webhook charged);
-    finished pods hold nothing. ``skip`` is the (namespace, name) of the pod under review,
-    so a re-submitted pod is not counted twice.
+    ``skip`` is the (namespace, name) of the pod under review, so a re-submitted pod is not
+    counted twice.
     """
     usage: dict[str, ResourceList] = {}
     for pod in pods:
         meta = metadata(pod)
-        namespace = meta.get("namespace") or ""
-        if policy.spec.labels.profile not in labels(pod):
+        if skip is not None and skip[1] and (meta.get("namespace") or "", meta.get("name")) == skip:
             continue
-        if as_dict(pod.get("status")).get("phase") in FINISHED_PHASES:
-            continue
-        if skip is not None and skip[1] and (namespace, meta.get("name")) == skip:
-            continue
-        tenant = resolve_tenant(pod, namespace, policy)
-        if tenant is not None:
-            usage[tenant] = add(usage.get(tenant, {}), pod_charge(pod, policy))
+        charged = tenant_charge(pod, policy)
+        if charged:
+            usage[charged[0]] = add(usage.get(charged[0], {}), charged[1])
     return usage
 
 

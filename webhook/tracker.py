@@ -26,8 +26,7 @@ from typing import Any
 from .mutate import MANAGED_LABEL
 from .pod import as_dict, as_list, metadata
 from .policy import Policy
-from .quota import FINISHED_PHASES, ResourceList, add, pod_charge
-from .tenancy import resolve_tenant
+from .quota import ResourceList, add, tenant_charge
 
 __all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "compact_pod"]
 
@@ -72,13 +71,6 @@ class UsageBook:
         self._usage: dict[str, ResourceList] = {}
         self._gone: dict[str, float] = {}                          # uid -> when it was deleted
 
-    def _charge(self, pod: dict[str, Any]) -> tuple[str, ResourceList] | None:
-        if pod["status"]["phase"] in FINISHED_PHASES:
-            return None
-        tenant = resolve_tenant(pod, pod["metadata"]["namespace"], self._policy)
-        charge = pod_charge(pod, self._policy) if tenant else {}
-        return (tenant, charge) if tenant and charge else None
-
     def _forget(self, uid: str) -> None:
         self._pods.pop(uid, None)
         old = self._charges.pop(uid, None)
@@ -90,7 +82,7 @@ class UsageBook:
         uid = pod["metadata"]["uid"]
         self._forget(uid)
         self._pods[uid] = pod
-        charged = self._charge(pod)
+        charged = tenant_charge(pod, self._policy)
         if charged:
             self._charges[uid] = charged
             self._usage[charged[0]] = add(self._usage.get(charged[0], {}), charged[1])
@@ -166,7 +158,8 @@ class PodWatch:
                                  _preload_content=False, _return_http_data_only=True,
                                  _request_timeout=None if stream else 60)
 
-    def _list(self) -> str:
+    def list_once(self) -> str:
+        """One full list into the book (also what `gpu-webhook usage` does); its resourceVersion."""
         response = self._get([], stream=False)
         body = json.loads(response.data)
         self.book.replace_all(body.get("items") or [])
@@ -207,7 +200,7 @@ class PodWatch:
         """List, then watch until stopped; list again on 410 Gone or any failure (after a pause)."""
         while not self._stop.is_set():
             try:
-                version: str | None = self._list()
+                version: str | None = self.list_once()
                 while version is not None and not self._stop.is_set():
                     version = self._watch_from(version)
             except Exception as err:  # noqa: BLE001 - the watch must outlive a flaky API server

@@ -18,6 +18,7 @@ import orjson
 import yaml
 
 from . import __version__
+from .cluster import DEFAULT_LEDGER_NAMESPACE
 from .policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["main"]
@@ -220,8 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--track-usage", action="store_true",
                        help="charge quota against the cluster's running GPU pods (list+watch; /readyz waits for it)")
     serve.add_argument("--kubeconfig", help="kubeconfig for --track-usage (default: in-cluster, else ~/.kube/config)")
-    serve.add_argument("--ledger-namespace", default="gpu-webhook-ledger",
-                       help="where the quota ledger ConfigMaps live (default gpu-webhook-ledger, as the manifests)")
+    serve.add_argument("--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE,
+                       help=f"where the quota ledger ConfigMaps live (default {DEFAULT_LEDGER_NAMESPACE}, as the manifests)")
     serve.add_argument("--reservation-ttl", type=float, default=60.0,
                        help="seconds a quota reservation holds if its pod never appears (default 60)")
     serve.add_argument("--reload-interval", type=float, default=5.0,

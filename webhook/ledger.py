@@ -4,7 +4,7 @@ of creates is never over-admitted, in the way ResourceQuota admission closes the
 Between "admitted" and "seen by the pod watch" there is a window; two replicas (or two
 requests) in it would each see the same free quota. So the validating step, for a pod it is
 about to admit, *reserves* its charge in a per-tenant ConfigMap (``gpu-webhook-ledger-<tenant>``
-in the webhook's namespace, key ``reservations``: JSON ``{pod uid: {charge, expires, pod}}``)
+in the ledger namespace, ``gpu-webhook-ledger`` as deployed, key ``reservations``: JSON ``{pod uid: {charge, expires, pod}}``)
 with optimistic concurrency: read, check ``watched usage + live reservations + this pod``
 against the quota, write back with the read ``resourceVersion``; on a conflict, read again.
 A reservation stops counting once its pod is in the watch (it is usage then) or after its TTL

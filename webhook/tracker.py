@@ -11,7 +11,7 @@ Two parts, as controller-runtime splits a cache from its informer:
   Raw JSON, never typed models. ``synced`` turns true after the first full list.
 
 Between an admission and its pod appearing in the watch there is a window in which another
-replica (or a burst) can over-admit; the quota ledger closes it (issue 5), not this module.
+replica (or a burst) can over-admit; the quota ledger (webhook/ledger.py) closes it, not this module.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 same uvicorn) measured in the same run, with wrk as the load generator (apt-get install wrk).
 
 Targets: >= 70% of the bare endpoint's reviews/s, p99 within 2x of it. Each round measures the
-baseline and then every scenario, so the ratios compare neighbours in time on a shared machine.
+baseline and then every scenario, so the ratios compare neighbours in time on a shared machine;
+a warm-up pass first (a cold server answers its first seconds about a third slower). The last
+row is the ceiling (benchmarks/noop_app.py): the webhook's own HTTP path with no decision.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _wrk(url: str, body: Path, lua: Path, seconds: int, connections: int) -> Res
     return Result(rps, ms(latency["50"]), ms(latency["99"]))
 
 
-def run(seconds: int = 8, rounds: int = 2, connections: int = 8) -> dict[str, list[tuple[Result, Result]]]:
+def run(seconds: int = 8, rounds: int = 2, connections: int = 8, warm_up: int = 3) -> dict[str, list[tuple[Result, Result]]]:
     if shutil.which("wrk") is None:
         sys.exit("benchmarks.server needs wrk: apt-get install wrk")
     policy = load_policy(ROOT / "manifests" / "policy.yaml")
@@ -107,9 +109,11 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8) -> dict[str, li
                   "passthrough": (cpu["pod"], cpu["namespace"])}
         for name, (pod, namespace) in bodies.items():
             (tmp / f"{name}.json").write_bytes(review_bytes(pod, namespace))
-        base_port, hook_port = _free_port(), _free_port()
-        baseline = _start([sys.executable, "-m", "uvicorn", "benchmarks.bare_app:app", "--port", str(base_port),
-                           "--lifespan", "off", "--no-access-log", "--log-level", "warning", *tls], base_port, tmp / "ca.crt")
+        base_port, hook_port, noop_port = _free_port(), _free_port(), _free_port()
+        # uvicorn's own defaults (loop and http "auto": uvloop and httptools), as `serve` uses them
+        uvicorn = [sys.executable, "-m", "uvicorn", "--lifespan", "off", "--no-access-log", "--log-level", "warning", *tls]
+        baseline = _start([*uvicorn, "benchmarks.bare_app:app", "--port", str(base_port)], base_port, tmp / "ca.crt")
+        ceiling = _start([*uvicorn, "benchmarks.noop_app:app", "--port", str(noop_port)], noop_port, tmp / "ca.crt")
         webhook = _start([*cli, "serve", "--policy", str(ROOT / "manifests" / "policy.yaml"), "--port", str(hook_port),
                           "--host", "127.0.0.1", "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key")],
                          hook_port, tmp / "ca.crt")
@@ -117,18 +121,23 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8) -> dict[str, li
             "Airflow GPU pod, /mutate": ("mutate", "/mutate"),
             "mutated GPU pod, /validate": ("validate", "/validate"),
             "pass-through CPU pod, /validate": ("passthrough", "/validate"),
+            "ceiling: mutated GPU pod, HTTP path only": ("validate", "/validate"),
         }
+        ports = {name: noop_port if name.startswith("ceiling") else hook_port for name in scenarios}
         results: dict[str, list[tuple[Result, Result]]] = {name: [] for name in scenarios}
         try:
+            for port, (body, path) in [(base_port, ("validate", "/")), (hook_port, ("validate", "/validate")),
+                                       (noop_port, ("validate", "/validate"))]:
+                _wrk(f"https://127.0.0.1:{port}{path}", tmp / f"{body}.json", lua, warm_up, connections)
             for _ in range(rounds):
                 for name, (body, path) in scenarios.items():
                     body_file = tmp / f"{body}.json"
                     base = _wrk(f"https://127.0.0.1:{base_port}/", body_file, lua, seconds, connections)
-                    ours = _wrk(f"https://127.0.0.1:{hook_port}{path}", body_file, lua, seconds, connections)
+                    ours = _wrk(f"https://127.0.0.1:{ports[name]}{path}", body_file, lua, seconds, connections)
                     results[name].append((base, ours))
         finally:
-            _stop(baseline)
-            _stop(webhook)
+            for process in (baseline, ceiling, webhook):
+                _stop(process)
     return results
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import jsonpatch
 import orjson
@@ -72,13 +71,13 @@ def test_the_chain_returns_the_mutation_patch_and_validates_the_mutated_pod(poli
 
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
 def test_operations_other_than_create_pass_untouched(operation, policy):
-    request = dataclasses.replace(request_for("kpo_unknown_profile"), operation=operation)
+    request = request_for("kpo_unknown_profile")._replace(operation=operation)
     assert mutate(request, policy).reason == "not-create"
     assert validate(request, policy, {}).allowed
 
 
 def test_a_subresource_passes_untouched(policy):
-    request = dataclasses.replace(request_for("kpo_unknown_profile"), subresource="status")
+    request = request_for("kpo_unknown_profile")._replace(subresource="status")
     assert (mutate(request, policy).allowed, mutate(request, policy).reason) == (True, "subresource")
 
 
@@ -164,15 +163,15 @@ def test_a_hostile_pod_gets_a_decision_never_an_exception(policy, case_id, edits
 def test_while_usage_is_not_synced_quota_bound_pods_get_a_retryable_denial(policy):
     request = request_for("kpo_h100_count2")
     final = jsonpatch.apply_patch(request.object, list(mutate(request, policy).patch))
-    decision = validate(dataclasses.replace(request, object=final), policy, None)
+    decision = validate(request._replace(object=final), policy, None)
     assert (decision.allowed, decision.code, decision.reason) == (False, 503, "usage-not-synced")
     assert "retry in a few seconds" in decision.message
     assert validate(request_for("kpo_cpu_plain"), policy, None).allowed, "pass-through pods are unaffected"
-    assert validate(dataclasses.replace(request, object=final), policy_with(enforcement="warn"), None).allowed
+    assert validate(request._replace(object=final), policy_with(enforcement="warn"), None).allowed
 
 
 def test_while_the_node_list_is_not_synced_a_gpu_pod_is_admitted_with_a_warning(policy):
     request = request_for("kpo_h100_count2")
     final = jsonpatch.apply_patch(request.object, list(mutate(request, policy).patch))
-    decision = validate(dataclasses.replace(request, object=final), policy, {}, None, nodes_synced=False)
+    decision = validate(request._replace(object=final), policy, {}, None, nodes_synced=False)
     assert decision.allowed and any("did not check that a node can hold" in w for w in decision.warnings)

@@ -91,7 +91,7 @@ def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Dec
     if not mutated.allowed or request.object is None:
         return mutated
     final = jsonpatch.apply_patch(request.object, list(mutated.patch)) if mutated.patch else request.object
-    checked = validate(replace(request, object=final), policy, usage)
+    checked = validate(request._replace(object=final), policy, usage)
     if not checked.allowed:
         return checked
     return Decision(True, checked.reason if not mutated.patch else mutated.reason, patch=mutated.patch,

@@ -67,19 +67,22 @@ def _json_response(body: object, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _content_headers(scope: Scope) -> tuple[str, str | None]:
+    """(media type, Content-Length) in one pass over the headers."""
+    content_type, length = "", None
     for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        if key == b"content-type":
+            content_type = value.decode("latin-1").split(";")[0].strip().lower()
+        elif key == b"content-length":
+            length = value.decode("latin-1")
+    return content_type, length
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
     """The body, refused before parsing when it is not JSON or over the cap."""
-    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    content_type, declared = _content_headers(scope)
     if content_type != _JSON:
         raise BadReview(415, f"Content-Type must be {_JSON}, got {content_type or 'none'!r}")
-    declared = _header(scope, b"content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         raise BadReview(413 if declared.isdigit() else 400,
                         f"the body must be at most {MAX_BODY_BYTES} bytes (Content-Length {declared})")

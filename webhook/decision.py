@@ -10,6 +10,7 @@ profile or tenant could not be resolved, empty for a pod the webhook does not ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["UNKNOWN", "Decision", "Violation"]
@@ -47,6 +48,8 @@ class Decision:
     @classmethod
     def allow(cls, reason: str, patch: Patch = (), warnings: tuple[str, ...] = (), *,
               profile: str = "", tenant: str = "") -> Decision:
+        if not (patch or warnings or profile or tenant):
+            return _plain_allow(reason)
         return cls(True, reason, patch=patch, warnings=warnings, profile=profile, tenant=tenant)
 
     @classmethod
@@ -68,3 +71,10 @@ class Decision:
         texts = tuple(f"[gpu-webhook warn-only] {v.message}" for v in self.violations) or (self.message,)
         return replace(self, allowed=True, message="", code=200, warnings=self.warnings + texts,
                        reason=f"warned:{self.reason}")
+
+
+@lru_cache(maxsize=64)
+def _plain_allow(reason: str) -> Decision:
+    """One shared allow per reason (decisions are immutable): most pods the webhook sees are
+    CPU pods passing untouched, and building the value was a third of that decision's cost."""
+    return Decision(True, reason)

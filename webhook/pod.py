@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
@@ -98,6 +99,19 @@ def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
 
 def gpu_quantity(value: Any) -> Decimal | None:
     """A GPU count from a resource quantity ("2", 2, "2.0"); None when not a whole number >= 0."""
+    if isinstance(value, str):
+        return _gpu_quantity_text(value)
+    return _parse_gpu_quantity(value)
+
+
+@lru_cache(maxsize=1024)
+def _gpu_quantity_text(text: str) -> Decimal | None:
+    """Cached: the same few strings ("1", "2") recur on every GPU pod, and parsing a quantity
+    cost more than the rest of a container's GPU check. Decimals are immutable, so sharing is safe."""
+    return _parse_gpu_quantity(text)
+
+
+def _parse_gpu_quantity(value: Any) -> Decimal | None:
     try:
         quantity = parse_quantity(value)
     except (ValueError, TypeError, InvalidOperation):
@@ -136,11 +150,13 @@ _UNSAFE_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 _UNSAFE_LABEL_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 
 
+@lru_cache(maxsize=1024)
 def safe_label_value(value: str) -> str:
     """A valid label value for ``value``: invalid characters dropped, at most 63 characters.
 
     A value that had to change gets a short hash suffix, so two different inputs do not
     collapse into the same label (the same idea as Airflow's ``make_safe_label_value``).
+    Cached: the inputs are the policy's tenant and profile names, a small set.
     """
     cleaned = _UNSAFE_LABEL_ENDS.sub("", _UNSAFE_LABEL_CHARS.sub("", value))
     if cleaned == value and len(value) <= 63:

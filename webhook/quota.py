@@ -33,6 +33,8 @@ __all__ = [
 
 ResourceList = dict[str, Decimal]
 
+_ZERO = Decimal(0)
+
 #: Pods in these phases hold no GPU any more.
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -40,13 +42,13 @@ FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 def add(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> ResourceList:
     """Line-wise sum."""
     total = dict(a)
-    for name, quantity in b.items():
-        total[name] = total.get(name, Decimal(0)) + quantity
+    _add_into(total, b)
     return total
 
 
-def _max(a: Mapping[str, Decimal], b: Mapping[str, Decimal]) -> ResourceList:
-    return {name: max(a.get(name, Decimal(0)), b.get(name, Decimal(0))) for name in {*a, *b}}
+def _add_into(total: ResourceList, more: Mapping[str, Decimal]) -> None:
+    for name, quantity in more.items():
+        total[name] = total.get(name, _ZERO) + quantity
 
 
 def gpu_request(containers: Iterable[GpuContainer]) -> ResourceList:
@@ -55,7 +57,8 @@ def gpu_request(containers: Iterable[GpuContainer]) -> ResourceList:
     max(sum of app containers + restartable init (sidecar) containers, the peak of any one
     init container plus the sidecars started before it). The driver-validation init
     container asks for the same GPUs as the task, so it adds nothing on top. Unparsable
-    quantities are judged by the rules; here they, and zeros, charge nothing.
+    quantities are judged by the rules; here they, and zeros, charge nothing. (Sums are kept
+    in place: this runs on every GPU pod's validation.)
     """
     app: ResourceList = {}
     sidecars: ResourceList = {}
@@ -63,12 +66,17 @@ def gpu_request(containers: Iterable[GpuContainer]) -> ResourceList:
     for field, container, raw in containers:
         request = {name: q for name, value in raw.items() if (q := gpu_quantity(value))}
         if field == "containers":
-            app = add(app, request)
+            _add_into(app, request)
         elif container.get("restartPolicy") == "Always":
-            sidecars = add(sidecars, request)
+            _add_into(sidecars, request)
         else:
-            init_peak = _max(init_peak, add(sidecars, request))
-    return {k: v for k, v in _max(add(app, sidecars), init_peak).items() if v}
+            for name in {*sidecars, *request}:
+                running = sidecars.get(name, _ZERO) + request.get(name, _ZERO)
+                init_peak[name] = max(init_peak.get(name, _ZERO), running)
+    _add_into(app, sidecars)
+    for name, peak in init_peak.items():
+        app[name] = max(app.get(name, _ZERO), peak)
+    return {name: quantity for name, quantity in app.items() if quantity}
 
 
 def pod_gpu_request(pod: Mapping[str, Any]) -> ResourceList:

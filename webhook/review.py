@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import orjson
 
@@ -31,9 +30,12 @@ class BadReview(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class AdmissionRequest:
-    """The fields of ``request`` that a decision needs; the pod stays the raw dict."""
+class AdmissionRequest(NamedTuple):
+    """The fields of ``request`` that a decision needs; the pod stays the raw dict.
+
+    A NamedTuple, not a frozen dataclass: as immutable, and built in a third of the time on
+    every review (a frozen dataclass sets each field through ``object.__setattr__``).
+    """
 
     uid: str
     operation: str
@@ -59,42 +61,53 @@ class ResponseDict(TypedDict, total=False):
     status: StatusDict
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise BadReview(400, message)
+def _bad(message: str) -> BadReview:
+    return BadReview(400, message)
 
 
 def _check_kind(request: Mapping[str, Any]) -> None:
     kind = request.get("kind")
-    _require(isinstance(kind, Mapping), "request.kind is missing")
+    if not isinstance(kind, dict):
+        raise _bad("request.kind is missing")
     group, version, name = kind.get("group", ""), kind.get("version"), kind.get("kind")
-    _require((group, version, name) == ("", "v1", "Pod"),
-             f"this webhook judges only core/v1 Pods, not {group or 'core'}/{version}/{name}; "
-             f"check the webhook configuration's rules")
+    if (group, version, name) != ("", "v1", "Pod"):
+        raise _bad(f"this webhook judges only core/v1 Pods, not {group or 'core'}/{version}/{name}; "
+                   f"check the webhook configuration's rules")
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
-    """Read an AdmissionReview request; raise BadReview(400) for anything else."""
+    """Read an AdmissionReview request; raise BadReview(400) for anything else.
+
+    Plain ``if ... raise`` with the message built only on failure: this runs on every review,
+    and formatting the messages up front cost as much as the checks.
+    """
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as err:
-        raise BadReview(400, f"the body is not valid JSON: {err}") from None
-    _require(isinstance(review, dict), "the body must be a JSON object (an AdmissionReview)")
-    _require(review.get("apiVersion") == API_VERSION and review.get("kind") == KIND,
-             f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {review.get('apiVersion')!r} "
-             f"kind {review.get('kind')!r}; set admissionReviewVersions: [\"v1\"]")
+        raise _bad(f"the body is not valid JSON: {err}") from None
+    if not isinstance(review, dict):
+        raise _bad("the body must be a JSON object (an AdmissionReview)")
+    if review.get("apiVersion") != API_VERSION or review.get("kind") != KIND:
+        raise _bad(f"expected apiVersion {API_VERSION} kind {KIND}, got apiVersion {review.get('apiVersion')!r} "
+                   f"kind {review.get('kind')!r}; set admissionReviewVersions: [\"v1\"]")
     request = review.get("request")
-    _require(isinstance(request, dict), "the AdmissionReview has no request")
+    if not isinstance(request, dict):
+        raise _bad("the AdmissionReview has no request")
     uid = request.get("uid")
-    _require(isinstance(uid, str) and bool(uid), "request.uid is missing")
+    if not isinstance(uid, str) or not uid:
+        raise _bad("request.uid is missing")
     _check_kind(request)
     operation = request.get("operation")
-    _require(isinstance(operation, str), "request.operation is missing")
+    if not isinstance(operation, str):
+        raise _bad("request.operation is missing")
     namespace = request.get("namespace") or ""
-    _require(isinstance(namespace, str), "request.namespace must be a string")
+    if not isinstance(namespace, str):
+        raise _bad("request.namespace must be a string")
     obj = request.get("object")
-    _require(obj is None or isinstance(obj, dict), "request.object must be a JSON object")
-    _require(obj is not None or operation != "CREATE", "a CREATE request must carry the pod in request.object")
+    if obj is not None and not isinstance(obj, dict):
+        raise _bad("request.object must be a JSON object")
+    if obj is None and operation == "CREATE":
+        raise _bad("a CREATE request must carry the pod in request.object")
     return AdmissionRequest(
         uid=uid,
         operation=operation,

@@ -4,6 +4,7 @@ through the real HTTPS server (as Prometheus would scrape it)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import jsonpatch
 import pytest
@@ -146,6 +147,39 @@ def test_a_policy_set_on_the_runtime_shows_at_the_next_scrape(policy):
                   resource="nvidia_com_gpu") == 1
     assert sample(text, "gpu_webhook_quota_limit", tenant="forecasting", line="nvidia.com/gpu",
                   resource="nvidia_com_gpu") is None
+
+
+# --- live usage and watch sync (serve --track-usage) ---------------------------------------------
+
+HELD = {"vision": {"nvidia.com/mig-1g.10gb": Decimal(3), "gpuEquivalent": Decimal("0.375")}}
+TRACKED = [
+    ("a held MIG line shows its count", "vision", "nvidia.com/mig-1g.10gb", "nvidia_com_mig_1g_10gb", 3),
+    ("the weighted line shows the GPU-equivalents", "vision", "gpuEquivalent", "gpu_equivalent", 0.375),
+    ("a quota line with nothing held is 0, not absent", "vision", "nvidia.com/gpu", "nvidia_com_gpu", 0),
+    ("a tenant holding nothing shows 0 on each line", "forecasting", "gpuEquivalent", "gpu_equivalent", 0),
+]
+
+
+@pytest.mark.parametrize("description, tenant, line, resource, value", TRACKED, ids=[t[0] for t in TRACKED])
+def test_tracked_usage_is_a_gauge_per_tenant_and_quota_line(policy, description, tenant, line, resource, value):
+    runtime = Runtime(policy=policy)
+    runtime.metrics.follow_tracking(lambda: HELD, {"pods": lambda: True})
+    text = runtime.metrics.exposition().decode()
+    assert sample(text, "gpu_webhook_tenant_usage", tenant=tenant, line=line, resource=resource) == value
+
+
+def test_usage_is_absent_while_the_pod_watch_has_not_synced_and_sync_is_a_gauge(policy):
+    runtime = Runtime(policy=policy)
+    runtime.metrics.follow_tracking(lambda: None, {"pods": lambda: False, "nodes": lambda: True})
+    text = runtime.metrics.exposition().decode()
+    assert "gpu_webhook_tenant_usage{" not in text
+    assert sample(text, "gpu_webhook_watch_synced", watch="pods") == 0
+    assert sample(text, "gpu_webhook_watch_synced", watch="nodes") == 1
+
+
+def test_without_tracking_there_is_no_usage_or_sync_series(policy):
+    text = Runtime(policy=policy).metrics.exposition().decode()
+    assert "gpu_webhook_tenant_usage" not in text and "gpu_webhook_watch_synced" not in text
 
 
 KSM = [

@@ -44,6 +44,7 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl
     runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
     runtime.ready = watch.synced.is_set   # quota needs the pods; capacity only warns until nodes sync
     runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl))
+    runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
     watch.start()
     node_watch.start()
 

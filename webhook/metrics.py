@@ -16,7 +16,7 @@ scrape, so a reloaded policy shows at the next scrape with nothing to refresh::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from .decision import Decision
 from .policy import Policy
+from .quota import ResourceList
 
 __all__ = ["CONTENT_TYPE_LATEST", "NONE", "WebhookMetrics", "ksm_name"]
 
@@ -74,6 +75,34 @@ class _PolicyCollector(Collector):
         yield from (info, limits, weights)
 
 
+class _TrackingCollector(Collector):
+    """What ``serve --track-usage`` knows of the cluster, read at scrape time: each tenant's
+    usage per quota line (the figure the quota is charged against) and whether each watch has
+    synced. Usage is absent, not zero, while the pod watch has not synced: it is unknown then."""
+
+    def __init__(self, policy: Callable[[], Policy | None], usage: Callable[[], Mapping[str, ResourceList] | None],
+                 synced: Mapping[str, Callable[[], bool]]) -> None:
+        self.policy, self.usage, self.synced = policy, usage, synced
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "gpu_webhook_tenant_usage", "What a tenant's unfinished managed GPU pods hold per quota line, as the "
+            "webhook's pod watch sees it (the usage its quota is charged against); line and resource as in "
+            "gpu_webhook_quota_limit.",
+            labels=["tenant", "line", "resource"])
+        synced = GaugeMetricFamily("gpu_webhook_watch_synced", "1 once the watch has read the whole list, else 0.",
+                                   labels=["watch"])
+        for name, is_synced in self.synced.items():
+            synced.add_metric([name], 1.0 if is_synced() else 0.0)
+        usage, policy = self.usage(), self.policy()
+        if usage is not None and policy is not None:
+            for tenant, spec in policy.spec.tenants.items():
+                lines = usage.get(tenant, {})
+                for line in dict.fromkeys([*spec.quota, *lines]):   # every quota line, 0 when nothing is held
+                    held.add_metric([tenant, line, ksm_name(line)], float(lines.get(line, 0)))
+        yield from (held, synced)
+
+
 class WebhookMetrics:
     """The counters, histograms and policy gauges one server exposes."""
 
@@ -104,6 +133,12 @@ class WebhookMetrics:
     def follow_policy(self, source: Callable[[], Policy | None]) -> None:
         """Expose the policy that ``source`` returns at each scrape (the one in force)."""
         self._policy.source = source
+
+    def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
+                        synced: Mapping[str, Callable[[], bool]]) -> None:
+        """Expose live usage and watch sync state (``serve --track-usage``): ``usage`` returns
+        tenant -> line -> quantity, or None while unknown; ``synced`` maps watch names to checks."""
+        self.registry.register(_TrackingCollector(lambda: self._policy.source(), usage, synced))
 
     def observe(self, step: str, decision: Decision, seconds: float) -> None:
         """Count one answered AdmissionReview and its latency (the hot path: one dict lookup)."""

@@ -49,6 +49,9 @@ def test_quota_counts_running_pods_and_a_finished_pod_frees_its_share(tracked_we
     assert "exceeded quota: tenant forecasting, nvidia.com/gpu, requested: 1, used: 2, limited: 2" in message
     assert f"held by nightly_forecast/fit (airflow/{first}) (1 GPU-eq)" in message or \
         f"held by nightly_forecast/fit (airflow/{second}) (1 GPU-eq)" in message, message
+    metrics = tracked_webhook.server.client.get("/metrics").text   # what it charged against, as a gauge
+    assert 'gpu_webhook_tenant_usage{line="nvidia.com/gpu",resource="nvidia_com_gpu",tenant="forecasting"} 2.0' in metrics
+    assert 'gpu_webhook_watch_synced{watch="pods"} 1.0' in metrics
 
     tracked_webhook.core.patch_namespaced_pod(first, NAMESPACE, {"metadata": {"labels": {COMPLETE_AFTER_LABEL: "0s"}}})
     controlplane.wait_for_pod(NAMESPACE, first, lambda p: p.status.phase == "Succeeded", timeout=30)

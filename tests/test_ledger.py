@@ -87,6 +87,30 @@ def test_fifty_concurrent_reservations_from_two_replicas_admit_exactly_the_quota
     assert api.conflicts > 0, "the test must actually race"
 
 
+ROUNDS = [
+    ("a free ledger is written in one round", "free", ["written"]),
+    ("a full quota ends the round without a write", "full", ["written", "over-quota"]),
+    ("a round that loses the race to another replica reads again", "race", ["conflict", "written"]),
+]
+
+
+@pytest.mark.parametrize("description, situation, rounds", ROUNDS, ids=[r[0] for r in ROUNDS])
+def test_each_round_is_counted_by_how_it_ended(api, policy, description, situation, rounds):
+    ended: list[str] = []
+    ledger = _ledger(api, policy, counted=ended.append)
+    quota = {"nvidia.com/gpu": D(1)} if situation == "full" else QUOTA
+    if situation == "full":
+        ledger.reserve("forecasting", quota, "first", "p", ONE_GPU)
+    if situation == "race":   # another replica creates the ledger between this one's read and write
+        def read_then_lose(name, namespace, **_):
+            del api.read_namespaced_config_map   # once: later reads are the real ones
+            _ledger(api, policy).reserve("forecasting", QUOTA, "rival", "p", ONE_GPU)
+            raise ApiException(status=404, reason="NotFound")
+        api.read_namespaced_config_map = read_then_lose
+    ledger.reserve("forecasting", quota, "mine", "p", ONE_GPU)
+    assert ended == rounds
+
+
 def test_an_expired_reservation_no_longer_holds_quota(api, policy):
     clock = [1000.0]
     ledger = _ledger(api, policy, ttl=30, clock=lambda: clock[0])
@@ -111,8 +135,10 @@ def test_a_retried_admission_replaces_its_own_reservation(api, policy):
 
 def test_an_unavailable_ledger_denies_with_a_retryable_503(api, policy):
     api.fail = True
-    decision = _ledger(api, policy, deadline=0.3).reserve("forecasting", QUOTA, "u", "p", ONE_GPU)
+    ended: list[str] = []
+    decision = _ledger(api, policy, deadline=0.3, counted=ended.append).reserve("forecasting", QUOTA, "u", "p", ONE_GPU)
     assert (decision.allowed, decision.code, decision.reason) == (False, 503, "ledger-unavailable")
+    assert ended and set(ended) == {"unavailable"}
     assert "retry" in decision.message
 
 

@@ -14,6 +14,7 @@ from conftest import airflow_fixture, policy_with
 from serve import WebhookServer
 from webhook.app import Runtime
 from webhook.decision import Decision, Violation
+from webhook.ledger import ROUND_RESULTS
 from webhook.metrics import WebhookMetrics, ksm_name
 from webhook.mutate import decide_mutation
 from webhook.validate import decide_validation
@@ -175,6 +176,16 @@ def test_usage_is_absent_while_the_pod_watch_has_not_synced_and_sync_is_a_gauge(
     assert "gpu_webhook_tenant_usage{" not in text
     assert sample(text, "gpu_webhook_watch_synced", watch="pods") == 0
     assert sample(text, "gpu_webhook_watch_synced", watch="nodes") == 1
+
+
+def test_ledger_rounds_count_from_zero_by_how_they_ended():
+    metrics = WebhookMetrics()
+    counted = metrics.ledger_counter(ROUND_RESULTS)
+    for result in ("conflict", "written", "conflict"):
+        counted(result)
+    text = metrics.exposition().decode()
+    assert {r: sample(text, "gpu_webhook_ledger_rounds_total", result=r) for r in ROUND_RESULTS} == {
+        "written": 1, "over-quota": 0, "conflict": 2, "unavailable": 0}
 
 
 def test_without_tracking_there_is_no_usage_or_sync_series(policy):

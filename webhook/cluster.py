@@ -33,7 +33,7 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl
     """
     from kubernetes import client
 
-    from .ledger import Ledger, QuotaReserver
+    from .ledger import ROUND_RESULTS, Ledger, QuotaReserver
     from .nodes import NodeBook
     from .tracker import PodWatch, UsageBook
 
@@ -43,7 +43,8 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl
     runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
     runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
     runtime.ready = watch.synced.is_set   # quota needs the pods; capacity only warns until nodes sync
-    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl))
+    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl,
+                                           counted=runtime.metrics.ledger_counter(ROUND_RESULTS)))
     runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
     watch.start()
     node_watch.start()

@@ -30,11 +30,14 @@ from .decision import Decision, Violation
 from .quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook
 
-__all__ = ["DEFAULT_TTL", "Ledger", "LedgerUnavailable", "QuotaReserver", "live_reservations"]
+__all__ = ["DEFAULT_TTL", "ROUND_RESULTS", "Ledger", "LedgerUnavailable", "QuotaReserver", "live_reservations"]
 
 log = logging.getLogger("gpu_webhook.ledger")
 
 DEFAULT_TTL = 60.0
+#: How one read-check-write round can end: the reservation written, the quota full, another
+#: replica wrote first (read again), or the API server did not answer (retry after a pause).
+ROUND_RESULTS = ("written", "over-quota", "conflict", "unavailable")
 _KEY = "reservations"
 _UNSAFE = re.compile(r"[^a-z0-9-]")
 
@@ -66,6 +69,8 @@ class Ledger:
     ttl: float = DEFAULT_TTL
     deadline: float = 3.0   # under the webhook's timeoutSeconds (5 s)
     clock: Callable[[], float] = time.time
+    #: Told how each read-check-write round ended (one of :data:`ROUND_RESULTS`), for the metrics.
+    counted: Callable[[str], None] = lambda result: None
 
     def reserve(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str, charge: ResourceList) -> Decision:
         """Admit the pod with a recorded reservation, or deny it (quota, or ledger unavailable)."""
@@ -77,8 +82,10 @@ class Ledger:
                 decision = self._try(tenant, quota, uid, pod, charge)
             except LedgerUnavailable as err:
                 log.info("ledger attempt %d for tenant %s: %s", attempts, tenant, err)
+                self.counted("unavailable")
                 time.sleep(min(0.05 * attempts, 0.25))
                 continue
+            self.counted("conflict" if decision is None else "written" if decision.allowed else "over-quota")
             if decision is not None:
                 return decision
         return Decision.deny([Violation("ledger-unavailable",

@@ -16,7 +16,7 @@ scrape, so a reloaded policy shows at the next scrape with nothing to refresh::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -120,6 +120,10 @@ class WebhookMetrics:
         for what in ("policy", "certificate"):  # from 0, so the first failure is an increase()
             for result in ("ok", "failed"):
                 self.reloads.labels(what, result)
+        self.ledger_rounds = Counter(
+            "gpu_webhook_ledger_rounds", "Read-check-write rounds on the quota ledger (serve --track-usage), by how "
+            "they ended: written, over-quota, conflict (another replica wrote first), unavailable.",
+            ["result"], registry=self.registry)
         self.latency = Histogram(
             "gpu_webhook_decision_seconds", "Time to read, decide and answer one AdmissionReview.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=self.registry)
@@ -133,6 +137,12 @@ class WebhookMetrics:
     def follow_policy(self, source: Callable[[], Policy | None]) -> None:
         """Expose the policy that ``source`` returns at each scrape (the one in force)."""
         self._policy.source = source
+
+    def ledger_counter(self, results: Sequence[str]) -> Callable[[str], None]:
+        """What a quota ledger tells how each round ended; every result starts at 0, so the first
+        conflict is an ``increase()``."""
+        increments = {result: self.ledger_rounds.labels(result).inc for result in results}
+        return lambda result: increments[result]()
 
     def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
                         synced: Mapping[str, Callable[[], bool]]) -> None:

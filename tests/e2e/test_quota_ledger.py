@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import socket
 import threading
 import time
@@ -160,6 +161,14 @@ def _finish(core: client.CoreV1Api, names: list[str]) -> None:
         core.patch_namespaced_pod(name, NAMESPACE, {"metadata": {"labels": {COMPLETE_AFTER_LABEL: "0s"}}})
 
 
+def _ledger_rounds(server: WebhookServer, result: str) -> float:
+    """The replica's gpu_webhook_ledger_rounds_total{result=...}, as Prometheus would scrape it."""
+    found = re.search(rf'^gpu_webhook_ledger_rounds_total{{result="{result}"}} (\S+)$',
+                      server.client.get("/metrics").text, re.M)
+    assert found, f"no ledger rounds counted as {result}"
+    return float(found.group(1))
+
+
 def test_a_burst_of_100_creates_over_two_replicas_admits_exactly_the_quota(replicas, controlplane):
     core = _core(controlplane)
     names = [f"burst-{uuid.uuid4().hex[:8]}" for _ in range(100)]
@@ -172,6 +181,8 @@ def test_a_burst_of_100_creates_over_two_replicas_admits_exactly_the_quota(repli
         assert all("exceeded quota: tenant forecasting, nvidia.com/gpu, requested: 1" in d for d in denials), denials
         for log in (replicas.first.server.log, replicas.second.log):   # both replicas really took part
             assert "reason=quota-exceeded" in log.read_text()
+        written = [_ledger_rounds(server, "written") for server in (replicas.first.server, replicas.second)]
+        assert sum(written) == QUOTA, f"one ledger write per admitted pod, per replica: {written}"
 
         replicas.restart()   # usage rebuilt from the cluster: still full
         assert "used: 5, limited: 5" in _create(core, f"after-restart-{uuid.uuid4().hex[:6]}")

@@ -41,6 +41,15 @@ def test_gpu_quantities_are_whole_numbers(raw, expected):
     assert gpu_quantity(raw) == expected
 
 
+def test_a_hostile_megabyte_quantity_is_refused_and_never_kept_in_the_parse_cache():
+    from webhook.pod import _gpu_quantity_text
+
+    before = _gpu_quantity_text.cache_info().currsize
+    assert gpu_quantity("9" * 1_000_000 + "x") is None
+    assert gpu_quantity("3") == Decimal(3) == gpu_quantity("3")   # short ones are cached, and equal
+    assert _gpu_quantity_text.cache_info().currsize <= before + 1
+
+
 def test_gpu_resources_are_read_from_limits_and_requests_only_for_nvidia():
     container = {"resources": {"limits": {"nvidia.com/gpu": "1", "cpu": "2"},
                                "requests": {"nvidia.com/mig-1g.10gb": "1", "memory": "1Gi"}}}

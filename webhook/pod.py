@@ -99,9 +99,14 @@ def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
 
 def gpu_quantity(value: Any) -> Decimal | None:
     """A GPU count from a resource quantity ("2", 2, "2.0"); None when not a whole number >= 0."""
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= _CACHED_QUANTITY_CHARS:
         return _gpu_quantity_text(value)
     return _parse_gpu_quantity(value)
+
+
+#: Real quantities are a few characters; a hostile pod's megabyte-long "quantity" is parsed
+#: (and refused) uncached, so the cache can never hold more than 1024 short strings.
+_CACHED_QUANTITY_CHARS = 32
 
 
 @lru_cache(maxsize=1024)

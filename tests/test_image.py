@@ -180,6 +180,7 @@ def test_serve_answers_over_verified_tls_with_certs_from_certs_generate(image, t
     assert {"op": "add", "path": "/metadata/labels/gpu.platform~1managed", "value": "true"} in patch
     assert denied["allowed"] is False and denied["status"]["code"] == 403
     assert "a100-40gb" in denied["status"]["message"]
+    assert "event loop uvloop.Loop, HTTP protocol HttpToolsProtocol" in Path(log.name).read_text()   # the fast paths
 
 
 # ------------------------------------------------------------------------------- validate-driver

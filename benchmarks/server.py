@@ -1,12 +1,13 @@
 """The HTTPS server's reviews/s and p50/p99 latency, against a bare uvicorn endpoint (same TLS,
 same uvicorn) measured in the same run, with wrk as the load generator (apt-get install wrk).
 
-Targets: >= 70% of the bare endpoint's reviews/s, p99 within 2x of it. Saturated (wrk as fast as it
-can), p99 is mostly queueing and mirrors the throughput ratio, so latency is also measured paced
-(:data:`PACE_MS`): the time a review takes at a steady rate both servers keep up with. Each round measures the
-baseline and then every scenario, so the ratios compare neighbours in time on a shared machine;
-a warm-up pass first (a cold server answers its first seconds about a third slower). The last
-row is the ceiling (benchmarks/noop_app.py): the webhook's own HTTP path with no decision.
+Targets: >= 70% of the bare endpoint's reviews/s, p99 within 2x of it. Saturated (wrk as fast
+as it can), p99 is mostly queueing and mirrors the throughput ratio, so latency is also
+measured paced (:data:`PACE_MS`): what a review takes at a steady rate both servers keep up
+with. Each round measures the baseline and then every scenario, so the ratios compare
+neighbours in time on a shared machine; a warm-up pass comes first (a cold server answers its
+first seconds about a third slower). The last row is the ceiling (benchmarks/noop_app.py):
+the webhook's own HTTP path with no decision.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8, warm_up: int = 
             (tmp / f"{name}.json").write_bytes(review_bytes(pod, namespace))
         base_port, hook_port, noop_port = _free_port(), _free_port(), _free_port()
         # uvicorn's own defaults (loop and http "auto": uvloop and httptools), as `serve` uses them
-        uvicorn = [sys.executable, "-m", "uvicorn", "--lifespan", "off", "--no-access-log", "--log-level", "warning", *tls]
+        uvicorn = [sys.executable, "-m", "uvicorn", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
+                   *tls]
         baseline = _start([*uvicorn, "benchmarks.bare_app:app", "--port", str(base_port)], base_port, tmp / "ca.crt")
         ceiling = _start([*uvicorn, "benchmarks.noop_app:app", "--port", str(noop_port)], noop_port, tmp / "ca.crt")
         webhook = _start([*cli, "serve", "--policy", str(ROOT / "manifests" / "policy.yaml"), "--port", str(hook_port),
@@ -137,9 +139,9 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8, warm_up: int = 
         modes = {"saturated": lua, "paced": paced}
         results: Results = {mode: {name: [] for name in scenarios} for mode in modes}
         try:
-            for port, (body, path) in [(base_port, ("validate", "/")), (hook_port, ("validate", "/validate")),
-                                       (noop_port, ("validate", "/validate"))]:
-                _wrk(f"https://127.0.0.1:{port}{path}", tmp / f"{body}.json", lua, warm_up, connections)
+            for url in (f"https://127.0.0.1:{base_port}/", f"https://127.0.0.1:{hook_port}/validate",
+                        f"https://127.0.0.1:{noop_port}/validate"):
+                _wrk(url, tmp / "validate.json", lua, warm_up, connections)
             for _ in range(rounds):
                 for (mode, script), (name, (body, path)) in itertools.product(modes.items(), scenarios.items()):
                     body_file = tmp / f"{body}.json"

@@ -22,7 +22,8 @@ import orjson
 from conftest import POLICY_FILE, admission_review
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server the test starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -36,7 +37,7 @@ class WebhookServer:
         """``certs``: serve an existing pair (replicas behind one Service share it), else make one."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.certs = certs or tmp / "certs"
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp / "serve.log"
         cli = [sys.executable, "-m", "webhook.cli"]
         if certs is None:

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tarfile
@@ -32,6 +31,7 @@ import orjson
 import pytest
 
 from conftest import POLICY_FILE, ROOT, admission_review, airflow_fixture
+from serve import free_port
 from webhook import __version__
 
 BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
@@ -108,12 +108,6 @@ def _owned_dir(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------- config
 def test_image_config_runs_gpu_webhook_as_a_numeric_non_root_user(image):
     config = _inspect(image)["OCIv1"]["config"]
@@ -140,7 +134,7 @@ def _review(case_id: str) -> bytes:
 
 def test_serve_answers_over_verified_tls_with_certs_from_certs_generate(image, tmp_path):
     certs = _owned_dir(tmp_path / "certs")
-    port = _free_port()
+    port = free_port()
     with container(image) as c:
         made = c.run("gpu-webhook", "certs", "generate", "--out", "/certs", "--service", "gpu-webhook",
                      "--namespace", "gpu-webhook", volumes={certs: "/certs"})

@@ -59,7 +59,7 @@ def tolerates(tolerations: list[Mapping[str, Any]], taints: tuple[Mapping[str, A
 def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: Sequence[NodeOffer],
                      scale_from_zero: bool) -> tuple[Violation | None, str | None]:
     """(denial, warning) for a final pod asking ``count`` x ``resource``; both None when a node fits."""
-    selector = {k: v for k, v in as_dict(spec(pod).get("nodeSelector")).items()}
+    selector = as_dict(spec(pod).get("nodeSelector"))
     tolerations = [t for t in as_list(spec(pod).get("tolerations")) if isinstance(t, dict)]
     pool = [o for o in offers if all(o.labels.get(k) == v for k, v in selector.items())
             and tolerates(tolerations, o.taints)]

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from .pod import airflow_dag_id, labels, metadata
 from .policy import Policy
 from .quota import format_quantity
 from .tracker import UsageBook
@@ -19,9 +20,8 @@ __all__ = ["holder_name", "usage_table"]
 
 def holder_name(pod: Mapping[str, Any]) -> str:
     """``dag_id/task_id`` for an Airflow pod (full dag id when the executor kept it), else ns/name."""
-    meta = pod["metadata"]
-    dag = meta.get("annotations", {}).get("dag_id") or meta.get("labels", {}).get("dag_id")
-    task = meta.get("labels", {}).get("task_id")
+    meta = metadata(pod)
+    dag, task = airflow_dag_id(pod), labels(pod).get("task_id")
     where = f"{meta.get('namespace')}/{meta.get('name')}"
     return f"{dag}/{task} ({where})" if dag and task else where
 

@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from conftest import POLICY_FILE
-from serve import WebhookServer
+from serve import WebhookServer, free_port
 
 from .conftest import TENANT_NAMESPACES, RegisteredWebhook, airflow_pod
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane
@@ -44,9 +43,7 @@ class RoundRobin:
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = itertools.cycle(backends)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
         threading.Thread(target=self._run, args=(started,), daemon=True).start()

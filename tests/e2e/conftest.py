@@ -157,3 +157,53 @@ def tracked_webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPat
     """The same, serving with ``--track-usage``: quota charged against the watched cluster."""
     yield from registered_webhook(controlplane, tmp_path_factory.mktemp("tracked"), "--track-usage", "--kubeconfig",
                                   str(controlplane.kubeconfig), "--ledger-namespace", "default")
+
+
+# ------------------------------------------------------------- a hostile tenant: the `edit` role
+def aggregate_cluster_roles(controlplane: ControlPlane) -> None:
+    """Fill every aggregated ClusterRole (``edit``, ``view``, ``admin``) with the rules of the
+    roles its selectors pick, as kube-controller-manager's clusterrole-aggregation controller
+    does. The testbed runs no controller manager, so without this ``edit`` grants nothing."""
+    rbac = client.RbacAuthorizationV1Api(controlplane.api_client())
+    roles = rbac.list_cluster_role().items
+    for role in roles:
+        selectors = (role.aggregation_rule.cluster_role_selectors or []) if role.aggregation_rule else []
+        picked = [r for r in roles if r.metadata.name != role.metadata.name and any(
+            all((r.metadata.labels or {}).get(k) == v for k, v in (s.match_labels or {}).items())
+            for s in selectors)]
+        rules = [rule for r in picked for rule in (r.rules or [])]
+        if selectors and rules:
+            rbac.patch_cluster_role(role.metadata.name, {"rules": [client.ApiClient().sanitize_for_serialization(x)
+                                                                   for x in rules]})
+
+
+def service_account_client(controlplane: ControlPlane, namespace: str, name: str, tmp: Path) -> client.ApiClient:
+    """An API client holding a real token of ServiceAccount ``namespace/name`` (TokenRequest API)."""
+    core = client.CoreV1Api(controlplane.api_client())
+    token = core.create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    ca = tmp / "testbed-ca.crt"
+    ca.write_bytes(controlplane.ca.pem)
+    config = client.Configuration(host=controlplane.server)
+    config.ssl_ca_cert = str(ca)
+    config.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(config)
+
+
+@pytest.fixture(scope="session")
+def edit_role_ready(controlplane: ControlPlane) -> None:
+    aggregate_cluster_roles(controlplane)
+
+
+def tenant_user(controlplane: ControlPlane, namespace: str, tmp: Path, name: str = "tenant") -> client.ApiClient:
+    """A namespace user as a hostile tenant would be: ServiceAccount ``name`` in ``namespace``
+    bound to the default ``edit`` ClusterRole there, and nothing else (call after the session
+    fixture ``edit_role_ready``)."""
+    controlplane.apply([
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": f"{name}-edit", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ])
+    return service_account_client(controlplane, namespace, name, tmp)

@@ -37,8 +37,10 @@ def airflow_fixture_ids() -> list[str]:
 
 
 def admission_review(pod: dict[str, Any], namespace: str, *, operation: str = "CREATE",
-                     dry_run: bool = False) -> dict[str, Any]:
-    """An AdmissionReview request as kube-apiserver sends it for a pod CREATE."""
+                     dry_run: bool = False, old: dict[str, Any] | None = None,
+                     user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An AdmissionReview request as kube-apiserver sends it for a pod CREATE (an UPDATE with
+    ``old``, the pod before the change); ``user`` replaces the requester's userInfo."""
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -51,9 +53,11 @@ def admission_review(pod: dict[str, Any], namespace: str, *, operation: str = "C
             "name": (pod.get("metadata") or {}).get("name", ""),
             "namespace": namespace,
             "operation": operation,
-            "userInfo": {"username": "system:serviceaccount:airflow:airflow-worker"},
+            "userInfo": user or {"username": "system:serviceaccount:airflow:airflow-worker",
+                                 "groups": ["system:serviceaccounts", "system:serviceaccounts:airflow",
+                                            "system:authenticated"]},
             "object": copy.deepcopy(pod),
-            "oldObject": None,
+            "oldObject": copy.deepcopy(old),
             "dryRun": dry_run,
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },

@@ -68,11 +68,44 @@ def test_the_chain_returns_the_mutation_patch_and_validates_the_mutated_pod(poli
     assert final["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
-@pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
-def test_operations_other_than_create_pass_untouched(operation, policy):
+@pytest.mark.parametrize("operation", ["DELETE", "CONNECT"])
+def test_operations_other_than_create_and_update_pass_untouched(operation, policy):
     request = request_for("kpo_unknown_profile")._replace(operation=operation)
     assert mutate(request, policy).reason == "not-create"
     assert validate(request, policy, {}).allowed
+
+
+def _relabel_request(labels: dict, subresource: str = ""):
+    old = airflow_fixture("kpo_h100_count2")["pod"]
+    old["metadata"]["labels"].update({"gpu.platform/managed": "true", "gpu.platform/tenant": "vision"})
+    new = {**old, "metadata": {**old["metadata"], "labels": {**old["metadata"]["labels"], **labels}}}
+    review = admission_review(new, "ml-jobs", operation="UPDATE", old=old)
+    review["request"]["subResource"] = subresource or None
+    return parse_review(orjson.dumps(review))
+
+
+UPDATES = [
+    ("validation refuses an update that moves a stamp", "validate", {"gpu.platform/tenant": "x"}, "", False,
+     "accounting-fixed"),
+    ("validation allows an update that keeps the stamps", "validate", {"already_checked": "True"}, "", True, "update"),
+    ("mutation leaves every update untouched", "mutate", {"gpu.platform/tenant": "x"}, "", True, "not-create"),
+    ("validation leaves a status update alone", "validate", {"gpu.platform/tenant": "x"}, "status", True,
+     "not-create"),
+]
+
+
+@pytest.mark.parametrize("description, step, labels, subresource, allowed, reason", UPDATES,
+                         ids=[u[0] for u in UPDATES])
+def test_an_update_of_a_pod_is_judged_by_the_validating_step(description, step, labels, subresource, allowed,
+                                                             reason, policy):
+    request = _relabel_request(labels, subresource)
+    decision = mutate(request, policy) if step == "mutate" else validate(request, policy, {})
+    assert (decision.allowed, decision.reason) == (allowed, reason)
+
+
+def test_warn_mode_turns_an_update_denial_into_a_warning():
+    decision = validate(_relabel_request({"gpu.platform/tenant": "x"}), policy_with(enforcement="warn"), {})
+    assert decision.allowed and "gpu.platform/tenant" in decision.warnings[0]
 
 
 def test_a_subresource_passes_untouched(policy):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import admission_review, airflow_fixture
 from webhook.decision import Decision, Violation
-from webhook.review import BadReview, parse_review, review_response
+from webhook.review import ANONYMOUS, BadReview, UserInfo, parse_review, review_response
 
 
 def _review(**request_changes) -> bytes:
@@ -32,6 +32,13 @@ BAD = [
     ("a CREATE without the pod is refused", _review(object=None), "must carry the pod"),
     ("an object that is not a mapping is refused", _review(object=[1, 2]), "must be a JSON object"),
     ("a namespace that is not a string is refused", _review(namespace={"a": 1}), "request.namespace must be a string"),
+    ("an UPDATE without the old pod is refused", _review(operation="UPDATE"), "must carry the pod in request.object "
+                                                                             "and request.oldObject"),
+    ("an old object that is not a mapping is refused", _review(oldObject="x"), "request.oldObject must be a JSON"),
+    ("a userInfo that is not a mapping is refused", _review(userInfo="root"), "request.userInfo must be a JSON"),
+    ("groups that are not a list of strings are refused", _review(userInfo={"username": "u", "groups": "g"}),
+     "a list of string groups"),
+    ("a username that is not a string is refused", _review(userInfo={"username": 1}), "a string username"),
 ]
 
 
@@ -46,6 +53,22 @@ def test_a_good_review_is_read_with_its_namespace_and_dry_run():
     request = parse_review(_review(dryRun=True))
     assert (request.operation, request.namespace, request.dry_run) == ("CREATE", "airflow", True)
     assert request.object["metadata"]["labels"]["kubernetes_pod_operator"] == "True"
+
+
+def test_an_update_carries_the_old_pod_and_the_requester():
+    old = airflow_fixture("kpo_cpu_plain")["pod"]
+    request = parse_review(_review(operation="UPDATE", oldObject=old,
+                                   userInfo={"username": "system:serviceaccount:airflow:worker",
+                                             "groups": ["system:serviceaccounts", "system:authenticated"]}))
+    assert request.old_object == old and request.object is not None
+    assert request.user_info == UserInfo("system:serviceaccount:airflow:worker",
+                                         ("system:serviceaccounts", "system:authenticated"))
+
+
+def test_a_review_without_user_info_has_an_anonymous_requester():
+    review = json.loads(_review())
+    del review["request"]["userInfo"]
+    assert parse_review(orjson.dumps(review)).user_info == ANONYMOUS == UserInfo("", ())
 
 
 def test_an_allow_with_a_patch_carries_base64_json_patch_and_the_uid():

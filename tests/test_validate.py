@@ -103,6 +103,28 @@ def test_pods_the_webhook_does_not_manage(description, case_id, namespace, chang
     assert words in decision.message
 
 
+FORGED = [
+    ("a CPU pod carrying the managed stamp is refused", {"gpu.platform/managed": "true"}, False,
+     "label gpu.platform/managed='true', but only gpu-webhook stamps it"),
+    ("a CPU pod carrying a tenant stamp is refused", {"gpu.platform/tenant": "vision"}, False,
+     "label gpu.platform/tenant='vision'"),
+    ("a CPU pod carrying only a profile stamp value is judged as usual", {"gpu.platform/count": "2"}, True, ""),
+]
+
+
+@pytest.mark.parametrize("description, stamps, allowed, words", FORGED, ids=[f[0] for f in FORGED])
+def test_forged_stamps_on_a_pod_the_webhook_does_not_manage(description, stamps, allowed, words, policy):
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["metadata"]["labels"].update(stamps)
+    decision = decide_validation(pod, "airflow", policy, {})
+    assert decision.allowed is allowed and words in decision.message
+    assert decision.allowed or decision.reason == "forged-stamp"
+
+
+def test_the_stamps_of_a_managed_pod_are_its_own(policy):
+    assert decide_validation(final_pod("kpo_h100_count2", policy), "ml-jobs", policy, {}).allowed
+
+
 def test_ld_preload_is_only_refused_on_gpu_pods(policy):
     pod = airflow_fixture("kpo_cpu_plain")["pod"]
     _base(pod)["env"] = [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]

@@ -21,6 +21,7 @@ from .nodes import NodeOffer
 from .policy import Policy
 from .quota import ResourceList
 from .review import AdmissionRequest
+from .update import decide_update
 from .validate import decide_validation
 
 __all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
@@ -31,14 +32,24 @@ log = logging.getLogger("gpu_webhook.admission")
 Usage = Mapping[str, ResourceList]
 
 
-def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict], Decision]) -> Decision:
+def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict], Decision],
+             on_update: Callable[[dict, dict], Decision] | None = None) -> Decision:
+    """CREATE of ``pods``: ``decide`` on the pod; UPDATE of ``pods`` (no subresource):
+    ``on_update`` on the old and the new pod, for a step that judges updates; else allow."""
+    if request.operation == "UPDATE" and not request.subresource and on_update is not None:
+        assert request.object is not None and request.old_object is not None  # parse_review guarantees both
+        return _judged(request, policy, on_update, request.old_object, request.object)
     if request.operation != "CREATE":
         return Decision.allow("not-create")
     if request.subresource:
         return Decision.allow("subresource")
     assert request.object is not None  # parse_review guarantees it for CREATE
+    return _judged(request, policy, decide, request.object)
+
+
+def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Decision], *pods: dict) -> Decision:
     try:
-        decision = decide(request.object)
+        decision = decide(*pods)
     except Exception:  # noqa: BLE001 - the API server must get an answer carrying the uid
         log.exception("decision failed uid=%s namespace=%s", request.uid, request.namespace)
         return Decision.error(f"gpu-webhook failed to judge this pod (uid {request.uid}); "
@@ -79,7 +90,7 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
             return replace(decision, warnings=decision.warnings + (NODES_NOT_SYNCED,))
         return decision
 
-    return _guarded(request, policy, decide)
+    return _guarded(request, policy, decide, lambda old, new: decide_update(old, new, request.namespace, policy))
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

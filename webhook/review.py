@@ -15,7 +15,7 @@ import orjson
 
 from .decision import Decision
 
-__all__ = ["AdmissionRequest", "BadReview", "parse_review", "review_response"]
+__all__ = ["ANONYMOUS", "AdmissionRequest", "BadReview", "UserInfo", "parse_review", "review_response"]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -28,6 +28,18 @@ class BadReview(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class UserInfo(NamedTuple):
+    """Who asked the API server for the change (``request.userInfo``), as Kubernetes authenticated
+    it: the one part of a review a pod's author cannot write (docs/security.md)."""
+
+    username: str = ""
+    groups: tuple[str, ...] = ()
+
+
+#: The requester of a review that carries no ``userInfo`` (offline reviews, old tests).
+ANONYMOUS = UserInfo()
 
 
 class AdmissionRequest(NamedTuple):
@@ -44,6 +56,9 @@ class AdmissionRequest(NamedTuple):
     subresource: str
     dry_run: bool
     object: dict[str, Any] | None
+    #: The pod before the change (``request.oldObject``): set on UPDATE, None on CREATE.
+    old_object: dict[str, Any] | None = None
+    user_info: UserInfo = ANONYMOUS
 
 
 class StatusDict(TypedDict, total=False):
@@ -73,6 +88,18 @@ def _check_kind(request: Mapping[str, Any]) -> None:
     if (group, version, name) != ("", "v1", "Pod"):
         raise _bad(f"this webhook judges only core/v1 Pods, not {group or 'core'}/{version}/{name}; "
                    f"check the webhook configuration's rules")
+
+
+def _user_info(request: Mapping[str, Any]) -> UserInfo:
+    info = request.get("userInfo")
+    if info is None:
+        return ANONYMOUS
+    if not isinstance(info, dict):
+        raise _bad("request.userInfo must be a JSON object")
+    username, groups = info.get("username") or "", info.get("groups") or []
+    if not isinstance(username, str) or not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise _bad("request.userInfo must carry a string username and a list of string groups")
+    return UserInfo(username, tuple(groups))
 
 
 def parse_review(body: bytes) -> AdmissionRequest:
@@ -108,6 +135,11 @@ def parse_review(body: bytes) -> AdmissionRequest:
         raise _bad("request.object must be a JSON object")
     if obj is None and operation == "CREATE":
         raise _bad("a CREATE request must carry the pod in request.object")
+    old = request.get("oldObject")
+    if old is not None and not isinstance(old, dict):
+        raise _bad("request.oldObject must be a JSON object")
+    if operation == "UPDATE" and (obj is None or old is None):
+        raise _bad("an UPDATE request must carry the pod in request.object and request.oldObject")
     return AdmissionRequest(
         uid=uid,
         operation=operation,
@@ -116,6 +148,8 @@ def parse_review(body: bytes) -> AdmissionRequest:
         subresource=request.get("subResource") or "",
         dry_run=request.get("dryRun") is True,
         object=obj,
+        old_object=old,
+        user_info=_user_info(request),
     )
 
 

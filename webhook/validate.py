@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .decision import Decision, Violation
-from .mutate import VALIDATOR_NAME, mutation_ops, unplanned_labels
+from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels
 from .nodes import NodeOffer, capacity_verdict
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import GpuContainer, gpu_containers, gpu_quantity
+from .pod import GpuContainer, gpu_containers, gpu_quantity, labels
 from .policy import Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import security_violations
@@ -45,6 +45,16 @@ def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Viola
                           f"{', '.join(names)} asks for a GPU without the {label} label; GPU pods must choose a "
                           f"profile: add the label {label} with one of: {', '.join(policy.spec.profiles)}")]
     return []
+
+
+def _forged_stamps(pod: Mapping[str, Any]) -> list[Violation]:
+    """The accounting stamps on a pod the webhook does not manage: only the mutation sets them."""
+    pod_labels = labels(pod)
+    return [
+        Violation("forged-stamp", f"the pod carries label {key}={pod_labels[key]!r}, but only gpu-webhook stamps it, "
+                                  f"on the GPU pods it manages (quota is charged by it); remove the label")
+        for key in (MANAGED_LABEL, TENANT_LABEL) if key in pod_labels
+    ]
 
 
 def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) -> list[Violation]:
@@ -80,6 +90,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if scope is not Scope.MANAGED:
         if containers:
             problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
+        problems += _forged_stamps(pod)
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
     plan = plan_gpu(pod, namespace, policy)
     if isinstance(plan, list):

@@ -1,0 +1,78 @@
+"""The validating step for an UPDATE of a pod, pure: the accounting facts stay as admitted.
+
+A pod's GPU charge is decided once, at CREATE, and stamped on it (``gpu.platform/*`` labels,
+webhook/mutate.py). A namespace user with the default ``edit`` role may patch any label of a
+running pod, so without this step one ``kubectl label`` would move a pod's charge to another
+tenant or out of the books. Refused on UPDATE:
+
+- on every pod: adding, removing or changing any label whose key starts with ``gpu.platform/``
+  (stamps added later would make a CPU pod look managed; stamps removed would hide a GPU pod);
+- on a managed pod (the old pod carries ``gpu.platform/managed=true``) also: the ``dag_id``
+  label and annotation, the policy's profile and count label keys, and every label key a
+  tenant's ``podLabels`` match reads: the facts its tenant, profile and count came from.
+
+Everything else passes: Airflow's own later updates (KubernetesPodOperator's
+``already_checked`` label, the executor's ``airflow-worker`` adoption label), finalizers,
+owner references. Status updates and deletions are no UPDATE of ``pods`` at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .decision import Decision, Violation
+from .mutate import MANAGED_LABEL
+from .pod import annotations, labels
+from .policy import Policy
+
+__all__ = ["STAMP_PREFIX", "decide_update", "fixed_label_keys"]
+
+#: Every label under this prefix is the webhook's own: no update may touch one, on any pod.
+STAMP_PREFIX = "gpu.platform/"
+_DAG_ID = "dag_id"
+_ABSENT = object()
+
+
+def fixed_label_keys(policy: Policy) -> frozenset[str]:
+    """The label keys, besides the ``gpu.platform/`` stamps, that decided a managed pod's charge."""
+    keys = {_DAG_ID, policy.spec.labels.profile, policy.spec.labels.count}
+    for tenant in policy.spec.tenants.values():
+        for match in tenant.match:
+            keys.update(match.podLabels or ())
+    return frozenset(k for k in keys if not k.startswith(STAMP_PREFIX))
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else repr(value)
+
+
+def _changes(kind: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterator[str]) -> list[Violation]:
+    found = []
+    for key in sorted(set(keys)):
+        before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if before != after:
+            change = "removes" if after is _ABSENT else "adds" if before is _ABSENT else "changes"
+            found.append(Violation("accounting-fixed", (
+                f"this update {change} {kind} {key} (was {_shown(before)}, would be {_shown(after)}); the pod's GPU "
+                f"quota is charged by what it carried at admission, so {kind}s that decide its tenant, profile or "
+                f"count cannot change afterwards: relaunch the task (a new pod) instead")))
+    return found
+
+
+def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
+    """Allow an UPDATE of a pod unless it changes a fact its GPU accounting rests on.
+
+    ``namespace`` is unused today (a pod cannot change namespace); it keeps the signature of
+    the other decisions.
+    """
+    del namespace
+    old_labels, new_labels = labels(old), labels(new)
+    stamps = (k for k in (*old_labels, *new_labels) if k.startswith(STAMP_PREFIX))
+    problems = _changes("label", old_labels, new_labels, stamps)
+    if old_labels.get(MANAGED_LABEL) == "true":
+        problems += _changes("label", old_labels, new_labels, iter(fixed_label_keys(policy)))
+        problems += _changes("annotation", annotations(old), annotations(new), iter((_DAG_ID,)))
+    if problems:
+        return Decision.deny(problems)
+    return Decision.allow("update")

@@ -73,7 +73,9 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.fail("the airflow.policy entry point is not registered: pip install -e . (again) after editing "
                     "pyproject.toml")
     tmp = tmp_path_factory.mktemp("airflow")
-    profiles = yaml.safe_load(POLICY_FILE.read_text())["spec"]["profiles"]
+    spec = yaml.safe_load(POLICY_FILE.read_text())["spec"]
+    profiles = spec["profiles"]
+    by_requester = {**spec["tenants"], "platform": {"match": [{"serviceAccount": "airflow/platform-worker"}]}}
     steps = [
         {"name": "reference", "policy_file": str(POLICY_FILE)},
         {"name": "off", "policy_file": ""},
@@ -81,6 +83,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"name": "warn", "policy_file": str(tmp / "warn.yaml"), "write": _policy_text(enforcement="warn")},
         {"name": "replaced", "policy_file": str(tmp / "warn.yaml"),
          "write": _policy_text(profiles={**profiles, "h100-8gb": profiles["h100-80gb"]})},
+        {"name": "requester", "policy_file": str(tmp / "requester.yaml"), "write": _policy_text(tenants=by_requester)},
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
@@ -199,3 +202,9 @@ def test_enforcement_warn_loads_bad_dags_and_logs_the_webhooks_words(parsed):
 
 def test_a_policy_file_replaced_in_place_is_read_again(parsed):
     assert "bad_unknown_profile.py" in parsed["replaced"]["loaded"]
+
+
+def test_a_tenant_matched_on_the_requester_skips_the_tenant_check_not_the_others(parsed):
+    """Who creates the pod is known only to the API server: the webhook decides the tenant then."""
+    assert "bad_no_tenant.py" in parsed["requester"]["loaded"]
+    assert "is not a known GPU profile" in parsed["requester"]["import_errors"]["bad_unknown_profile.py"]

@@ -8,6 +8,7 @@ import json
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -16,6 +17,7 @@ import pytest
 from conftest import admission_review, airflow_fixture
 from serve import WebhookServer
 from webhook.app import MAX_BODY_BYTES
+from webhook.certs import generate_client
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,51 @@ def test_the_server_runs_on_uvloop_and_httptools(server):
     """The fast paths uvicorn picks itself; ``asyncio.run`` would silently take the stdlib loop,
     which halved the reviews/s (benchmarks/)."""
     assert "event loop uvloop.Loop, HTTP protocol HttpToolsProtocol" in server.log.read_text()
+
+
+# ------------------------------------------------------------------ serve --client-ca: only the API server
+@pytest.fixture(scope="module")
+def mtls_server(tmp_path_factory) -> Iterator[WebhookServer]:
+    with WebhookServer(tmp_path_factory.mktemp("mtls"), client_ca=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def foreign_client(tmp_path_factory) -> Path:
+    """A valid client pair from another CA, made by the same command."""
+    out = tmp_path_factory.mktemp("foreign")
+    generate_client(out)
+    return out / "apiserver-client"
+
+
+def _admissions(server: WebhookServer) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in server.client.get("/metrics").text.splitlines()
+               if line.startswith("gpu_webhook_admissions_total{"))
+
+
+def test_the_api_servers_client_certificate_gets_its_pods_judged(mtls_server):
+    body, uid = review_body("kpo_h100_count2")
+    answer = post(mtls_server, "/validate", body)
+    assert answer.status_code == 200 and answer.json()["response"]["uid"] == uid
+    assert "HTTP protocol ClientCertificateHttpToolsProtocol" in mtls_server.log.read_text()
+
+
+def test_a_connection_without_a_client_certificate_is_refused_before_judging(mtls_server):
+    before = _admissions(mtls_server)
+    anonymous = httpx.Client(base_url=mtls_server.url, timeout=10,
+                             verify=ssl.create_default_context(cafile=mtls_server.certs / "ca.crt"))
+    for step in ("/mutate", "/validate"):
+        answer = anonymous.post(step, content=review_body("kpo_h100_count2")[0],
+                                headers={"Content-Type": "application/json"})
+        assert answer.status_code == 401 and "presented none" in answer.json()["error"]
+    assert anonymous.get("/readyz").status_code == 200, "the kubelet's probes present no certificate"
+    assert _admissions(mtls_server) == before
+    assert 'gpu_webhook_bad_requests_total{status="401",step="validate"} 1.0' in mtls_server.client.get("/metrics").text
+
+
+def test_a_client_certificate_from_another_ca_gets_no_connection(mtls_server, foreign_client):
+    before = _admissions(mtls_server)
+    forger = mtls_server.client_trusting(mtls_server.certs / "ca.crt", identity=foreign_client)
+    with pytest.raises(httpx.TransportError):
+        forger.post("/validate", content=review_body("kpo_h100_count2")[0], headers={"Content-Type": "application/json"})
+    assert _admissions(mtls_server) == before

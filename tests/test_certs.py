@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from webhook.certs import SERVING_DAYS, ca_bundle, generate, inject_ca_bundle, load_documents
+from webhook.certs import SERVING_DAYS, ca_bundle, generate, generate_client, inject_ca_bundle, load_documents
 
 from conftest import ROOT
 
@@ -39,6 +39,19 @@ def test_the_serving_certificate_is_signed_by_the_ca_for_server_auth(files):
     assert ExtendedKeyUsageOID.SERVER_AUTH in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert SERVING_DAYS - 1 <= lifetime.days <= SERVING_DAYS + 1
+
+
+def test_the_api_servers_client_certificate_has_a_ca_of_its_own_for_client_auth(files, tmp_path):
+    client = generate_client(tmp_path)
+    ca, cert = _cert(client.ca_cert), _cert(client.cert)
+    cert.verify_directly_issued_by(ca)
+    assert ca.subject != _cert(files.ca_cert).subject, "a leaked serving CA key must not mint clients"
+    assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert cert.subject.rfc4514_string().startswith("CN=kube-apiserver")
+    assert stat.S_IMODE(client.key.stat().st_mode) == stat.S_IMODE(client.ca_key.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError, match="give the API server the new client pair"):
+        generate_client(tmp_path)
 
 
 def test_private_keys_are_readable_by_the_owner_only(files):

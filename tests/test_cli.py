@@ -39,6 +39,21 @@ def test_review_of_a_denied_pod_exits_zero_with_the_message_from_stdin(tmp_path)
     assert status["code"] == 403 and "is not a known GPU profile" in status["message"]
 
 
+def test_review_reads_the_requester_from_the_review(tmp_path):
+    """A tenant matched on who creates the pod: the review's userInfo picks it."""
+    import yaml
+
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"]["tenants"] = {"platform": {"match": [{"serviceAccount": "airflow/platform-worker"}]},
+                               **data["spec"]["tenants"]}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(data))
+    user = {"username": "system:serviceaccount:airflow:platform-worker", "groups": ["system:serviceaccounts"]}
+    done = gpu_webhook("review", "--policy", str(policy), review_input("kpo_mig_1g_xcom", tmp_path, user=user))
+    patch = json.loads(base64.b64decode(json.loads(done.stdout)["response"]["patch"]))
+    assert {"op": "add", "path": "/metadata/labels/gpu.platform~1tenant", "value": "platform"} in patch
+
+
 def _running(case_id: str, name: str, phase: str = "Running") -> dict:
     """An Airflow pod as the cluster holds it after our mutation."""
     case = airflow_fixture(case_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jsonpatch
 import pytest
+import yaml
 
 from conftest import POLICY_FILE, airflow_fixture
 from webhook.explain import POLICY_ENV, ExplainError, explain, run_explain
@@ -132,3 +133,33 @@ def test_run_explain_exit_codes_and_output(monkeypatch, capsys, argv, env_policy
     captured = capsys.readouterr()
     assert out in captured.out and err in captured.err
     assert bool(captured.out) == (code == 0)
+
+
+def _requester_policy(tmp_path):
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"]["tenants"]["platform"] = {"match": [{"serviceAccount": "shared/worker"}, {"group": "gpu-admins"}],
+                                           "quota": {"gpuEquivalent": 2}}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("who, code, words", [
+    pytest.param([], 0, "charges nvidia.com/gpu 1, gpuEquivalent 1 to its tenant",
+                 id="without the requester a tenant matched on it is left open"),
+    pytest.param(["--service-account", "shared/worker"], 0, "tenant platform (namespace shared)",
+                 id="a ServiceAccount picks the tenant matched on it"),
+    pytest.param(["--user", "alice", "--group", "gpu-admins"], 0, "tenant platform (namespace shared)",
+                 id="a group picks the tenant matched on it"),
+    pytest.param(["--service-account", "shared/other"], 1, "no GPU tenant matches namespace 'shared', dag_id '', "
+                                                           "created by 'system:serviceaccount:shared:other'",
+                 id="another ServiceAccount fits no tenant and is named"),
+])
+def test_explain_reads_who_creates_the_pod(tmp_path, capsys, who, code, words):
+    assert run_explain(["h100-80gb", "--namespace", "shared", "--policy", _requester_policy(tmp_path), *who]) == code
+    captured = capsys.readouterr()
+    assert words in (captured.out if code == 0 else captured.err)
+
+
+def test_a_dag_id_with_odd_characters_gets_the_label_airflow_gives_it(policy):
+    assert "tenant forecasting" in explain(policy, "a100-80gb", namespace="airflow", dag_id="nightly_/ü" + "x" * 70)

@@ -57,6 +57,9 @@ ERRORS = [
     ("a quota line for CPU", "spec.tenants.vision.quota.cpu", 4, "quota line 'cpu' is neither gpuEquivalent"),
     ("a negative quota", "spec.tenants.forecasting.quota.gpuEquivalent", -1, "spec.tenants.forecasting.quota.gpuEquivalent"),
     ("an empty match entry", "spec.tenants.forecasting.match", [{}], "needs at least one of namespace, podLabels"),
+    ("a serviceAccount without its namespace", "spec.tenants.forecasting.match", [{"serviceAccount": "worker"}],
+     "spec.tenants.forecasting.match.0.serviceAccount: String should match pattern"),
+    ("an empty group", "spec.tenants.forecasting.match", [{"group": ""}], "match.0.group"),
     ("an Exists toleration with a value", "spec.profiles.a100-80gb.tolerations",
      [{"key": "k", "operator": "Exists", "value": "v"}], "operator Exists must not have a value"),
     ("a wrong kind", "kind", "Policy", "kind: Input should be 'GPUPolicy'"),
@@ -93,6 +96,13 @@ def test_new_optional_fields_keep_old_files_valid():
     data = copy.deepcopy(REFERENCE)
     data["spec"]["enforcement"] = "warn"
     assert parse_policy(data).spec.enforcement == "warn"
+
+
+def test_a_policy_knows_whether_a_tenant_is_matched_on_the_requester():
+    data = copy.deepcopy(REFERENCE)
+    assert not parse_policy(data).reads_requester
+    data["spec"]["tenants"]["forecasting"]["match"].append({"serviceAccount": "airflow/forecasting-worker"})
+    assert parse_policy(data).reads_requester
 
 
 def test_the_published_schema_accepts_the_reference_and_rejects_a_typo():

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import POLICY_FILE, airflow_fixture
 from serve import WebhookServer
-from webhook.certs import generate
+from webhook.certs import generate, generate_client
 from webhook.reload import FileWatch, certificate_reloader, policy_reloader
 
 
@@ -65,6 +65,25 @@ def test_a_half_written_certificate_pair_is_retried_until_it_matches(tmp_path):
     assert watch.check() and observed == [False]
     shutil.copy(second.key, live / "tls.key")
     assert watch.check() and observed == [False, True]
+    assert first.cert.read_bytes() != (live / "tls.crt").read_bytes()
+
+
+def test_a_reloaded_serving_pair_keeps_client_certificate_verification(tmp_path):
+    """serve --client-ca: the reload replaces the serving pair only, never the client CA or the mode."""
+    first, second = generate(tmp_path / "a", "s", "n"), generate(tmp_path / "b", "s", "n")
+    client = generate_client(tmp_path / "client")
+    live = tmp_path / "live"
+    shutil.copytree(tmp_path / "a", live)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client.ca_cert)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_cert_chain(live / "tls.crt", live / "tls.key")
+    watch = certificate_reloader(context, live / "tls.crt", live / "tls.key")
+    shutil.copy(second.cert, live / "tls.crt")
+    shutil.copy(second.key, live / "tls.key")
+    assert watch.check()
+    assert context.verify_mode == ssl.CERT_OPTIONAL
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("organizationName", "airflow-gpu-webhook"),),
+                                                               (("commonName", "airflow-gpu-webhook client CA"),))]
     assert first.cert.read_bytes() != (live / "tls.crt").read_bytes()
 
 

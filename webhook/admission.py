@@ -59,7 +59,7 @@ def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Dec
 
 def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
     """The /mutate step: the profile's patch, or an early denial."""
-    return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy))
+    return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy, request.user_info))
 
 
 #: The denial for a quota-bound pod while the usage of the cluster is not known yet.
@@ -83,7 +83,7 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
     with ``nodes_synced`` false (the node watch is not there yet), a warning, never a denial.
     """
     def decide(pod: dict) -> Decision:
-        decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes)
+        decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes, request.user_info)
         if usage is None and decision.allowed and decision.reason == "admitted":
             return Decision.deny([NOT_SYNCED], code=503, profile=decision.profile, tenant=decision.tenant)
         if not nodes_synced and decision.allowed and decision.reason == "admitted":

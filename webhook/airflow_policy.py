@@ -20,6 +20,9 @@ What it cannot know at parse time, it does not guess:
   templated label or namespace skips the tenant check (a tenant may match on either);
 - a KubernetesPodOperator without ``namespace``: its pod lands in the connection's or the
   worker's namespace, known only at run time, so the tenant check is skipped;
+- who creates the pod (the requester, read by ``serviceAccount``/``username``/``group``
+  tenant matches): known only to the API server, so with such a tenant in the policy the
+  tenant check is skipped for every task;
 - ``pod_template_file`` of the operator and the executor: files read on the worker; only the
   task's own fields are checked.
 
@@ -62,6 +65,7 @@ _KPO_FIELDS = ("namespace", "labels", "annotations", "env_vars", "container_reso
                "init_containers", "base_container_name", "full_pod_spec", "pod_template_dict", "secrets")
 #: Reasons never reported at parse time: usage is a run-time fact.
 _RUN_TIME_ONLY = frozenset({"quota-exceeded"})
+_REQUESTER_UNKNOWN = frozenset({"no-tenant"})
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ def _denial(task_pod: _TaskPod, policy: Any) -> str:
     if decision.allowed:
         final = jsonpatch.apply_patch(pod, list(decision.patch)) if decision.patch else pod
         decision = decide_validation(final, namespace, policy, usage={})
-    ignored = _RUN_TIME_ONLY | task_pod.unknown
+    # A tenant matched on the requester (who creates the pod) cannot be decided before run time.
+    ignored = _RUN_TIME_ONLY | task_pod.unknown | (_REQUESTER_UNKNOWN if policy.reads_requester else frozenset())
     kept = [v for v in decision.violations if v.reason not in ignored]
     return Decision.deny(kept).message if kept else ""
 

@@ -4,6 +4,11 @@
   (HTTP 200) once the body could be read as one; what cannot be read gets a clear 4xx
   (400 malformed, 413 too large, 415 not JSON) before any decision, never a 500.
 - ``GET /healthz`` (the process serves), ``GET /readyz`` (it can judge pods), ``GET /metrics``.
+- With ``serve --client-ca``: the TLS handshake verifies any client certificate against that
+  CA (another CA's certificate never gets a connection), and the two admission routes answer
+  401 to a connection that presented none, before reading the body: only the API server, which
+  holds the client certificate, can have a pod judged or quota reserved. Probes and metrics
+  stay open to clients without one (the kubelet presents none).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
@@ -26,7 +32,8 @@ from .pod import metadata
 from .policy import Policy
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
-__all__ = ["MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app"]
+__all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app",
+           "with_client_certificate"]
 
 log = logging.getLogger("gpu_webhook.http")
 
@@ -34,6 +41,8 @@ log = logging.getLogger("gpu_webhook.http")
 #: object of at most that size plus a small envelope, so anything larger is not from it.
 MAX_BODY_BYTES = 3 * 1024 * 1024 + 64 * 1024
 _JSON = "application/json"
+#: Key in the ASGI scope's ``state``: whether the connection presented a verified client certificate.
+CLIENT_CERTIFICATE = "gpu_webhook.client_certificate"
 
 
 def _no_usage() -> Usage | None:
@@ -57,6 +66,8 @@ class Runtime:
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]] | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+    #: ``serve --client-ca``: the admission routes judge only connections with a verified client certificate.
+    client_certificate_required: bool = False
 
     def __post_init__(self) -> None:
         # The quota gauges show whatever policy is in force at scrape time, reloads included.
@@ -147,6 +158,10 @@ class AdmissionEndpoints:
         step = scope["path"][1:]
         started = time.perf_counter()
         try:
+            if self.runtime.client_certificate_required and not scope.get("state", {}).get(CLIENT_CERTIFICATE):
+                raise BadReview(401, "this webhook judges only requests from the API server, which presents a "
+                                     "client certificate signed by the webhook's --client-ca; this connection "
+                                     "presented none")
             review = parse_review(await _read_body(scope, receive))
         except BadReview as bad:
             self.runtime.metrics.bad_requests.labels(step, str(bad.status)).inc()
@@ -168,6 +183,25 @@ class AdmissionEndpoints:
         except Exception:  # noqa: BLE001 - an answer carrying the uid, never an allow by accident
             log.exception("quota reservation failed uid=%s", review.uid)
             return Decision.error(f"gpu-webhook failed to record the quota reservation (uid {review.uid}); retry")
+
+
+def with_client_certificate(protocol: type) -> type:
+    """``protocol`` (uvicorn's HTTP protocol class), also telling the app whether the connection
+    presented a verified client certificate: in ``scope["state"][CLIENT_CERTIFICATE]``.
+
+    uvicorn puts no TLS details in the ASGI scope, but copies the protocol's ``app_state`` into
+    every request's ``state``; the handshake is over when ``connection_made`` runs, so the peer
+    certificate is known there, once per connection.
+    """
+
+    class ClientCertificateProtocol(protocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            tls = transport.get_extra_info("ssl_object")
+            self.app_state = {**self.app_state, CLIENT_CERTIFICATE: bool(tls is not None and tls.getpeercert())}
+
+    ClientCertificateProtocol.__name__ = ClientCertificateProtocol.__qualname__ = f"ClientCertificate{protocol.__name__}"
+    return ClientCertificateProtocol
 
 
 def create_app(runtime: Runtime) -> ASGIApp:

@@ -40,23 +40,24 @@ def _policy(path: str):
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
+    import ssl
 
     import uvicorn
 
-    from .app import Runtime, create_app
+    from .app import Runtime, create_app, with_client_certificate
     from .cluster import track_usage
     from .reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     policy = _policy(args.policy)
-    for path in (args.tls_cert, args.tls_key):
+    for path in (args.tls_cert, args.tls_key, *([args.client_ca] if args.client_ca else [])):
         if not Path(path).is_file():
             _fail(f"TLS file {path} does not exist (make one with: gpu-webhook certs generate)")
     logging.getLogger("gpu_webhook").info(
         "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts %s",
         policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
-    runtime = Runtime(policy=policy)
+    runtime = Runtime(policy=policy, client_certificate_required=bool(args.client_ca))
     apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_ttl) \
         if args.track_usage else (lambda new: setattr(runtime, "policy", new))
     config = uvicorn.Config(
@@ -65,8 +66,13 @@ def _serve(args: argparse.Namespace) -> int:
         proxy_headers=False,  # the API server calls us directly; trust no X-Forwarded-* header
         # Longer than the API server's idle-connection timeout (90 s), so it is never the
         # webhook that closes a kept-alive connection the API server is about to reuse.
-        timeout_keep_alive=100)
+        timeout_keep_alive=100,
+        # A client certificate is verified whenever one is presented; the admission routes then
+        # refuse connections without one (app.py), while the kubelet's probes need none.
+        ssl_cert_reqs=ssl.CERT_OPTIONAL if args.client_ca else ssl.CERT_NONE, ssl_ca_certs=args.client_ca)
     config.load()  # builds config.ssl: the SSLContext the certificate reloader loads new pairs into
+    if args.client_ca:
+        config.http_protocol_class = with_client_certificate(config.http_protocol_class)
     watches = [] if args.reload_interval <= 0 else [
         policy_reloader(Path(args.policy), apply_policy, runtime.metrics.reloaded, args.reload_interval),
         certificate_reloader(config.ssl, Path(args.tls_cert), Path(args.tls_key), runtime.metrics.reloaded,
@@ -170,12 +176,16 @@ def _policy_schema(_: argparse.Namespace) -> int:
 
 
 def _certs_generate(args: argparse.Namespace) -> int:
-    from .certs import generate
+    from .certs import generate, generate_client
 
     try:
         files = generate(Path(args.out), args.service, args.namespace, args.dns_name, args.ip, force=args.force)
+        client = generate_client(Path(args.out), force=args.force) if args.client else None
     except (FileExistsError, ValueError) as err:
         _fail(str(err))
+    if client is not None:
+        print(f"wrote {client.ca_cert}, {client.ca_key}, {client.cert}, {client.key}: serve --client-ca "
+              f"{client.ca_cert}, and the API server presents {client.cert} (certs/README.md)")
     print(f"wrote {files.ca_cert}, {files.ca_key}, {files.cert}, {files.key} (keys mode 0600)")
     print("next: the Secret and caBundle from these files: see certs/README.md (kubectl apply -k "
           "manifests/overlays/self-managed, or gpu-webhook certs inject for manifests rendered elsewhere)")
@@ -220,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", required=True, help="the policy file (YAML)")
     serve.add_argument("--tls-cert", required=True, help="serving certificate (PEM)")
     serve.add_argument("--tls-key", required=True, help="serving key (PEM)")
+    serve.add_argument("--client-ca", help="require, on /mutate and /validate, a client certificate signed by this CA "
+                                           "(PEM): the API server's, see certs/README.md (default: none required)")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, default=8443, help="port to listen on (default 8443)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -263,6 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--namespace", required=True, help="the webhook's namespace")
     gen.add_argument("--dns-name", action="append", default=[], help="extra DNS SAN (repeatable)")
     gen.add_argument("--ip", action="append", default=[], help="extra IP SAN (repeatable)")
+    gen.add_argument("--client", action="store_true",
+                     help="also write a client CA and the API server's client certificate "
+                          "(client-ca.crt, apiserver-client.crt/.key) for serve --client-ca")
     gen.add_argument("--force", action="store_true", help="replace existing files")
     gen.set_defaults(run=_certs_generate)
     inject = certs_commands.add_parser("inject", help="set caBundle in webhook configuration manifests")

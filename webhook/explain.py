@@ -27,9 +27,10 @@ import jsonpatch
 from .decision import Decision
 from .mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
 from .plan import GpuPlan, plan_gpu
-from .pod import safe_label_value
 from .policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
 from .quota import ResourceList, exceeded_lines, format_quantity, pod_charge
+from .review import UserInfo
+from .tenancy import airflow_label_value, service_account_user
 
 __all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]
 
@@ -43,10 +44,11 @@ class ExplainError(ValueError):
 
 
 def explain(policy: Policy, profile: str, count: str | int = "1", *, namespace: str | None = None,
-            dag_id: str = "", labels: Mapping[str, str] | None = None) -> str:
-    """What a task labelled ``profile`` x ``count`` gets; ``namespace`` None means "not known yet"."""
+            dag_id: str = "", labels: Mapping[str, str] | None = None, requester: UserInfo | None = None) -> str:
+    """What a task labelled ``profile`` x ``count`` gets; ``namespace`` None means "not known yet",
+    and so does ``requester`` None (who creates the pod, for tenants matched on it)."""
     pod = _airflow_pod(policy, profile, str(count), dag_id, labels or {})
-    plan = _plan(pod, namespace, policy)
+    plan = _plan(pod, namespace, policy, requester)
     ops, _, _ = mutation_ops(pod, plan, policy)
     patched = jsonpatch.apply_patch(pod, ops)
     lines = [_headline(plan, policy), *_resources(patched, plan), *_placement(patched),
@@ -59,18 +61,20 @@ def _airflow_pod(policy: Policy, profile: str, count: str, dag_id: str, labels: 
     pod_labels = {**labels, "kubernetes_pod_operator": "True", policy.spec.labels.profile: profile,
                   policy.spec.labels.count: count}
     if dag_id:
-        pod_labels["dag_id"] = safe_label_value(dag_id)
+        pod_labels["dag_id"] = airflow_label_value(dag_id)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"labels": pod_labels, "annotations": {"dag_id": dag_id} if dag_id else {}},
             "spec": {"containers": [{"name": policy.spec.targetContainer}]}}
 
 
-def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy) -> GpuPlan:
-    """The webhook's plan; without a namespace the tenant is unknown, not missing."""
-    plan = plan_gpu(pod, namespace or "", policy)
+def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy, requester: UserInfo | None) -> GpuPlan:
+    """The webhook's plan; without a namespace (or a requester, where a tenant is matched on
+    it) the tenant is unknown, not missing."""
+    plan = plan_gpu(pod, namespace or "", policy, requester)
     if isinstance(plan, GpuPlan):
         return plan
-    problems = [v for v in plan if namespace is not None or v.reason != "no-tenant"]
+    unknown = namespace is None or (requester is None and policy.reads_requester)
+    problems = [v for v in plan if not unknown or v.reason != "no-tenant"]
     if problems:
         raise ExplainError(Decision.deny(problems).message)
     labels = pod["metadata"]["labels"]
@@ -151,6 +155,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dag-id", default="", help="the DAG id, for tenants matched by dag_id prefix")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                         help="another pod label, for tenants matched by pod labels (repeatable)")
+    parser.add_argument("--service-account", metavar="NAMESPACE/NAME",
+                        help="the ServiceAccount that creates the pod, for tenants matched on it")
+    parser.add_argument("--user", help="the username that creates the pod, for tenants matched on it")
+    parser.add_argument("--group", action="append", default=[], help="a group of the pod's creator (repeatable)")
     parser.add_argument("--policy", default=os.environ.get(POLICY_ENV),
                         help=f"the policy file (default: ${POLICY_ENV}, the file Airflow's parse-time check reads)")
     return parser
@@ -159,6 +167,14 @@ def _parser() -> argparse.ArgumentParser:
 def _fail(message: str, code: int) -> int:
     print(f"gpu-webhook explain: {message}", file=sys.stderr)
     return code
+
+
+def _requester(args: argparse.Namespace) -> UserInfo | None:
+    """Who creates the pod, from ``--service-account`` or ``--user`` and ``--group``; None if not given."""
+    if args.service_account is None and args.user is None and not args.group:
+        return None
+    username = service_account_user(args.service_account) if args.service_account else args.user or ""
+    return UserInfo(username, tuple(args.group))
 
 
 def run_explain(argv: Sequence[str]) -> int:
@@ -174,7 +190,8 @@ def run_explain(argv: Sequence[str]) -> int:
     except PolicyError as err:
         return _fail(f"invalid policy:\n{err}", 2)
     try:
-        text = explain(policy, args.profile, args.count, namespace=args.namespace, dag_id=args.dag_id, labels=labels)
+        text = explain(policy, args.profile, args.count, namespace=args.namespace, dag_id=args.dag_id, labels=labels,
+                       requester=_requester(args))
     except ExplainError as err:
         return _fail(f"the webhook would refuse this task: {err}", 1)
     sys.stdout.write(text)

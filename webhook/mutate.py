@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .decision import UNKNOWN, Decision, Violation
 from .patch import Op, add, pointer, remove, set_entries
@@ -24,6 +24,9 @@ from .pod import container_gpu_resources, gpu_quantity, labels, metadata, safe_l
 from .policy import Policy
 from .rules import security_violations
 from .tenancy import resolve_tenant
+
+if TYPE_CHECKING:
+    from .review import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "TENANT_LABEL", "VALIDATOR_NAME",
            "decide_mutation", "mutation_ops", "unplanned_labels", "validator_container"]
@@ -177,7 +180,8 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple
     return ops, warnings, conflicts
 
 
-def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy) -> dict[str, str]:
+def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy,
+                     requester: UserInfo | None = None) -> dict[str, str]:
     """The metric labels of a managed pod that got no plan: its profile and tenant where they
     name ones of the policy, else ``unknown`` (never the pod's own text: bounded cardinality).
 
@@ -185,10 +189,11 @@ def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy) -> 
     """
     profile = labels(pod).get(policy.spec.labels.profile)
     return {"profile": profile if isinstance(profile, str) and profile in policy.spec.profiles else UNKNOWN,
-            "tenant": resolve_tenant(pod, namespace, policy) or UNKNOWN}
+            "tenant": resolve_tenant(pod, namespace, policy, requester) or UNKNOWN}
 
 
-def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
+def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
+                    requester: UserInfo | None = None) -> Decision:
     """Allow with the patch, allow untouched, or deny early with every reason known now.
 
     Quota is left to the validating step, which sees the final pod exactly once.
@@ -197,9 +202,9 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> D
     if scope is not Scope.MANAGED:
         return Decision.allow(scope.value)
     problems = security_violations(pod, gpu_pod=True)
-    plan = plan_gpu(pod, namespace, policy)
+    plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
-        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy))
+        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
     ops, warnings, conflicts = mutation_ops(pod, plan, policy)
     if problems or conflicts:
         # The patch rides along so that enforcement "warn" can still apply it.

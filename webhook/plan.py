@@ -12,12 +12,15 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .decision import Violation
 from .pod import airflow_dag_id, as_list, is_airflow_pod, labels, spec
 from .policy import Policy, Profile
-from .tenancy import describe_tenants, resolve_tenant
+from .tenancy import dag_id_conflict, describe_tenants, resolve_tenant
+
+if TYPE_CHECKING:
+    from .review import UserInfo
 
 __all__ = ["GpuPlan", "Scope", "plan_gpu", "scope_of"]
 
@@ -81,21 +84,27 @@ def _target_index(pod: Mapping[str, Any], policy: Policy) -> int | Violation:
     return Violation("no-target-container", f"the pod has no container named {name!r} to give the GPU to")
 
 
-def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy) -> str | Violation:
-    tenant = resolve_tenant(pod, namespace, policy)
+def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy, requester: UserInfo | None) -> str | Violation:
+    conflict = dag_id_conflict(pod)
+    if conflict is not None:
+        return conflict
+    tenant = resolve_tenant(pod, namespace, policy, requester)
     if tenant is None:
+        by = f", created by {requester.username!r}" if requester is not None and policy.reads_requester else ""
         return Violation("no-tenant", f"no GPU tenant matches namespace {namespace!r}, dag_id "
-                                      f"{airflow_dag_id(pod)!r}; tenants: {describe_tenants(policy)}")
+                                      f"{airflow_dag_id(pod)!r}{by}; tenants: {describe_tenants(policy)}")
     return tenant
 
 
-def plan_gpu(pod: Mapping[str, Any], namespace: str, policy: Policy) -> GpuPlan | list[Violation]:
-    """The plan for a managed pod, or every reason it cannot have one."""
+def plan_gpu(pod: Mapping[str, Any], namespace: str, policy: Policy,
+             requester: UserInfo | None = None) -> GpuPlan | list[Violation]:
+    """The plan for a managed pod, or every reason it cannot have one (``requester``: who
+    creates it, None when not known)."""
     pod_labels = labels(pod)
     chosen = _profile(pod_labels.get(policy.spec.labels.profile), policy)
     count = 1 if isinstance(chosen, Violation) else _count(pod_labels.get(policy.spec.labels.count), *chosen, policy)
     target = _target_index(pod, policy)
-    tenant = _tenant(pod, namespace, policy)
+    tenant = _tenant(pod, namespace, policy, requester)
     problems = [p for p in (chosen, count, target, tenant) if isinstance(p, Violation)]
     if problems or isinstance(chosen, Violation):
         return problems

@@ -132,17 +132,36 @@ class Profile(_Strict):
 
 
 class TenantMatch(_Strict):
-    """One way a pod can belong to a tenant: every key given must fit."""
+    """One way a pod can belong to a tenant: every key given must fit.
+
+    ``namespace`` and the requester keys (``serviceAccount``, ``username``, ``group``: who asked
+    the API server to create the pod, from the review's ``userInfo``) are facts Kubernetes
+    authenticates; ``podLabels`` and ``dagIdPrefix`` are as trustworthy as the DAG code that
+    sets them (docs/security.md).
+    """
 
     namespace: str | None = None
     podLabels: dict[str, str] | None = None
     dagIdPrefix: str | None = None
+    #: ``<namespace>/<name>`` of the ServiceAccount that creates the pod (an Airflow deployment's worker
+    #: or scheduler account): the requester's username is then ``system:serviceaccount:<namespace>:<name>``.
+    serviceAccount: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    #: The requester's exact username, as the API server authenticated it.
+    username: str | None = Field(default=None, min_length=1)
+    #: A group the requester belongs to.
+    group: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _not_empty(self) -> TenantMatch:
-        if self.namespace is None and not self.podLabels and not self.dagIdPrefix:
-            raise ValueError("a match entry needs at least one of namespace, podLabels, dagIdPrefix")
+        if self.namespace is None and not self.podLabels and not self.dagIdPrefix and not self.reads_requester:
+            raise ValueError("a match entry needs at least one of namespace, podLabels, dagIdPrefix, serviceAccount, "
+                             "username, group")
         return self
+
+    @property
+    def reads_requester(self) -> bool:
+        """True when the match needs to know who creates the pod (unknown at DAG parse time)."""
+        return self.serviceAccount is not None or self.username is not None or self.group is not None
 
     def describe(self) -> str:
         """A short human form, used in the denial that lists the tenants."""
@@ -153,6 +172,12 @@ class TenantMatch(_Strict):
             parts.append("labels " + ",".join(f"{k}={v}" for k, v in sorted(self.podLabels.items())))
         if self.dagIdPrefix:
             parts.append(f"dag_id {self.dagIdPrefix}*")
+        if self.serviceAccount is not None:
+            parts.append(f"created by ServiceAccount {self.serviceAccount}")
+        if self.username is not None:
+            parts.append(f"created by user {self.username}")
+        if self.group is not None:
+            parts.append(f"created by group {self.group}")
         return " + ".join(parts)
 
 
@@ -209,6 +234,11 @@ class Policy(_Strict):
         for profile in self.spec.profiles.values():
             weights.setdefault(profile.resource, profile.gpuEquivalent)
         return weights
+
+    @cached_property
+    def reads_requester(self) -> bool:
+        """True when some tenant is matched on who creates the pod (unknown at DAG parse time)."""
+        return any(m.reads_requester for t in self.spec.tenants.values() for m in t.match)
 
     def weight(self, resource: str, profile: Profile | None = None) -> Decimal:
         """How many whole GPUs one unit of ``resource`` counts for in the gpuEquivalent line."""

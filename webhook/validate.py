@@ -9,7 +9,7 @@ operation), and the tenant's quota, charged on the pod as it will really run.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .decision import Decision, Violation
 from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels
@@ -19,6 +19,9 @@ from .pod import GpuContainer, gpu_containers, gpu_quantity, labels
 from .policy import Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import security_violations
+
+if TYPE_CHECKING:
+    from .review import UserInfo
 
 __all__ = ["decide_validation"]
 
@@ -80,9 +83,10 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
 
 
 def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
-                      usage: Mapping[str, ResourceList], nodes: Sequence[NodeOffer] | None = None) -> Decision:
+                      usage: Mapping[str, ResourceList], nodes: Sequence[NodeOffer] | None = None,
+                      requester: UserInfo | None = None) -> Decision:
     """Allow or deny the final pod; ``usage`` is what each tenant already holds, ``nodes`` the
-    cluster's nodes when they are known (None: no capacity check)."""
+    cluster's nodes when they are known (None: no capacity check), ``requester`` who creates it."""
     scope = scope_of(pod, policy)
     containers = gpu_containers(pod)
     problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(containers))
@@ -92,9 +96,9 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
             problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
         problems += _forged_stamps(pod)
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
-    plan = plan_gpu(pod, namespace, policy)
+    plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
-        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy))
+        return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
     whose = {"profile": plan.profile_name, "tenant": plan.tenant}
     problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
     warnings: tuple[str, ...] = ()

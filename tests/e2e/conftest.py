@@ -163,18 +163,25 @@ def tracked_webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPat
 def aggregate_cluster_roles(controlplane: ControlPlane) -> None:
     """Fill every aggregated ClusterRole (``edit``, ``view``, ``admin``) with the rules of the
     roles its selectors pick, as kube-controller-manager's clusterrole-aggregation controller
-    does. The testbed runs no controller manager, so without this ``edit`` grants nothing."""
+    does. The testbed runs no controller manager, so without this ``edit`` grants nothing.
+
+    Aggregated roles aggregate each other (``view`` is labelled into ``edit``, ``edit`` into
+    ``admin``), so the passes repeat, reading the roles again, until nothing changes."""
     rbac = client.RbacAuthorizationV1Api(controlplane.api_client())
-    roles = rbac.list_cluster_role().items
-    for role in roles:
-        selectors = (role.aggregation_rule.cluster_role_selectors or []) if role.aggregation_rule else []
-        picked = [r for r in roles if r.metadata.name != role.metadata.name and any(
-            all((r.metadata.labels or {}).get(k) == v for k, v in (s.match_labels or {}).items())
-            for s in selectors)]
-        rules = [rule for r in picked for rule in (r.rules or [])]
-        if selectors and rules:
-            rbac.patch_cluster_role(role.metadata.name, {"rules": [client.ApiClient().sanitize_for_serialization(x)
-                                                                   for x in rules]})
+    serialize = client.ApiClient().sanitize_for_serialization
+    changed = True
+    while changed:
+        changed = False
+        roles = rbac.list_cluster_role().items
+        for role in roles:
+            selectors = (role.aggregation_rule.cluster_role_selectors or []) if role.aggregation_rule else []
+            picked = [r for r in roles if r.metadata.name != role.metadata.name and any(
+                all((r.metadata.labels or {}).get(k) == v for k, v in (s.match_labels or {}).items())
+                for s in selectors)]
+            rules = [serialize(rule) for r in picked for rule in (r.rules or [])]
+            if selectors and rules and rules != [serialize(rule) for rule in (role.rules or [])]:
+                rbac.patch_cluster_role(role.metadata.name, {"rules": rules})
+                changed = True
 
 
 def service_account_client(controlplane: ControlPlane, namespace: str, name: str, tmp: Path) -> client.ApiClient:

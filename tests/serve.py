@@ -33,10 +33,11 @@ class WebhookServer:
     """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
 
     def __init__(self, tmp: Path, policy: Path = POLICY_FILE, extra_args: tuple[str, ...] = (),
-                 certs: Path | None = None, client_ca: bool = False) -> None:
+                 certs: Path | None = None, client_ca: bool | Path = False) -> None:
         """``certs``: serve an existing pair (replicas behind one Service share it), else make one.
-        ``client_ca``: serve with ``--client-ca`` (the client CA of ``certs generate --client``);
-        the test's client then presents the API server's client certificate."""
+        ``client_ca``: serve with ``--client-ca``, the client CA of ``certs generate --client`` (made
+        here, or the directory it wrote, such as the testbed API server's); the test's client then
+        presents the API server's client certificate."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.certs = certs or tmp / "certs"
         self.port = free_port()
@@ -44,11 +45,12 @@ class WebhookServer:
         cli = [sys.executable, "-m", "webhook.cli"]
         if certs is None:
             subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
-                            "--namespace", "gpu-webhook", *(["--client"] if client_ca else [])],
+                            "--namespace", "gpu-webhook", *(["--client"] if client_ca is True else [])],
                            check=True, capture_output=True)
-        self.client_ca = client_ca
-        if client_ca:
-            extra_args = ("--client-ca", str(self.certs / "client-ca.crt"), *extra_args)
+        #: Where the client CA and the API server's client pair are (None: no --client-ca).
+        self.client_certs = (self.certs if client_ca is True else client_ca) or None
+        if self.client_certs is not None:
+            extra_args = ("--client-ca", str(self.client_certs / "client-ca.crt"), *extra_args)
         self.process = subprocess.Popen(
             [*cli, "serve", "--policy", str(policy), "--tls-cert", str(self.certs / "tls.crt"),
              "--tls-key", str(self.certs / "tls.key"), "--host", "127.0.0.1", "--port", str(self.port), *extra_args],
@@ -60,7 +62,7 @@ class WebhookServer:
         """An HTTPS client that verifies the server against ``ca``, as the API server does, and
         presents the client pair ``identity``.crt/.key (default: the API server's, with ``client_ca``)."""
         context = ssl.create_default_context(cafile=ca)
-        identity = identity or (self.certs / "apiserver-client" if self.client_ca else None)
+        identity = identity or (self.client_certs / "apiserver-client" if self.client_certs else None)
         if identity is not None:
             context.load_cert_chain(identity.with_suffix(".crt"), identity.with_suffix(".key"))
         return httpx.Client(base_url=self.url, verify=context, timeout=10)

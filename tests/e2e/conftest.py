@@ -60,12 +60,14 @@ def namespace(controlplane: ControlPlane) -> str:
 class RegisteredWebhook:
     """A running `gpu-webhook serve` registered with the test API server through the project's
     own manifests/base/webhook-configurations.yaml (caBundle and a loopback url injected by
-    `gpu-webhook certs`'s own code), so what is tested is what ships."""
+    `gpu-webhook certs`'s own code), so what is tested is what ships. It serves with
+    ``--client-ca``: only the testbed's API server, which presents its client certificate
+    through its AdmissionConfiguration, gets pods judged."""
 
     def __init__(self, controlplane: ControlPlane, tmp: Path, extra_args: tuple[str, ...] = (),
                  policy: Path = POLICY_FILE) -> None:
         self.cp = controlplane
-        self.server = WebhookServer(tmp, policy, extra_args)
+        self.server = WebhookServer(tmp, policy, extra_args, client_ca=controlplane.webhook_client)
         #: Where the API server is told to call; a test may put a load balancer in front.
         self.base_url = f"https://127.0.0.1:{self.server.port}"
         self.server.wait_ready()

@@ -254,6 +254,9 @@ class ControlPlane:
         self.ports = {k: _free_port() for k in ("etcd", "etcd-peer", "apiserver", "scheduler", "kwok")}
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig = self.dir / "admin.kubeconfig"
+        #: The API server's webhook client pair and its CA (client-ca.crt, apiserver-client.crt/.key).
+        self.webhook_client = self.dir / "webhook-client"
+        self.admission_config = self.dir / "admission-config.yaml"
         self.startup_seconds: dict[str, float] = {}
         self._api_client: Any = None
         self._dynamic: Any = None
@@ -329,6 +332,31 @@ class ControlPlane:
         }))
         self._admin_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         self._admin_ctx.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+        self._write_webhook_client()
+
+    def _write_webhook_client(self) -> None:
+        """The client certificate kube-apiserver presents to every admission webhook, as documented
+        for authenticating API servers to webhooks: an AdmissionConfiguration whose two webhook
+        plugins read a kubeconfig with one user, ``*`` (any webhook), holding the pair.
+
+        The pair and its CA come from the webhook's own ``certs generate --client`` code; webhooks
+        served here with ``--client-ca`` ``self.webhook_client / "client-ca.crt"`` accept only this
+        API server."""
+        from webhook.certs import generate_client
+
+        files = generate_client(self.webhook_client)
+        kubeconfig = self.dir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "users": [{"name": "*", "user": {"client-certificate": str(files.cert), "client-key": str(files.key)}}],
+        }))
+        plugin = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "WebhookAdmissionConfiguration",
+                  "kubeConfigFile": str(kubeconfig)}
+        self.admission_config.write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [{"name": name, "configuration": plugin}
+                        for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")],
+        }))
 
     def _spawn(self, name: str, args: list[str]) -> Component:
         log = self.dir / "logs" / f"{name}.log"
@@ -391,6 +419,7 @@ class ControlPlane:
             # not-ready taint, so these two plugins would block every pod / every node.
             "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+            f"--admission-control-config-file={self.admission_config}",
         ])
         self._wait(c, lambda: _probe(f"{self.server}/readyz", self._admin_ctx) == "ok", deadline)
 

@@ -10,6 +10,9 @@ and from Airflow's own metadata DB and task logs:
   task (ml-jobs): the pod Airflow created was mutated (gpu.platform/managed, the driver-validation
   init container first, the GPU resource on container `base`), kube-scheduler bound it to a node
   of the right product / MIG strategy, and the Airflow task succeeded;
+- KubernetesPodOperator's own later update of those pods (the ``already_checked`` label it puts
+  on a kept pod) passes the validating webhook, which also sees UPDATEs; a GPU task whose pod
+  KPO deletes when done succeeds too;
 - a CPU task in the same tenant namespace is untouched and succeeds;
 - a quota-breaking task (5 x H100, tenant vision allows 4) and an unknown-profile task fail in
   Airflow, with the webhook's denial in the task's log, and no pod was created for them.
@@ -204,6 +207,16 @@ def test_gpu_task_pod_is_mutated_bound_to_its_pool_and_the_task_succeeds(
     assert {k: node.metadata.labels.get(k) for k in node_labels} == node_labels, pod.spec.node_name
     assert pod.status.phase == "Succeeded"
     assert dag_run.task_states[task_id] == "success", explain(dag_run, task_id)
+    # KPO's own later update (patch_already_checked) passed the validating webhook, which sees
+    # UPDATEs of managed pods and refuses only changes to their accounting labels.
+    assert pod.metadata.labels.get("already_checked") == "True", pod.metadata.labels
+
+
+def test_a_gpu_task_whose_pod_kpo_deletes_succeeds_and_leaves_no_pod(dag_run, controlplane):
+    assert dag_run.task_states["h100_deleted"] == "success", explain(dag_run, "h100_deleted")
+    pods = client.CoreV1Api(controlplane.api_client()).list_namespaced_pod(
+        "ml-jobs", label_selector=f"{RUN_LABEL}={dag_run.run_label},task_id=h100_deleted").items
+    assert [p.metadata.name for p in pods if not p.metadata.deletion_timestamp] == []
 
 
 def test_cpu_task_pod_is_untouched_and_the_task_succeeds(dag_run, controlplane):
@@ -250,7 +263,8 @@ def test_denied_task_fails_in_airflow_with_the_webhooks_message_in_its_log(dag_r
 
 
 def test_the_dag_run_fails_because_of_the_denied_tasks_only(dag_run):
-    assert set(dag_run.task_states) == {"mig_1g", "h100_x2", "cpu_only", "quota_breaker", "unknown_profile"}
+    assert set(dag_run.task_states) == {"mig_1g", "h100_x2", "h100_deleted", "cpu_only", "quota_breaker",
+                                        "unknown_profile"}
     assert dag_run.state == "failed"
     assert {t for t, s in dag_run.task_states.items() if s != "success"} == {"quota_breaker", "unknown_profile"}
     assert "DagRun failed" in dag_run.output

@@ -11,18 +11,24 @@ and the usage tracker then charged the pod to whatever its labels said (issue 13
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jsonpatch
+import orjson
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE
+from conftest import POLICY_FILE, admission_review
+from serve import WebhookServer
 
 from .conftest import RegisteredWebhook, airflow_pod, registered_webhook, tenant_user
 from .controlplane import ControlPlane
@@ -218,3 +224,38 @@ def test_another_account_in_the_same_namespace_gets_no_tenant(controlplane, edit
     message = denial(lambda: other.create_namespaced_pod(REQUESTER_NS, requester_pod(_name("x"))))
     assert "no GPU tenant matches namespace 'analytics'" in message
     assert "created by 'system:serviceaccount:analytics:someone-else'" in message
+
+
+# ------------------------------------------------------------------ only the API server spends quota
+def test_only_the_api_server_can_have_a_pod_judged_or_quota_reserved(controlplane, namespace, tmp_path):
+    """serve --client-ca with the testbed API server's client CA and --track-usage: a forged review
+    from a client without a certificate, or with a valid one from another CA, reserves nothing;
+    the API server's own certificate (the control) does."""
+    from webhook.certs import generate_client
+
+    foreign = generate_client(tmp_path / "foreign").cert.with_suffix("")
+    args = ("--track-usage", "--kubeconfig", str(controlplane.kubeconfig), "--ledger-namespace", namespace)
+    with WebhookServer(tmp_path / "serve", extra_args=args, client_ca=controlplane.webhook_client) as server:
+        pod = airflow_pod("kpo_h100_count2", _name("forged"))
+        patch = base64.b64decode(server.review("mutate", pod, TENANT_NS)["patch"])
+        final = jsonpatch.apply_patch(pod, orjson.loads(patch))
+        headers = {"Content-Type": "application/json"}
+
+        def review(client: httpx.Client) -> tuple[str, httpx.Response]:
+            """A review of the mutated pod under a new name (the ledger keys reservations by pod)."""
+            name = _name("forged")
+            body = admission_review({**final, "metadata": {**final["metadata"], "name": name}}, TENANT_NS)
+            return f"{TENANT_NS}/{name}", client.post("/validate", content=orjson.dumps(body), headers=headers)
+
+        with httpx.Client(base_url=server.url, timeout=10,
+                          verify=ssl.create_default_context(cafile=server.certs / "ca.crt")) as anonymous:
+            _, refused = review(anonymous)
+        assert refused.status_code == 401 and "presented none" in refused.json()["error"]
+        with pytest.raises(httpx.TransportError), server.client_trusting(server.certs / "ca.crt",
+                                                                        identity=foreign) as forger:
+            review(forger)
+        reserved, admitted = review(server.client)
+        assert admitted.json()["response"]["allowed"] is True, admitted.text
+    ledger = client.CoreV1Api(controlplane.api_client()).read_namespaced_config_map("gpu-webhook-ledger-vision",
+                                                                                   namespace)
+    assert list(json.loads(ledger.data["reservations"])) == [reserved]

@@ -48,7 +48,7 @@ INJECT_CA_FROM = "cert-manager.io/inject-ca-from"
 #: What the base renders: kind -> how many (the webhook's namespace and the ledger's; one of the rest).
 BASE_OBJECTS = Counter({"Namespace": 2, "ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1,
                         "RoleBinding": 1, "ConfigMap": 1, "Service": 1, "Deployment": 1, "PodDisruptionBudget": 1,
-                        **dict.fromkeys(WEBHOOK_KINDS, 1)})
+                        "NetworkPolicy": 1, **dict.fromkeys(WEBHOOK_KINDS, 1)})
 BASE_KINDS = set(BASE_OBJECTS)
 
 
@@ -200,6 +200,42 @@ def test_the_self_managed_overlay_carries_the_certs_from_certs_generate(controlp
         stored = applier.apply(obj, dry_run=True)
         if obj["kind"] in WEBHOOK_KINDS:   # the API server decodes the (line-wrapped) base64 to the CA
             assert [base64.b64decode(w["clientConfig"]["caBundle"]) for w in stored["webhooks"]] == [ca_pem]
+
+
+def test_the_network_policy_opens_only_the_webhooks_port_of_its_pods(base) -> None:
+    policy, deployment = one(base, "NetworkPolicy"), one(base, "Deployment")
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+    assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [[{"port": port, "protocol": "TCP"}]]
+
+
+def test_the_client_ca_component_makes_the_webhook_require_the_api_servers_certificate(controlplane, base, applier,
+                                                                                         tmp_path) -> None:
+    """Opt-in, on top of an overlay: the client CA's Secret is mounted and serve gets --client-ca."""
+    manifests = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, manifests, symlinks=True, ignore=shutil.ignore_patterns("*.crt", "*.key"))
+    certs = manifests / "overlays" / "self-managed" / "certs"
+    subprocess.run([sys.executable, "-m", "webhook.cli", "certs", "generate", "--client", "--out", str(certs),
+                    "--service", "gpu-webhook", "--namespace", NAMESPACE], check=True, capture_output=True)
+    shutil.copy(certs / "client-ca.crt", manifests / "components" / "client-ca" / "certs")
+    overlay = tmp_path / "manifests" / "overlays" / "mine"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../self-managed"], "components": ["../../components/client-ca"]}))
+    objs = render(controlplane, overlay)
+    secret = one(objs, "Secret", "gpu-webhook-client-ca")
+    assert base64.b64decode(secret["data"]["client-ca.crt"]) == (certs / "client-ca.crt").read_bytes()
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert "--client-ca=/etc/gpu-webhook/client-ca/client-ca.crt" in pod["containers"][0]["args"]
+    assert {"name": "client-ca", "mountPath": "/etc/gpu-webhook/client-ca", "readOnly": True} in \
+        pod["containers"][0]["volumeMounts"]
+    assert {"name": "client-ca", "secret": {"secretName": "gpu-webhook-client-ca"}} in pod["volumes"]
+    assert "apiserver-client" not in yaml.safe_dump_all(objs), "the API server's pair stays with the API server"
+    for obj in objs:
+        applier.apply(obj, dry_run=True)
 
 
 # ---------------------------------------------------------------------------------------- RBAC

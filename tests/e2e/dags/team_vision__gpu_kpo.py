@@ -25,10 +25,14 @@ PROFILE, COUNT = "gpu.platform/profile", "gpu.platform/count"
 TASKS: dict[str, tuple[str, dict[str, str]]] = {
     "mig_1g": ("airflow", {PROFILE: "a100-mig-1g.10gb"}),
     "h100_x2": ("ml-jobs", {PROFILE: "h100-80gb", COUNT: "2"}),
+    "h100_deleted": ("ml-jobs", {PROFILE: "h100-80gb"}),
     "cpu_only": ("ml-jobs", {}),
     "quota_breaker": ("ml-jobs", {PROFILE: "h100-80gb", COUNT: "5"}),
     "unknown_profile": ("ml-jobs", {PROFILE: "h100-8gb"}),
 }
+#: Every pod is kept for the test to read back (KPO then labels it already_checked=True, an
+#: UPDATE the validating webhook sees), except this one, deleted by KPO when it succeeds.
+DELETED = {"h100_deleted"}
 
 with DAG("team_vision__gpu_kpo", schedule=None, catchup=False, tags=["e2e"]):
     for task_id, (namespace, labels) in TASKS.items():
@@ -45,7 +49,7 @@ with DAG("team_vision__gpu_kpo", schedule=None, catchup=False, tags=["e2e"]):
             get_logs=False,  # the testbed has no kubelet API
             do_xcom_push=False,
             log_events_on_startup=False,
-            on_finish_action="keep_pod",  # the test reads the mutated pod back
+            on_finish_action="delete_pod" if task_id in DELETED else "keep_pod",
             startup_check_interval_seconds=1,
             base_container_status_polling_interval=0.2,
             startup_timeout_seconds=60,

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import ssl
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -259,3 +263,40 @@ def test_only_the_api_server_can_have_a_pod_judged_or_quota_reserved(controlplan
     ledger = client.CoreV1Api(controlplane.api_client()).read_namespaced_config_map("gpu-webhook-ledger-vision",
                                                                                    namespace)
     assert list(json.loads(ledger.data["reservations"])) == [reserved]
+
+
+ADOPT = textwrap.dedent("""
+    import json, sys
+    from kubernetes import client, config
+    from airflow.providers.cncf.kubernetes.executors.kubernetes_executor import KubernetesExecutor
+    from airflow.providers.cncf.kubernetes.kubernetes_helper_functions import annotations_to_key
+
+    kubeconfig, namespace, name = sys.argv[1:4]
+    config.load_kube_config(kubeconfig)
+    core = client.CoreV1Api()
+    pod = core.read_namespaced_pod(name, namespace)
+    executor = KubernetesExecutor()          # not started: no watcher, no queues
+    executor.scheduler_job_id = "42"         # the scheduler that adopts the pod
+    tis_to_flush_by_key = {annotations_to_key(pod.metadata.annotations): None}
+    executor.adopt_launched_task(core, pod, tis_to_flush_by_key)
+    print(json.dumps({"adopted": not tis_to_flush_by_key,
+                      "labels": core.read_namespaced_pod(name, namespace).metadata.labels}))
+""")
+
+
+def test_the_kubernetes_executors_own_adoption_of_a_managed_worker_pod_passes(controlplane, hostile_webhook,
+                                                                              tmp_path):
+    """``KubernetesExecutor.adopt_launched_task`` itself (a scheduler taking over another's worker
+    pod relabels it ``airflow-worker``), run in a hermetic Airflow against the testbed."""
+    pod = airflow_pod("executor_gpu_override", _name("worker"), complete_after=None)
+    created = client.CoreV1Api(controlplane.api_client()).create_namespaced_pod("airflow", pod)
+    assert created.metadata.labels["gpu.platform/managed"] == "true"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False")
+    run = subprocess.run([sys.executable, "-c", ADOPT, str(controlplane.kubeconfig), "airflow", created.metadata.name],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["adopted"], run.stderr[-3000:]
+    assert result["labels"]["airflow-worker"] == "42"
+    assert result["labels"]["gpu.platform/tenant"] == "vision"

@@ -166,20 +166,21 @@ def test_the_api_servers_client_certificate_gets_its_pods_judged(mtls_server):
 
 def test_a_connection_without_a_client_certificate_is_refused_before_judging(mtls_server):
     before = _admissions(mtls_server)
-    anonymous = httpx.Client(base_url=mtls_server.url, timeout=10,
-                             verify=ssl.create_default_context(cafile=mtls_server.certs / "ca.crt"))
-    for step in ("/mutate", "/validate"):
-        answer = anonymous.post(step, content=review_body("kpo_h100_count2")[0],
-                                headers={"Content-Type": "application/json"})
-        assert answer.status_code == 401 and "presented none" in answer.json()["error"]
-    assert anonymous.get("/readyz").status_code == 200, "the kubelet's probes present no certificate"
+    # Every client is closed: the server's graceful stop waits for open TLS connections.
+    with httpx.Client(base_url=mtls_server.url, timeout=10,
+                      verify=ssl.create_default_context(cafile=mtls_server.certs / "ca.crt")) as anonymous:
+        for step in ("/mutate", "/validate"):
+            answer = anonymous.post(step, content=review_body("kpo_h100_count2")[0],
+                                    headers={"Content-Type": "application/json"})
+            assert answer.status_code == 401 and "presented none" in answer.json()["error"]
+        assert anonymous.get("/readyz").status_code == 200, "the kubelet's probes present no certificate"
     assert _admissions(mtls_server) == before
     assert 'gpu_webhook_bad_requests_total{status="401",step="validate"} 1.0' in mtls_server.client.get("/metrics").text
 
 
 def test_a_client_certificate_from_another_ca_gets_no_connection(mtls_server, foreign_client):
     before = _admissions(mtls_server)
-    forger = mtls_server.client_trusting(mtls_server.certs / "ca.crt", identity=foreign_client)
-    with pytest.raises(httpx.TransportError):
+    with mtls_server.client_trusting(mtls_server.certs / "ca.crt", identity=foreign_client) as forger, \
+            pytest.raises(httpx.TransportError):
         forger.post("/validate", content=review_body("kpo_h100_count2")[0], headers={"Content-Type": "application/json"})
     assert _admissions(mtls_server) == before

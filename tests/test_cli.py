@@ -54,6 +54,17 @@ def test_review_reads_the_requester_from_the_review(tmp_path):
     assert {"op": "add", "path": "/metadata/labels/gpu.platform~1tenant", "value": "platform"} in patch
 
 
+def test_review_of_an_update_judges_the_relabel(tmp_path):
+    old = airflow_fixture("kpo_h100_count2")["pod"]
+    old["metadata"]["labels"].update({"gpu.platform/managed": "true", "gpu.platform/tenant": "vision"})
+    new = json.loads(json.dumps(old))
+    del new["metadata"]["labels"]["gpu.platform/managed"]
+    path = tmp_path / "update.json"
+    path.write_text(json.dumps(admission_review(new, "ml-jobs", operation="UPDATE", old=old)))
+    status = json.loads(gpu_webhook("review", "--policy", str(POLICY_FILE), str(path)).stdout)["response"]["status"]
+    assert "this update removes label gpu.platform/managed" in status["message"]
+
+
 def _running(case_id: str, name: str, phase: str = "Running") -> dict:
     """An Airflow pod as the cluster holds it after our mutation."""
     case = airflow_fixture(case_id)

@@ -1,0 +1,268 @@
+"""No GPU without a profile, on the real API server: every route to a GPU that is not the device
+plugin's allocation, tried by a hostile namespace user (a ServiceAccount with the default
+``edit`` role), through the shipped (generated) webhook configurations.
+
+Each case here was admitted before issue 14: the CPU pods were never even sent. docs/security.md
+lists the routes, the container-toolkit source of each, and how it is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import uuid
+from base64 import b64encode
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from serve import free_port
+from webhook.certs import ca_bundle, generate
+
+from .conftest import RegisteredWebhook, airflow_pod, tenant_user
+
+pytestmark = pytest.mark.e2e
+
+VOID = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+#: The vision tenant's namespace: a managed pod there is charged to vision.
+NAMESPACE = "ml-jobs"
+
+
+@pytest.fixture(scope="module")
+def tenant(controlplane, edit_role_ready, webhook, tmp_path_factory) -> client.CoreV1Api:
+    """The hostile tenant, in a namespace the policy gives GPUs to."""
+    controlplane.apply({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
+                        "handler": "nvidia"})
+    return client.CoreV1Api(tenant_user(controlplane, NAMESPACE, tmp_path_factory.mktemp("tenant"), "gpu-routes"))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _pod(case_id: str, change: Callable[[dict[str, Any]], Any], complete_after: str | None = "1s") -> dict[str, Any]:
+    pod = airflow_pod(case_id, unique("route"), complete_after=complete_after)
+    pod["metadata"]["namespace"] = NAMESPACE
+    change(pod)
+    return pod
+
+
+def _base(pod: dict[str, Any]) -> dict[str, Any]:
+    return pod["spec"]["containers"][0]
+
+
+def _spec(**fields: Any) -> Callable[[dict[str, Any]], Any]:
+    return lambda pod: pod["spec"].update(fields)
+
+
+def _security(**fields: Any) -> Callable[[dict[str, Any]], Any]:
+    return lambda pod: _base(pod).setdefault("securityContext", {}).update(fields)
+
+
+def _host_path(path: str) -> Callable[[dict[str, Any]], Any]:
+    def change(pod: dict[str, Any]) -> None:
+        pod["spec"].setdefault("volumes", []).append({"name": "host", "hostPath": {"path": path}})
+        _base(pod).setdefault("volumeMounts", []).append({"name": "host", "mountPath": "/host"})
+    return change
+
+
+def _device_request_mount(path: str) -> Callable[[dict[str, Any]], Any]:
+    def change(pod: dict[str, Any]) -> None:
+        pod["spec"].setdefault("volumes", []).append({"name": "req", "emptyDir": {}})
+        _base(pod).setdefault("volumeMounts", []).append({"name": "req", "mountPath": path})
+    return change
+
+
+def _env(name: str, value: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda pod: _base(pod).setdefault("env", []).append({"name": name, "value": value})
+
+
+def message_of(err: ApiException) -> str:
+    return json.loads(err.body)["message"]
+
+
+ROUTES = [
+    # (description, fixture, change, words in the denial)
+    ("a CPU pod tolerating the GPU pool's taint is refused, naming the toleration",
+     "kpo_cpu_plain", _spec(tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+     "can reach a GPU node through toleration {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}"),
+    ("a CPU pod tolerating every taint is refused",
+     "kpo_cpu_plain", _spec(tolerations=[{"operator": "Exists"}]), "through toleration {operator: Exists}"),
+    ("a CPU pod on the nvidia runtime class is refused",
+     "kpo_cpu_plain", _spec(runtimeClassName="nvidia"), "through runtimeClassName nvidia"),
+    ("a CPU pod naming a node (no scheduler, no taints) is refused",
+     "kpo_cpu_plain", _spec(nodeName="a100-mig-0"), "through nodeName a100-mig-0"),
+    ("a CPU pod mounting an emptyDir at the toolkit's device-request path is refused",
+     "kpo_cpu_plain", _device_request_mount("/var/run/nvidia-container-devices/all"),
+     "mounts volume 'req' at /var/run/nvidia-container-devices/all, which the NVIDIA container toolkit reads as a GPU"),
+    ("the /run spelling of the device-request path is refused",
+     "kpo_cpu_plain", _device_request_mount("/run/nvidia-container-devices/0"), "at /run/nvidia-container-devices/0"),
+    ("a CPU pod setting NVIDIA_IMEX_CHANNELS is refused",
+     "kpo_cpu_plain", _env("NVIDIA_IMEX_CHANNELS", "all"), "container 'base' sets env NVIDIA_IMEX_CHANNELS='all'"),
+    ("NVIDIA_VISIBLE_DEVICES with any value but void is refused",
+     "kpo_cpu_plain", _env("NVIDIA_VISIBLE_DEVICES", "void,0"), "only NVIDIA_VISIBLE_DEVICES=void is allowed"),
+    ("a CPU pod with a DRA resource claim is refused",
+     "kpo_cpu_plain", _spec(resourceClaims=[{"name": "gpu", "resourceClaimName": "any-gpu"}]),
+     "sets spec.resourceClaims (Dynamic Resource Allocation)"),
+    ("a GPU pod adding SYS_ADMIN is refused",
+     "kpo_h100_count2", _security(capabilities={"add": ["SYS_ADMIN"]}), "container 'base' adds capability SYS_ADMIN"),
+    ("a GPU pod with hostPID is refused", "kpo_h100_count2", _spec(hostPID=True), "sets spec.hostPID: true"),
+    ("a GPU pod with hostIPC is refused", "kpo_h100_count2", _spec(hostIPC=True), "sets spec.hostIPC: true"),
+    ("a GPU pod mounting hostPath / is refused", "kpo_h100_count2", _host_path("/"), "mounts hostPath '/'"),
+    ("a GPU pod mounting /dev/char/195:0 (a symlink to /dev/nvidia0) is refused",
+     "kpo_h100_count2", _host_path("/dev/char/195:0"), "mounts hostPath '/dev/char/195:0'"),
+    ("a GPU pod mounting the MPS pipe directory is refused",
+     "kpo_h100_count2", _host_path("/run/nvidia/mps"), "mounts hostPath '/run/nvidia/mps'"),
+    ("a GPU pod mounting the driver root's /dev is refused",
+     "kpo_h100_count2", _host_path("/run/nvidia/driver/dev"), "mounts hostPath '/run/nvidia/driver/dev'"),
+    ("a GPU pod mounting the device plugins' sockets is refused",
+     "kpo_h100_count2", _host_path("/var/lib/kubelet/device-plugins"), "mounts hostPath '/var/lib/kubelet/device-plugins'"),
+]
+
+
+@pytest.mark.parametrize("description, case_id, change, words", ROUTES, ids=[r[0] for r in ROUTES])
+def test_each_route_to_a_gpu_is_refused_for_a_namespace_user(tenant, description, case_id, change, words):
+    pod = _pod(case_id, change)
+    with pytest.raises(ApiException) as caught:
+        tenant.create_namespaced_pod(NAMESPACE, pod)
+    assert caught.value.status == 403, caught.value.body
+    assert words in message_of(caught.value)
+    with pytest.raises(ApiException) as missing:
+        tenant.read_namespaced_pod(pod["metadata"]["name"], NAMESPACE)
+    assert missing.value.status == 404
+
+
+def _with_sidecar_and_init(pod: dict[str, Any]) -> None:
+    pod["spec"]["containers"].append({"name": "airflow-xcom-sidecar", "image": "alpine"})
+    pod["spec"]["initContainers"] = [{"name": "fetch-data", "image": "nvidia/cuda:12.2.0-base-ubuntu22.04"}]
+
+
+def test_every_container_of_a_managed_pod_without_a_gpu_is_stored_with_void(tenant):
+    stored = tenant.create_namespaced_pod(NAMESPACE, _pod("kpo_h100_count2", _with_sidecar_and_init))
+    env = {c.name: [{"name": e.name, "value": e.value} for e in (c.env or [])]
+           for c in stored.spec.containers + stored.spec.init_containers}
+    assert VOID in env["airflow-xcom-sidecar"] and VOID in env["fetch-data"]
+    assert VOID not in env["base"] and VOID not in env["gpu-driver-validation"]
+
+
+def _debug(*env: dict[str, str], **security: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": unique("debug"), "image": "busybox", "env": list(env)}
+    if security:
+        container["securityContext"] = security
+    return container
+
+
+def _add_ephemeral(core: client.CoreV1Api, name: str, container: dict[str, Any]) -> Any:
+    current = core.read_namespaced_pod(name, NAMESPACE).spec.ephemeral_containers or []
+    existing = [client.ApiClient().sanitize_for_serialization(c) for c in current]
+    return core.patch_namespaced_pod_ephemeralcontainers(
+        name, NAMESPACE, {"spec": {"ephemeralContainers": existing + [container]}})
+
+
+def test_ephemeral_containers_on_a_running_managed_pod_are_voided_and_judged(tenant, controlplane):
+    name = tenant.create_namespaced_pod(NAMESPACE, _pod("kpo_h100_count2", lambda p: None, complete_after=None)
+                                        ).metadata.name
+    controlplane.wait_for_pod(NAMESPACE, name, lambda p: p.status.phase == "Running", timeout=30)
+    stored = _add_ephemeral(tenant, name, _debug())
+    debug = stored.spec.ephemeral_containers[-1]
+    assert [{"name": e.name, "value": e.value} for e in debug.env] == [VOID]
+    for hostile, words in [
+        (_debug({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}),
+         "sets env NVIDIA_VISIBLE_DEVICES='all'"),
+        (_debug(privileged=True), "sets securityContext.privileged: true in a GPU pod"),
+        (_debug(capabilities={"add": ["SYS_ADMIN"]}), "adds capability SYS_ADMIN"),
+    ]:
+        with pytest.raises(ApiException) as caught:
+            _add_ephemeral(tenant, name, hostile)
+        assert caught.value.status == 403 and words in message_of(caught.value), caught.value.body
+
+
+# --- reinvocation: another mutating webhook edits every container, ours runs again ---
+
+class _ForeignWebhook(BaseHTTPRequestHandler):
+    """Appends env FOREIGN_TRACE=1 to every container and init container that lacks it."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server interface
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        pod = review["request"]["object"]
+        ops = []
+        for field in ("initContainers", "containers"):
+            for i, c in enumerate(pod["spec"].get(field) or []):
+                if any(e.get("name") == "FOREIGN_TRACE" for e in c.get("env") or []):
+                    continue
+                entry = {"name": "FOREIGN_TRACE", "value": "1"}
+                ops.append({"op": "add", "path": f"/spec/{field}/{i}/env/-", "value": entry} if c.get("env")
+                           else {"op": "add", "path": f"/spec/{field}/{i}/env", "value": [entry]})
+        response = {"uid": review["request"]["uid"], "allowed": True}
+        if ops:
+            response.update(patchType="JSONPatch", patch=b64encode(json.dumps(ops).encode()).decode())
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign_webhook(controlplane, tmp_path: Path) -> Iterator[str]:
+    """A second mutating webhook (its own CA from the project's cert code), called after ours
+    (configurations run in name order) with reinvocationPolicy IfNeeded, for labelled pods."""
+    certs = generate(tmp_path / "foreign", "foreign", "default")
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), _ForeignWebhook)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert, certs.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    label = "foreign-webhook-test"
+    controlplane.apply({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "zz-foreign-env"},
+        "webhooks": [{"name": "env.foreign.example", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                      "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 5,
+                      "clientConfig": {"url": f"https://127.0.0.1:{port}/", "caBundle": ca_bundle(certs.ca_cert)},
+                      "objectSelector": {"matchLabels": {label: "true"}},
+                      "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                 "resources": ["pods"]}]}]})
+    try:
+        yield label
+    finally:
+        client.AdmissionregistrationV1Api(controlplane.api_client()).delete_mutating_webhook_configuration(
+            "zz-foreign-env")
+        server.shutdown()
+
+
+def test_a_foreign_webhook_editing_every_container_leaves_exactly_one_validator(tenant, foreign_webhook,
+                                                                                controlplane):
+    def labelled(pod: dict[str, Any]) -> None:
+        _with_sidecar_and_init(pod)
+        pod["metadata"]["labels"][foreign_webhook] = "true"
+
+    pod = _pod("kpo_h100_count2", labelled)
+    RegisteredWebhook.wait_until(lambda: _foreign_ready(tenant, pod))
+    stored = tenant.create_namespaced_pod(NAMESPACE, pod)
+    names = [c.name for c in stored.spec.init_containers]
+    assert names == ["gpu-driver-validation", "fetch-data"], names
+    for c in stored.spec.containers + stored.spec.init_containers:
+        env = [e.name for e in c.env or []]
+        assert env.count("FOREIGN_TRACE") == 1, (c.name, env)
+        assert (env.count("NVIDIA_VISIBLE_DEVICES") == 1) == (c.name not in ("base", "gpu-driver-validation"))
+
+
+def _foreign_ready(core: client.CoreV1Api, pod: dict[str, Any]) -> bool:
+    """The API server calls the foreign webhook (a dry run shows its env var)."""
+    probe = json.loads(json.dumps(pod))
+    probe["metadata"]["name"] = unique("probe")
+    created = core.create_namespaced_pod(NAMESPACE, probe, dry_run="All")
+    return any(e.name == "FOREIGN_TRACE" for e in created.spec.containers[0].env or [])

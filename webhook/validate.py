@@ -88,11 +88,13 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
     ops, _, conflicts = mutation_ops(pod, plan, policy)
     if conflicts or not ops:
         return conflicts
+    voids = void_ops(pod, policy.spec.targetContainer)
     unvoided = _unvoided(pod, policy.spec.targetContainer, None, f"holds GPUs of profile {plan.profile_name}")
-    if len(unvoided) == 1 and len(ops) == len(void_ops(pod, policy.spec.targetContainer)):
+    ops = [op for op in ops if op not in voids]
+    if not ops:
         return unvoided
     paths = ", ".join(op["path"] for op in ops[:3]) + (", ..." if len(ops) > 3 else "")
-    return [Violation("not-mutated",
+    return unvoided + [Violation("not-mutated",
                       f"the pod does not carry what GPU profile {plan.profile_name} requires (differs at {paths}); "
                       f"the mutating webhook was skipped or another webhook changed the pod after it")]
 

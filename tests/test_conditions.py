@@ -32,9 +32,11 @@ def _program(expression: str):
 
 def sends(expression: str, pod: dict[str, Any], operation: str = "CREATE", subresource: str = "",
           old: dict[str, Any] | None = None) -> bool:
-    """The CEL expression evaluated as the API server would, on this request."""
+    """The CEL expression evaluated as the API server would, on this request (which leaves an
+    empty ``subResource`` out: reading it then is an error, and the pod would be refused)."""
+    request = {"operation": operation, **({"subResource": subresource} if subresource else {})}
     activation = {"object": celpy.json_to_cel(pod), "oldObject": celpy.json_to_cel(old),
-                  "request": celpy.json_to_cel({"operation": operation, "subResource": subresource})}
+                  "request": celpy.json_to_cel(request)}
     result = _program(expression).evaluate(activation)
     assert isinstance(result, celpy.celtypes.BoolType), result   # an evaluation error is never a "no"
     return bool(result)

@@ -101,7 +101,7 @@ def _create(policy: Policy) -> str:
 def validating_expression(policy: Policy) -> str:
     """Every ephemeral containers update; an UPDATE of a pod whose old or new labels carry a
     ``gpu.platform/`` key (the accounting stamps cannot be changed); a CREATE :func:`_create` sends."""
-    return (f"request.subResource == 'ephemeralcontainers' ||\n"
+    return (f"{_EPHEMERAL} ||\n"
             f"(request.operation == 'UPDATE' && ({_has_stamp('object')} || {_has_stamp('oldObject')})) ||\n"
             f"(request.operation == 'CREATE' && (\n  {_create(policy)}))")
 
@@ -118,7 +118,12 @@ def mutating_expression(policy: Policy) -> str:
     ephemeral = " ||\n  ".join([labelled, _has_label(MANAGED_LABEL), holds_gpu,
                                 _reaching(policy)])
     return (f"(request.operation == 'CREATE' && (\n  {create})) ||\n"
-            f"(request.subResource == 'ephemeralcontainers' && (\n  {ephemeral}))")
+            f"({_EPHEMERAL} && (\n  {ephemeral}))")
+
+
+#: ``request.subResource`` is left out of the request when empty, and reading a missing key is an
+#: error (failurePolicy Fail then refuses the pod): always ask ``has`` first.
+_EPHEMERAL = "(has(request.subResource) && request.subResource == 'ephemeralcontainers')"
 
 
 def _rule(operations: list[str], resources: list[str]) -> dict[str, Any]:

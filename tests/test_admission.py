@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jsonpatch
 import orjson
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
+from routes import ROUTES
 from webhook import admission
 from webhook.admission import mutate, review_chain, validate
 from webhook.mutate import decide_mutation
@@ -88,6 +91,16 @@ def test_an_ephemeral_containers_update_is_judged_and_voided(policy):
     assert validate(update._replace(object=jsonpatch.apply_patch(final, list(voided.patch))), policy, {}).allowed
     final["spec"]["ephemeralContainers"][0]["securityContext"] = {"privileged": True}
     assert validate(update, policy, {}).reason == "privileged-gpu-pod"
+
+
+@pytest.mark.parametrize("description, case_id, change, words", ROUTES, ids=[r[0] for r in ROUTES])
+def test_each_route_to_a_gpu_matches_its_golden_denial(description, case_id, change, words, policy, golden):
+    pod = airflow_fixture(case_id)["pod"]
+    change(pod)
+    decision = review_chain(parse_review(orjson.dumps(admission_review(pod, "ml-jobs"))), policy, {})
+    assert not decision.allowed and words in decision.message
+    golden(f"routes/{re.sub(r'[^a-z0-9]+', '_', description.lower()).strip('_')}",
+           {"reason": decision.reason, "code": decision.code, "message": decision.message})
 
 
 def test_a_subresource_passes_untouched(policy):

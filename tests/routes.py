@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ROUTES"]
+__all__ = ["ROUTES", "base_container"]
 
 
-def _base(pod: dict[str, Any]) -> dict[str, Any]:
+def base_container(pod: dict[str, Any]) -> dict[str, Any]:
     return pod["spec"]["containers"][0]
 
 
@@ -19,25 +19,25 @@ def _spec(**fields: Any) -> Callable[[dict[str, Any]], Any]:
 
 
 def _security(**fields: Any) -> Callable[[dict[str, Any]], Any]:
-    return lambda pod: _base(pod).setdefault("securityContext", {}).update(fields)
+    return lambda pod: base_container(pod).setdefault("securityContext", {}).update(fields)
 
 
 def _host_path(path: str) -> Callable[[dict[str, Any]], Any]:
     def change(pod: dict[str, Any]) -> None:
         pod["spec"].setdefault("volumes", []).append({"name": "host", "hostPath": {"path": path}})
-        _base(pod).setdefault("volumeMounts", []).append({"name": "host", "mountPath": "/host"})
+        base_container(pod).setdefault("volumeMounts", []).append({"name": "host", "mountPath": "/host"})
     return change
 
 
 def _device_request_mount(path: str) -> Callable[[dict[str, Any]], Any]:
     def change(pod: dict[str, Any]) -> None:
         pod["spec"].setdefault("volumes", []).append({"name": "req", "emptyDir": {}})
-        _base(pod).setdefault("volumeMounts", []).append({"name": "req", "mountPath": path})
+        base_container(pod).setdefault("volumeMounts", []).append({"name": "req", "mountPath": path})
     return change
 
 
 def _env(name: str, value: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda pod: _base(pod).setdefault("env", []).append({"name": name, "value": value})
+    return lambda pod: base_container(pod).setdefault("env", []).append({"name": name, "value": value})
 
 
 ROUTES = [

@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from routes import ROUTES
+from conftest import POLICY_FILE
+from routes import ROUTES, base_container
 from serve import free_port
-from webhook.certs import ca_bundle, generate
+from webhook.certs import ca_bundle, generate, inject_ca_bundle
+from webhook.conditions import configurations
+from webhook.policy import load_policy
 
 from .conftest import RegisteredWebhook, airflow_pod, tenant_user
 
@@ -213,3 +217,43 @@ def _foreign_ready(core: client.CoreV1Api, pod: dict[str, Any]) -> bool:
     probe["metadata"]["name"] = unique("probe")
     created = core.create_namespaced_pod(NAMESPACE, probe, dry_run="All")
     return any(e.name == "FOREIGN_TRACE" for e in created.spec.containers[0].env or [])
+
+
+# --- gpuReachingPods: void, with the configurations generated from that policy ---
+
+@pytest.fixture
+def void_mode(controlplane, webhook, tmp_path: Path) -> Iterator[RegisteredWebhook]:
+    """The webhook serving a policy with ``gpuReachingPods: void``, registered through the
+    configurations generated from that same policy; the shipped ones are back afterwards."""
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"]["gpuReachingPods"] = "void"
+    policy_file = tmp_path / "void-policy.yaml"
+    policy_file.write_text(yaml.safe_dump(data))
+    void = RegisteredWebhook(controlplane, tmp_path, policy=policy_file)
+
+    def generated(url: str | None = None) -> list[dict[str, Any]]:
+        docs = configurations(load_policy(policy_file))
+        inject_ca_bundle(docs, ca_bundle(void.server.certs / "ca.crt"), url=url or void.base_url)
+        return docs
+
+    void.configurations = generated  # type: ignore[method-assign]
+    try:
+        void.register()
+        yield void
+    finally:
+        void.server.stop()
+        webhook.register()
+
+
+def test_in_void_mode_a_pod_that_can_reach_a_gpu_node_gets_void_on_every_container(tenant, void_mode):
+    def reaching(pod: dict[str, Any]) -> None:
+        _with_sidecar_and_init(pod)
+        pod["spec"]["tolerations"] = [{"operator": "Exists"}]
+
+    stored = tenant.create_namespaced_pod(NAMESPACE, _pod("kpo_cpu_plain", reaching))
+    for c in stored.spec.containers + stored.spec.init_containers:
+        assert [{"name": e.name, "value": e.value} for e in c.env or []].count(VOID) == 1, c.name
+    with pytest.raises(ApiException) as caught:   # privilege still refused on a pod that reaches GPUs
+        tenant.create_namespaced_pod(NAMESPACE, _pod("kpo_cpu_plain", lambda p: (
+            reaching(p), base_container(p).update(securityContext={"privileged": True}))))
+    assert "sets securityContext.privileged: true in a pod that can reach a GPU node" in message_of(caught.value)

@@ -231,6 +231,15 @@ class Policy(_Strict):
             weights.setdefault(profile.resource, profile.gpuEquivalent)
         return weights
 
+    @cached_property
+    def gpu_taints(self) -> tuple[dict[str, Any], ...]:
+        """The profiles' tolerations, each standing for the taint of a GPU pool, once each."""
+        seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for profile in self.spec.profiles.values():
+            for toleration in profile.pod_tolerations:
+                seen.setdefault(tuple(sorted(toleration.items())), toleration)
+        return tuple(seen.values())
+
     def weight(self, resource: str, profile: Profile | None = None) -> Decimal:
         """How many whole GPUs one unit of ``resource`` counts for in the gpuEquivalent line."""
         if profile is not None and profile.resource == resource:

@@ -217,10 +217,8 @@ def gpu_reach(pod: Mapping[str, Any], policy: Policy) -> list[str]:
     """How a pod could reach a GPU node's devices without a GPU: each route named, or none."""
     pod_spec = spec(pod)
     routes = []
-    taints = {(t.key, t.operator, t.value, t.effect): t.as_pod_field()
-              for profile in policy.spec.profiles.values() for t in profile.tolerations}
     for toleration in as_list(pod_spec.get("tolerations")):
-        if isinstance(toleration, dict) and any(_tolerates(toleration, t) for t in taints.values()):
+        if isinstance(toleration, dict) and any(_tolerates(toleration, t) for t in policy.gpu_taints):
             routes.append(f"toleration {_describe(toleration)} (GPU nodes carry the profiles' taint)")
     runtime = pod_spec.get("runtimeClassName")
     if runtime in policy.spec.gpuRuntimeClasses:

@@ -167,6 +167,35 @@ def test_ephemeral_containers_are_judged_by_the_same_rules(description, case_id,
     assert words in decision.message
 
 
+def _not_airflow(pod):
+    pod["metadata"]["labels"].pop("kubernetes_pod_operator")
+    pod["metadata"]["labels"]["gpu.platform/profile"] = "a100-80gb"
+    return pod
+
+
+DEBUGGED = [
+    ("a managed pod", lambda policy: final_pod("kpo_h100_count2", policy), {}),
+    ("a labelled pod not built by Airflow", lambda policy: _not_airflow(airflow_fixture("kpo_cpu_plain")["pod"]), {}),
+    ("an unlabelled GPU pod", lambda policy: airflow_fixture("kpo_unlabelled_gpu")["pod"], {}),
+    ("a reaching pod in void mode", lambda policy: _reaching(airflow_fixture("kpo_cpu_plain")["pod"]),
+     {"gpuReachingPods": "void"}),
+    ("a CPU pod", lambda policy: airflow_fixture("kpo_cpu_plain")["pod"], {}),
+]
+
+
+@pytest.mark.parametrize("description, make, changes", DEBUGGED, ids=[d[0] for d in DEBUGGED])
+def test_a_plain_debug_container_the_mutation_saw_is_admitted_on(description, make, changes):
+    from webhook.mutate import decide_ephemeral_mutation
+    from webhook.validate import decide_ephemeral_validation
+
+    policy = policy_with(**changes)
+    pod = make(policy)
+    pod["spec"]["ephemeralContainers"] = [_debug()]
+    pod = jsonpatch.apply_patch(pod, list(decide_ephemeral_mutation(pod, policy).patch))
+    decision = decide_ephemeral_validation(pod, policy)
+    assert decision.allowed, decision.message
+
+
 def test_ld_preload_is_only_refused_on_gpu_pods(policy):
     pod = airflow_fixture("kpo_cpu_plain")["pod"]
     _base(pod)["env"] = [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]

@@ -254,9 +254,10 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy) -> D
 
 
 def decide_ephemeral_mutation(pod: Mapping[str, Any], policy: Policy) -> Decision:
-    """``void`` on the ephemeral containers of a managed or GPU-reaching pod (they never hold
-    a GPU: the API server refuses resources on them); every other pod passes untouched."""
-    if scope_of(pod, policy) is not Scope.MANAGED and not gpu_containers(pod) and not gpu_reach(pod, policy):
+    """``void`` on the ephemeral containers of a labelled, GPU or GPU-reaching pod (they never
+    hold a GPU: the API server refuses resources on them); every other pod passes untouched.
+    The same pods as :func:`webhook.validate.decide_ephemeral_validation` checks."""
+    if scope_of(pod, policy) is Scope.UNLABELLED and not gpu_containers(pod) and not gpu_reach(pod, policy):
         return Decision.allow("cannot-reach-gpu")
     ops = void_ops(pod, None, ("ephemeralContainers",))
     return Decision.allow("voided" if ops else "already-voided", tuple(ops))

@@ -106,7 +106,9 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     scope = scope_of(pod, policy)
     containers = gpu_containers(pod)
     gpu_pod = scope is not Scope.UNLABELLED or bool(containers)
-    routes = [] if gpu_pod else gpu_reach(pod, policy)
+    # Only a pod that holds a GPU is exempt from the reach check: a labelled pod that is not
+    # managed (not built by Airflow) gets no GPU and no void, so it must not reach a GPU node.
+    routes = [] if scope is Scope.MANAGED or containers else gpu_reach(pod, policy)
     problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
     problems += _quantity_violations(containers)
     if scope is not Scope.MANAGED:

@@ -43,8 +43,9 @@ def _reaching(pod: Mapping[str, Any], policy: Policy, routes: list[str],
     """A pod without a GPU that can reach a GPU node: denied, or every container ``void``."""
     if policy.spec.gpuReachingPods == "deny" and fields is None:
         return [Violation("gpu-reaching-pod",
-                          f"the pod asks for no GPU but can reach a GPU node through {'; '.join(routes)}; remove "
-                          f"it, or add the GPU profile label to get a GPU")]
+                          f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "
+                          f"(GPU nodes are for pods that get a GPU through the {policy.spec.labels.profile} label "
+                          f"on a pod built by Airflow)")]
     return _unvoided(pod, None, fields, f"can reach a GPU node through {'; '.join(routes)}")
 
 

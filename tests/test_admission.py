@@ -14,8 +14,8 @@ from conftest import admission_review, airflow_fixture, airflow_fixture_ids, pol
 from routes import ROUTES
 from webhook import admission
 from webhook.admission import mutate, review_chain, validate
-from webhook.mutate import decide_mutation
-from webhook.validate import decide_validation
+from webhook.mutate import decide_ephemeral_mutation, decide_mutation
+from webhook.validate import decide_ephemeral_validation, decide_validation
 from webhook.review import parse_review
 
 
@@ -156,6 +156,10 @@ _PATHS = [
     ("spec", "containers", 0, "resources", "limits"), ("spec", "containers", 0, "env"),
     ("spec", "containers", 0, "securityContext"), ("spec", "initContainers"), ("spec", "tolerations"),
     ("spec", "nodeSelector"), ("spec", "volumes"), ("spec", "containers", 0, "name"),
+    ("spec", "containers", 0, "volumeMounts"), ("spec", "containers", 0, "resources", "requests"),
+    ("spec", "containers", 0, "securityContext", "capabilities"), ("spec", "tolerations", 0),
+    ("spec", "runtimeClassName"), ("spec", "nodeName"), ("spec", "resourceClaims"), ("spec", "ephemeralContainers"),
+    ("spec", "hostPID"),
 ]
 
 
@@ -185,6 +189,8 @@ def test_a_hostile_pod_gets_a_decision_never_an_exception(policy, case_id, edits
         pod = jsonpatch.apply_patch(pod, list(mutated.patch))
     checked = decide_validation(pod, case["namespace"], policy, {})
     assert checked.reason != "internal-error" and mutated.reason != "internal-error"
+    assert decide_ephemeral_validation(pod, policy).reason != "internal-error"
+    assert decide_ephemeral_mutation(pod, policy).reason != "internal-error"
 
 
 _quantities = st.one_of(st.text(max_size=12), st.from_regex(r"[0-9]{1,12}", fullmatch=True),

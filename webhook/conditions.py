@@ -38,6 +38,11 @@ _DEVICE_REQUEST_NAME = DEVICE_REQUEST_ROOTS[0].rsplit("/", 1)[1]
 assert all(root.endswith("/" + _DEVICE_REQUEST_NAME) for root in DEVICE_REQUEST_ROOTS)
 
 
+#: ``request.subResource`` is left out of the request when empty, and reading a missing key is an
+#: error (failurePolicy Fail then refuses the pod): always ask ``has`` first.
+_EPHEMERAL = "(has(request.subResource) && request.subResource == 'ephemeralcontainers')"
+
+
 def _list(values: Iterable[str]) -> str:
     return "[" + ", ".join(_quote(v) for v in values) + "]"
 
@@ -119,11 +124,6 @@ def mutating_expression(policy: Policy) -> str:
                                 _reaching(policy)])
     return (f"(request.operation == 'CREATE' && (\n  {create})) ||\n"
             f"({_EPHEMERAL} && (\n  {ephemeral}))")
-
-
-#: ``request.subResource`` is left out of the request when empty, and reading a missing key is an
-#: error (failurePolicy Fail then refuses the pod): always ask ``has`` first.
-_EPHEMERAL = "(has(request.subResource) && request.subResource == 'ephemeralcontainers')"
 
 
 def _rule(operations: list[str], resources: list[str]) -> dict[str, Any]:

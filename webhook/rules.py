@@ -111,7 +111,7 @@ def _env_violations(pod: Mapping[str, Any], gpu_pod: bool) -> list[Violation]:
             name = as_dict(env).get("name")
             if name not in risks or (name == VISIBLE_DEVICES and is_void(env)):
                 continue
-            value = f" through valueFrom" if "valueFrom" in env else f"={env.get('value')!r}"
+            value = " through valueFrom" if "valueFrom" in env else f"={env.get('value')!r}"
             instead = (f"only {VISIBLE_DEVICES}={VOID} is allowed, " if name == VISIBLE_DEVICES else "")
             found.append(Violation(
                 "forbidden-env",

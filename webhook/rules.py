@@ -165,9 +165,9 @@ def _privilege_violations(pod: Mapping[str, Any], why: str) -> list[Violation]:
 def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], why: str) -> list[Violation]:
     found = []
     for volume in as_list(spec(pod).get("volumes")):
-        path = as_dict(as_dict(volume).get("hostPath")).get("path")
         if "hostPath" not in as_dict(volume):
             continue
+        path = as_dict(volume["hostPath"]).get("path")
         clean = _clean(path) if isinstance(path, str) else None
         if clean is not None and any(clean == a or clean.startswith(a + "/") for a in allowlist):
             continue

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jsonpatch
 import orjson
 import pytest
@@ -9,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
+from routes import ROUTES
 from webhook import admission
 from webhook.admission import mutate, review_chain, validate
-from webhook.mutate import decide_mutation
-from webhook.validate import decide_validation
+from webhook.mutate import decide_ephemeral_mutation, decide_mutation
+from webhook.validate import decide_ephemeral_validation, decide_validation
 from webhook.review import parse_review
 
 
@@ -35,7 +38,7 @@ CHAIN = {
     "kpo_env_visible_devices": (False, "forbidden-env"),
     "kpo_existing_scheduling": (True, "mutated"),
     "kpo_h100_count2": (True, "mutated"),
-    "kpo_hostpath_dev_nvidia": (False, "host-device-path"),
+    "kpo_hostpath_dev_nvidia": (False, "host-path"),
     "kpo_long_dag_id": (True, "mutated"),
     "kpo_manual_gpu_mismatch": (True, "mutated"),
     "kpo_mapped": (True, "mutated"),
@@ -108,6 +111,31 @@ def test_warn_mode_turns_an_update_denial_into_a_warning():
     assert decision.allowed and "gpu.platform/tenant" in decision.warnings[0]
 
 
+def test_an_ephemeral_containers_update_is_judged_and_voided(policy):
+    pod = review_chain(request_for("kpo_h100_count2"), policy, {})
+    request = request_for("kpo_h100_count2")
+    final = jsonpatch.apply_patch(request.object, list(pod.patch))
+    final["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox"}]
+    update = request._replace(operation="UPDATE", subresource="ephemeralcontainers", object=final)
+    voided = mutate(update, policy)
+    assert voided.patch == ({"op": "add", "path": "/spec/ephemeralContainers/0/env",
+                             "value": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]},)
+    assert validate(update, policy, {}).reason == "not-voided"
+    assert validate(update._replace(object=jsonpatch.apply_patch(final, list(voided.patch))), policy, {}).allowed
+    final["spec"]["ephemeralContainers"][0]["securityContext"] = {"privileged": True}
+    assert validate(update, policy, {}).reason == "privileged-gpu-pod"
+
+
+@pytest.mark.parametrize("description, case_id, change, words", ROUTES, ids=[r[0] for r in ROUTES])
+def test_each_route_to_a_gpu_matches_its_golden_denial(description, case_id, change, words, policy, golden):
+    pod = airflow_fixture(case_id)["pod"]
+    change(pod)
+    decision = review_chain(parse_review(orjson.dumps(admission_review(pod, "ml-jobs"))), policy, {})
+    assert not decision.allowed and words in decision.message
+    golden(f"routes/{re.sub(r'[^a-z0-9]+', '_', description.lower()).strip('_')}",
+           {"reason": decision.reason, "code": decision.code, "message": decision.message})
+
+
 def test_a_subresource_passes_untouched(policy):
     request = request_for("kpo_unknown_profile")._replace(subresource="status")
     assert (mutate(request, policy).allowed, mutate(request, policy).reason) == (True, "subresource")
@@ -126,7 +154,7 @@ def test_warn_mode_turns_a_denial_into_warnings_and_still_applies_the_profile():
     warn = policy_with(enforcement="warn")
     decision = mutate(request_for("kpo_privileged"), warn)
     assert decision.allowed and decision.reason == "warned:privileged-gpu-pod"
-    assert decision.warnings[0].startswith("[gpu-webhook warn-only] container 'base' is privileged")
+    assert decision.warnings[0].startswith("[gpu-webhook warn-only] container 'base' sets securityContext.privileged: true")
     assert any(op["path"] == "/spec/initContainers" for op in decision.patch)
 
 
@@ -161,6 +189,10 @@ _PATHS = [
     ("spec", "containers", 0, "resources", "limits"), ("spec", "containers", 0, "env"),
     ("spec", "containers", 0, "securityContext"), ("spec", "initContainers"), ("spec", "tolerations"),
     ("spec", "nodeSelector"), ("spec", "volumes"), ("spec", "containers", 0, "name"),
+    ("spec", "containers", 0, "volumeMounts"), ("spec", "containers", 0, "resources", "requests"),
+    ("spec", "containers", 0, "securityContext", "capabilities"), ("spec", "tolerations", 0),
+    ("spec", "runtimeClassName"), ("spec", "nodeName"), ("spec", "resourceClaims"), ("spec", "ephemeralContainers"),
+    ("spec", "hostPID"),
 ]
 
 
@@ -190,6 +222,32 @@ def test_a_hostile_pod_gets_a_decision_never_an_exception(policy, case_id, edits
         pod = jsonpatch.apply_patch(pod, list(mutated.patch))
     checked = decide_validation(pod, case["namespace"], policy, {})
     assert checked.reason != "internal-error" and mutated.reason != "internal-error"
+    assert decide_ephemeral_validation(pod, policy).reason != "internal-error"
+    assert decide_ephemeral_mutation(pod, policy).reason != "internal-error"
+
+
+_quantities = st.one_of(st.text(max_size=12), st.from_regex(r"[0-9]{1,12}", fullmatch=True),
+                        st.integers(min_value=-2**63, max_value=2**63 - 1),
+                        st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                        st.sampled_from(["NaN", "Infinity", "-Infinity", "1e3", "2.0", "2000m", "-1", "01", "1k"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(quantity=_quantities, key=st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/x"]),
+       section=st.sampled_from(["limits", "requests"]), labelled=st.booleans())
+def test_any_gpu_quantity_gets_a_clear_answer_and_only_canonical_counts_pass(policy, quantity, key, section, labelled):
+    pod = airflow_fixture("kpo_h100_count2" if labelled else "kpo_unlabelled_gpu")["pod"]
+    pod["spec"]["containers"][0].setdefault("resources", {}).setdefault(section, {})[key] = quantity
+    decision = review_chain(parse_review(orjson.dumps(admission_review(pod, "ml-jobs"))),
+                            policy_with(unlabelledGpuPods="allow"), {})
+    canonical = (type(quantity) is int and 0 <= quantity < 10**9) or (
+        isinstance(quantity, str) and quantity.isascii() and quantity.isdigit() and len(quantity) <= 9
+        and (quantity == "0" or not quantity.startswith("0")))
+    assert decision.code != 500, decision.message
+    if labelled:   # the profile replaces what is set by hand on base, with a warning
+        assert decision.allowed or decision.reason == "quota-exceeded", decision.message
+    else:
+        assert (decision.reason == "invalid-quantity") == (not canonical), (quantity, decision.message)
 
 
 def test_while_usage_is_not_synced_quota_bound_pods_get_a_retryable_denial(policy):

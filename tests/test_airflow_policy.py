@@ -111,9 +111,10 @@ def test_the_check_is_registered_by_the_airflow_policy_entry_point(parsed):
                  f"number (1 to 8 for profile a100-80gb)",
                  id="a count of zero fails the DAG with the profile's range"),
     pytest.param("bad_visible_devices_env.py",
-                 f"task 'sneaky' in DAG 'bad_visible_devices_env' {KPO}: container 'base' sets "
-                 f"NVIDIA_VISIBLE_DEVICES, which makes the container toolkit expose GPUs the device plugin never "
-                 f"allocated; remove it (GPUs are assigned by the GPU profile label)",
+                 f"task 'sneaky' in DAG 'bad_visible_devices_env' {KPO}: container 'base' sets env "
+                 f"NVIDIA_VISIBLE_DEVICES='all', which makes the container toolkit expose GPUs the device plugin never "
+                 f"allocated; remove it (only NVIDIA_VISIBLE_DEVICES=void is allowed, GPUs are assigned by the GPU "
+                 f"profile label)",
                  id="NVIDIA_VISIBLE_DEVICES fails even a DAG that asks for no GPU"),
     pytest.param("bad_gpu_resources_without_label.py",
                  f"task 'train' in DAG 'bad_gpu_resources_without_label' {KPO}: container 'base' asks for a GPU "
@@ -126,12 +127,13 @@ def test_the_check_is_registered_by_the_airflow_policy_entry_point(parsed):
                  f"namespace airflow + dag_id team_vision__*), forecasting (namespace airflow + dag_id nightly_*)",
                  id="a namespace and dag_id of no tenant fail the DAG and list the tenants"),
     pytest.param("bad_privileged.py",
-                 f"task 'train' in DAG 'bad_privileged' {KPO}: container 'base' is privileged in a GPU pod and "
-                 f"would see every GPU of the node; remove securityContext.privileged",
+                 f"task 'train' in DAG 'bad_privileged' {KPO}: container 'base' sets securityContext.privileged: "
+                 f"true in a GPU pod and would see every GPU of the node; remove securityContext.privileged",
                  id="a privileged GPU container fails the DAG"),
     pytest.param("bad_host_path.py",
-                 f"task 'train' in DAG 'bad_host_path' {KPO}: volume 'gpu0' mounts hostPath /dev/nvidia0: GPU "
-                 f"device nodes come only from the device plugin; remove the volume",
+                 f"task 'train' in DAG 'bad_host_path' {KPO}: volume 'gpu0' mounts hostPath '/dev/nvidia0' in a "
+                 f"GPU pod; a hostPath can hand GPU device nodes, driver files or the device plugin's socket to the "
+                 f"pod; use another volume type (hostPaths this policy allows: none)",
                  id="a hostPath to /dev/nvidia0 fails the DAG"),
     pytest.param("bad_node_selector_conflict.py",
                  f"task 'train' in DAG 'bad_node_selector_conflict' {KPO}: nodeSelector nvidia.com/gpu.product is "
@@ -147,14 +149,15 @@ def test_the_check_is_registered_by_the_airflow_policy_entry_point(parsed):
                  f"GPU profile; known profiles: {KNOWN}",
                  id="a task kubernetes decorator is checked like the operator it is"),
     pytest.param("bad_secret_env.py",
-                 f"task 'train' in DAG 'bad_secret_env' {KPO}: container 'base' sets NVIDIA_VISIBLE_DEVICES, which "
-                 f"makes the container toolkit expose GPUs the device plugin never allocated; remove it (GPUs are "
-                 f"assigned by the GPU profile label)",
+                 f"task 'train' in DAG 'bad_secret_env' {KPO}: container 'base' sets env NVIDIA_VISIBLE_DEVICES "
+                 f"through valueFrom, which makes the container toolkit expose GPUs the device plugin never allocated; "
+                 f"remove it (only NVIDIA_VISIBLE_DEVICES=void is allowed, GPUs are assigned by the GPU profile label)",
                  id="a Secret exposed as NVIDIA_VISIBLE_DEVICES fails the DAG like a plain env var"),
     pytest.param("bad_executor_pod_override.py",
                  "task 'finetune' in DAG 'team_vision__finetune' (KubernetesExecutor pod_override): container "
-                 "'base' sets NVIDIA_VISIBLE_DEVICES, which makes the container toolkit expose GPUs the device "
-                 "plugin never allocated; remove it (GPUs are assigned by the GPU profile label); "
+                 "'base' sets env NVIDIA_VISIBLE_DEVICES='all', which makes the container toolkit expose GPUs the "
+                 "device plugin never allocated; remove it (only NVIDIA_VISIBLE_DEVICES=void is allowed, GPUs are "
+                 "assigned by the GPU profile label); "
                  "gpu.platform/count 9 exceeds maxCount 8 of profile h100-80gb; ask for 1 to 8",
                  id="a KubernetesExecutor pod_override is checked and every problem is named at once"),
 ])

@@ -60,6 +60,15 @@ def test_a_dry_run_gets_the_same_decision(server):
         post(server, "/mutate", dry).json()["response"]["status"]
 
 
+@pytest.mark.parametrize("quantity", ["NaN", "Infinity", "1e3"])
+def test_a_gpu_quantity_of_nan_or_infinity_is_a_clear_403_never_a_500(server, quantity):
+    pod = airflow_fixture("kpo_unlabelled_gpu")["pod"]
+    pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = quantity
+    answer = post(server, "/validate", orjson.dumps(admission_review(pod, "ml-jobs"))).json()["response"]
+    assert answer["allowed"] is False and answer["status"]["code"] == 403
+    assert f"asks for nvidia.com/gpu: '{quantity}' in limits, which is not a whole number" in answer["status"]["message"]
+
+
 def test_a_cpu_pod_is_allowed_without_a_patch(server):
     body, _ = review_body("kpo_cpu_plain")
     response = post(server, "/validate", body).json()["response"]

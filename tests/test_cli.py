@@ -141,3 +141,9 @@ def test_validate_driver_help_is_the_validators():
 
 def test_version():
     assert gpu_webhook("--version").stdout.decode().startswith("gpu-webhook ")
+
+
+def test_policy_conditions_prints_the_shipped_webhook_configurations():
+    done = gpu_webhook("policy", "conditions", str(POLICY_FILE))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == (POLICY_FILE.parent / "base" / "webhook-configurations.yaml").read_text()

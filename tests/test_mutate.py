@@ -15,6 +15,7 @@ from webhook.mutate import VALIDATOR_NAME, decide_mutation
 from webhook.policy import load_policy
 
 A100_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+VOID_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
 
 
 def mutated(case_id: str, policy) -> tuple[dict[str, Any], Any]:
@@ -65,7 +66,7 @@ def test_user_init_containers_tolerations_selectors_and_affinity_are_kept(policy
     pod, decision = mutated("kpo_existing_scheduling", policy)
     original = case["pod"]["spec"]
     assert [c["name"] for c in pod["spec"]["initContainers"]] == [VALIDATOR_NAME, "fetch-data"]
-    assert pod["spec"]["initContainers"][1] == original["initContainers"][0]
+    assert pod["spec"]["initContainers"][1] == {**original["initContainers"][0], "env": [VOID_ENV]}
     assert pod["spec"]["tolerations"] == original["tolerations"] + [A100_TOLERATION]
     assert pod["spec"]["nodeSelector"] == {**original["nodeSelector"],
                                            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
@@ -81,6 +82,25 @@ def test_accounting_labels_are_stamped(policy):
     assert labels["gpu.platform/profile"] == "a100-mig-1g.10gb"
     assert labels["gpu.platform/count"] == "1"
     assert labels["team"] == "vision"
+
+
+def test_every_container_without_a_gpu_gets_void_and_the_gpu_holders_do_not(policy):
+    pod, _ = mutated("kpo_mig_1g_xcom", policy)
+    assert container(pod, "airflow-xcom-sidecar")["env"] == [VOID_ENV]
+    assert VOID_ENV not in container(pod, "base").get("env", [])
+    assert VOID_ENV not in container(pod, VALIDATOR_NAME, "initContainers")["env"]
+
+
+def test_a_gpu_reaching_pod_gets_void_everywhere_when_the_policy_says_void():
+    from conftest import policy_with
+
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["spec"]["tolerations"] = [{"operator": "Exists"}]
+    assert decide_mutation(pod, "airflow", policy_with(gpuReachingPods="deny")).patch == ()
+    decision = decide_mutation(pod, "airflow", policy_with(gpuReachingPods="void"))
+    patched = jsonpatch.apply_patch(pod, list(decision.patch))
+    assert decision.reason == "voided" and all(VOID_ENV in c["env"] for c in patched["spec"]["containers"])
+    assert decide_mutation(patched, "airflow", policy_with(gpuReachingPods="void")).patch == ()
 
 
 def test_a_gpu_set_by_hand_is_replaced_by_the_profiles_with_a_warning(policy):
@@ -117,9 +137,9 @@ def test_a_labelled_pod_not_built_by_airflow_passes_untouched(policy):
     ("kpo_no_tenant", "no-tenant", "no GPU tenant matches namespace 'analytics', dag_id 'adhoc_query'"),
     ("kpo_nodeselector_conflict", "node-selector-conflict",
      "is 'NVIDIA-H100-80GB-HBM3' on the pod but profile a100-80gb needs 'NVIDIA-A100-SXM4-80GB'"),
-    ("kpo_privileged", "privileged-gpu-pod", "container 'base' is privileged"),
-    ("kpo_env_visible_devices", "forbidden-env", "sets NVIDIA_VISIBLE_DEVICES"),
-    ("kpo_hostpath_dev_nvidia", "host-device-path", "mounts hostPath /dev/nvidia0"),
+    ("kpo_privileged", "privileged-gpu-pod", "container 'base' sets securityContext.privileged: true"),
+    ("kpo_env_visible_devices", "forbidden-env", "sets env NVIDIA_VISIBLE_DEVICES='all'"),
+    ("kpo_hostpath_dev_nvidia", "host-path", "mounts hostPath '/dev/nvidia0' in a GPU pod"),
 ])
 def test_mutation_denies_early_what_it_already_knows(case_id, reason, words, policy):
     case = airflow_fixture(case_id)
@@ -161,8 +181,13 @@ _variants = {
                                     [A100_TOLERATION]]),
     "nodeSelector": st.sampled_from([_MISSING, None, {}, {"topology.kubernetes.io/zone": "a"},
                                      {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}]),
+    # A stale validator at every position: first, after a user's, twice, alone.
     "initContainers": st.sampled_from([_MISSING, None, [], [{"name": "fetch", "image": "busybox"}],
-                                       [{"name": "fetch", "image": "busybox"}, {"name": VALIDATOR_NAME, "image": "old"}]]),
+                                       [{"name": "fetch", "image": "busybox"}, {"name": VALIDATOR_NAME, "image": "old"}],
+                                       [{"name": VALIDATOR_NAME, "image": "old"}],
+                                       [{"name": VALIDATOR_NAME, "image": "old"}, {"name": "fetch", "image": "busybox"}],
+                                       [{"name": VALIDATOR_NAME, "image": "old"}, {"name": "fetch", "image": "busybox"},
+                                        {"name": VALIDATOR_NAME, "image": "older"}]]),
     "resources": st.sampled_from([_MISSING, None, {}, {"limits": None}, {"limits": {"cpu": "1"}},
                                   {"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": "2"}},
                                   {"requests": {"nvidia.com/mig-1g.10gb": "1", "memory": "1Gi"}}]),
@@ -193,9 +218,29 @@ def airflow_variants(draw) -> tuple[dict[str, Any], str]:
     return pod, case["namespace"]
 
 
+def _foreign_webhook(pod: dict[str, Any], index: int) -> None:
+    """Another mutating webhook: an env var appended to every container, or the validator's
+    image changed (it is then stale, wherever it is)."""
+    for field in ("initContainers", "containers"):
+        for c in pod["spec"].get(field) or []:
+            if index == 0:
+                c.setdefault("env", []).append({"name": "FOREIGN", "value": "1"})
+            elif c["name"] == VALIDATOR_NAME:
+                c["image"] = "foreign"
+
+
+def _one_validator_first_and_void_elsewhere(pod: dict[str, Any]) -> None:
+    names = [c["name"] for c in pod["spec"]["initContainers"]]
+    assert names[0] == VALIDATOR_NAME and names.count(VALIDATOR_NAME) == 1, names
+    for field in ("initContainers", "containers"):
+        for c in pod["spec"][field]:
+            holds_gpu = c["name"] == VALIDATOR_NAME if field == "initContainers" else c["name"] == "base"
+            assert (VOID_ENV in (c.get("env") or [])) != holds_gpu, (field, c["name"])
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(airflow_variants())
-def test_patches_apply_and_a_second_pass_changes_nothing(policy, variant):
+@given(airflow_variants(), st.sampled_from([None, 0, 1]))
+def test_patches_apply_and_a_second_pass_changes_nothing(policy, variant, foreign):
     pod, namespace = variant
     decision = decide_mutation(pod, namespace, policy)
     if "gpu.platform/profile" not in pod["metadata"]["labels"]:
@@ -204,7 +249,10 @@ def test_patches_apply_and_a_second_pass_changes_nothing(policy, variant):
     if not decision.allowed:
         return
     patched = jsonpatch.apply_patch(pod, list(decision.patch))  # raises if an op does not apply
+    _one_validator_first_and_void_elsewhere(patched)
+    if foreign is not None:  # reinvoked after another webhook changed the pod
+        _foreign_webhook(patched, foreign)
+        patched = jsonpatch.apply_patch(patched, list(decide_mutation(patched, namespace, policy).patch))
+        _one_validator_first_and_void_elsewhere(patched)
     again = decide_mutation(patched, namespace, policy)
     assert again.allowed and again.patch == (), again.patch
-    assert patched["spec"]["initContainers"][0]["name"] == VALIDATOR_NAME
-    assert [c["name"] for c in patched["spec"]["initContainers"]].count(VALIDATOR_NAME) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonpatch
 import pytest
 
-from webhook.patch import pointer, set_entries
+from webhook.patch import insert_at, pointer, replace_at, set_entries
 
 
 @pytest.mark.parametrize("parts, expected", [
@@ -25,3 +25,21 @@ def test_set_entries_makes_the_mapping_contain_what_is_desired_and_keeps_the_res
     assert patched["m"]["a"] == "1" and patched["m"]["x/y"] == "2"
     assert all(patched["m"][k] == v for k, v in (current or {}).items() if k != "a")
     assert set_entries(("m",), patched["m"], {"a": "1", "x/y": "2"}) == []
+
+
+ARRAYS = [
+    ("insert at 0 shifts the others", lambda: insert_at("/a/0", "new"), ["new", "x", "y"]),
+    ("insert at - appends", lambda: insert_at("/a/-", "new"), ["x", "y", "new"]),
+    ("replace at 0 overwrites in place", lambda: replace_at("/a/0", "new"), ["new", "y"]),
+    ("replace at 1 overwrites in place", lambda: replace_at("/a/1", "new"), ["x", "new"]),
+]
+
+
+@pytest.mark.parametrize("description, op, expected", ARRAYS, ids=[a[0] for a in ARRAYS])
+def test_array_insert_and_replace_mean_what_they_say(description, op, expected):
+    assert jsonpatch.apply_patch({"a": ["x", "y"]}, [op()]) == {"a": expected}
+
+
+def test_replace_refuses_an_index_that_is_not_there():
+    with pytest.raises(jsonpatch.JsonPatchException):
+        jsonpatch.apply_patch({"a": []}, [replace_at("/a/0", "new")])

@@ -59,6 +59,13 @@ CASES = [
      "kpo_nightly_a100", "airflow",
      lambda p: _base(p).setdefault("env", []).append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}),
      {}, False, "forbidden-env", "NVIDIA_VISIBLE_DEVICES"),
+    ("void removed from the xcom sidecar by a later webhook is caught",
+     "kpo_mig_1g_xcom", "airflow", lambda p: _sidecar(p).update(env=[]), {}, False, "not-voided",
+     "containers at /spec/containers/1 must carry env NVIDIA_VISIBLE_DEVICES=void"),
+    ("void changed to all on a user init container is refused",
+     "kpo_existing_scheduling", "airflow",
+     lambda p: p["spec"]["initContainers"][1].update(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]),
+     {}, False, "forbidden-env", "init container 'fetch-data' sets env NVIDIA_VISIBLE_DEVICES='all'"),
     ("a quota line the pod would exceed is named with requested, used and limit",
      "kpo_h100_count2", "ml-jobs", lambda p: None, {"vision": {"nvidia.com/gpu": D(3), "gpuEquivalent": D(3)}},
      False, "quota-exceeded", "exceeded quota: tenant vision, nvidia.com/gpu, requested: 2, used: 3, limited: 4"),
@@ -125,6 +132,96 @@ def test_the_stamps_of_a_managed_pod_are_its_own(policy):
     assert decide_validation(final_pod("kpo_h100_count2", policy), "ml-jobs", policy, {}).allowed
 
 
+def _reaching(pod):
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    return pod
+
+
+REACHING = [
+    ("a pod tolerating the GPU taint is denied, naming the toleration", {}, lambda p: None, False,
+     "gpu-reaching-pod", "can reach a GPU node through toleration {key: nvidia.com/gpu, operator: Exists}"),
+    ("in void mode it is denied while its containers lack void", {"gpuReachingPods": "void"}, lambda p: None, False,
+     "not-voided", "/spec/containers/0 must carry env NVIDIA_VISIBLE_DEVICES=void"),
+    ("in void mode it is admitted with void on every container", {"gpuReachingPods": "void"},
+     lambda p: _base(p).update(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]), True, "unlabelled", ""),
+    ("a labelled pod not built by Airflow (no GPU, no void) is denied too", {},
+     lambda p: (p["metadata"]["labels"].pop("kubernetes_pod_operator"),
+                p["metadata"]["labels"].update({"gpu.platform/profile": "a100-80gb"})), False,
+     "gpu-reaching-pod", "can reach a GPU node through toleration"),
+    ("a privileged container in it is denied whatever the mode", {"gpuReachingPods": "void"},
+     lambda p: _base(p).update(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}],
+                               securityContext={"privileged": True}), False, "privileged-gpu-pod", "privileged"),
+]
+
+
+@pytest.mark.parametrize("description, changes, change, allowed, reason, words", REACHING, ids=[r[0] for r in REACHING])
+def test_pods_that_can_reach_a_gpu_node(description, changes, change, allowed, reason, words):
+    pod = _reaching(airflow_fixture("kpo_cpu_plain")["pod"])
+    change(pod)
+    decision = decide_validation(pod, "airflow", policy_with(**changes), {})
+    assert (decision.allowed, decision.reason) == (allowed, reason), decision.message
+    assert words in decision.message
+
+
+def _debug(env=(), **security):
+    return {"name": "debug", "image": "busybox", "env": list(env), **({"securityContext": security} if security else {})}
+
+
+VOID = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+EPHEMERAL = [
+    ("a debug container with void on a managed pod is admitted", "kpo_h100_count2", _debug([VOID]), True,
+     "ephemeral-admitted", ""),
+    ("a debug container without void on a managed pod is refused", "kpo_h100_count2", _debug(), False, "not-voided",
+     "/spec/ephemeralContainers/0"),
+    ("NVIDIA_VISIBLE_DEVICES=all in a debug container is refused", "kpo_h100_count2",
+     _debug([{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]), False, "forbidden-env",
+     "ephemeral container 'debug' sets env NVIDIA_VISIBLE_DEVICES='all'"),
+    ("a privileged debug container on a managed pod is refused", "kpo_h100_count2", _debug([VOID], privileged=True),
+     False, "privileged-gpu-pod", "ephemeral container 'debug' sets securityContext.privileged: true"),
+    ("a debug container on a CPU pod needs no void", "kpo_cpu_plain", _debug(), True, "ephemeral-admitted", ""),
+]
+
+
+@pytest.mark.parametrize("description, case_id, debug, allowed, reason, words", EPHEMERAL, ids=[e[0] for e in EPHEMERAL])
+def test_ephemeral_containers_are_judged_by_the_same_rules(description, case_id, debug, allowed, reason, words, policy):
+    from webhook.validate import decide_ephemeral_validation
+
+    pod = final_pod(case_id, policy) if case_id != "kpo_cpu_plain" else airflow_fixture(case_id)["pod"]
+    pod["spec"]["ephemeralContainers"] = [debug]
+    decision = decide_ephemeral_validation(pod, policy)
+    assert (decision.allowed, decision.reason) == (allowed, reason), decision.message
+    assert words in decision.message
+
+
+def _not_airflow(pod):
+    pod["metadata"]["labels"].pop("kubernetes_pod_operator")
+    pod["metadata"]["labels"]["gpu.platform/profile"] = "a100-80gb"
+    return pod
+
+
+DEBUGGED = [
+    ("a managed pod", lambda policy: final_pod("kpo_h100_count2", policy), {}),
+    ("a labelled pod not built by Airflow", lambda policy: _not_airflow(airflow_fixture("kpo_cpu_plain")["pod"]), {}),
+    ("an unlabelled GPU pod", lambda policy: airflow_fixture("kpo_unlabelled_gpu")["pod"], {}),
+    ("a reaching pod in void mode", lambda policy: _reaching(airflow_fixture("kpo_cpu_plain")["pod"]),
+     {"gpuReachingPods": "void"}),
+    ("a CPU pod", lambda policy: airflow_fixture("kpo_cpu_plain")["pod"], {}),
+]
+
+
+@pytest.mark.parametrize("description, make, changes", DEBUGGED, ids=[d[0] for d in DEBUGGED])
+def test_a_plain_debug_container_the_mutation_saw_is_admitted_on(description, make, changes):
+    from webhook.mutate import decide_ephemeral_mutation
+    from webhook.validate import decide_ephemeral_validation
+
+    policy = policy_with(**changes)
+    pod = make(policy)
+    pod["spec"]["ephemeralContainers"] = [_debug()]
+    pod = jsonpatch.apply_patch(pod, list(decide_ephemeral_mutation(pod, policy).patch))
+    decision = decide_ephemeral_validation(pod, policy)
+    assert decision.allowed, decision.message
+
+
 def test_ld_preload_is_only_refused_on_gpu_pods(policy):
     pod = airflow_fixture("kpo_cpu_plain")["pod"]
     _base(pod)["env"] = [{"name": "LD_PRELOAD", "value": "/usr/lib/libjemalloc.so"}]
@@ -141,12 +238,13 @@ def test_a_labelled_gpu_pod_not_built_by_airflow_is_refused(policy):
     assert "was not built by Airflow" in decision.message
 
 
-def test_a_gpu_quantity_that_is_not_a_whole_number_is_refused(policy):
+@pytest.mark.parametrize("quantity", ["500m", "NaN", "Infinity", "1e3", "2.0", "-1", 2.5, True])
+def test_a_gpu_quantity_that_is_not_a_canonical_whole_number_is_refused(quantity):
     pod = airflow_fixture("kpo_unlabelled_gpu")["pod"]
-    _base(pod)["resources"]["limits"]["nvidia.com/gpu"] = "500m"
+    _base(pod)["resources"]["limits"]["nvidia.com/gpu"] = quantity
     decision = decide_validation(pod, "ml-jobs", policy_with(unlabelledGpuPods="allow"), {})
     assert (decision.allowed, decision.reason) == (False, "invalid-quantity")
-    assert "'500m', which is not a whole number" in decision.message
+    assert f"container 'base' asks for nvidia.com/gpu: {quantity!r} in limits, which is not" in decision.message
 
 
 def test_every_violation_is_reported_in_one_denial(policy):

@@ -1,7 +1,8 @@
 """Admission handlers: an AdmissionRequest in, a Decision out. No HTTP, no cluster I/O.
 
 The guard clauses of Kubernetes' own admission plugins come first (not a CREATE, a
-subresource: allow untouched), then the pure decision, then the policy's enforcement mode.
+subresource: allow untouched; an UPDATE of ``pods/ephemeralcontainers`` goes to its own
+decision), then the pure decision, then the policy's enforcement mode.
 A decision that raises becomes a denial with code 500: never an allow by accident.
 :func:`review_chain` runs both steps as the API server chains them, for the offline
 ``gpu-webhook review`` command and for tests.
@@ -16,13 +17,13 @@ from dataclasses import replace
 import jsonpatch
 
 from .decision import Decision, Violation
-from .mutate import decide_mutation
+from .mutate import decide_ephemeral_mutation, decide_mutation
 from .nodes import NodeOffer
 from .policy import Policy
 from .quota import ResourceList
 from .review import AdmissionRequest
 from .update import decide_update
-from .validate import decide_validation
+from .validate import decide_ephemeral_validation, decide_validation
 
 __all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
 
@@ -32,10 +33,21 @@ log = logging.getLogger("gpu_webhook.admission")
 Usage = Mapping[str, ResourceList]
 
 
+#: The subresource that adds containers to a running pod: judged like a new pod's containers.
+EPHEMERAL = "ephemeralcontainers"
+
+
 def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict], Decision],
+             ephemeral: Callable[[dict], Decision],
              on_update: Callable[[dict, dict], Decision] | None = None) -> Decision:
-    """CREATE of ``pods``: ``decide`` on the pod; UPDATE of ``pods`` (no subresource):
-    ``on_update`` on the old and the new pod, for a step that judges updates; else allow."""
+    """CREATE of ``pods``: ``decide`` on the pod; UPDATE of ``pods/ephemeralcontainers``:
+    ``ephemeral`` on the pod; UPDATE of ``pods`` (no subresource): ``on_update`` on the old and
+    the new pod, for a step that judges updates; anything else: allow untouched."""
+    if request.operation == "UPDATE" and request.subresource == EPHEMERAL:
+        if request.object is None:
+            return Decision.deny([Violation("no-object", "an ephemeral containers update without the pod in "
+                                                         "request.object cannot be judged")], code=400)
+        return _judged(request, policy, ephemeral, request.object)
     if request.operation == "UPDATE" and not request.subresource and on_update is not None:
         assert request.object is not None and request.old_object is not None  # parse_review guarantees both
         return _judged(request, policy, on_update, request.old_object, request.object)
@@ -59,7 +71,8 @@ def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Dec
 
 def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
     """The /mutate step: the profile's patch, or an early denial."""
-    return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy, request.user_info))
+    return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy, request.user_info),
+                    lambda pod: decide_ephemeral_mutation(pod, policy))
 
 
 #: The denial for a quota-bound pod while the usage of the cluster is not known yet.
@@ -90,7 +103,8 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
             return replace(decision, warnings=decision.warnings + (NODES_NOT_SYNCED,))
         return decision
 
-    return _guarded(request, policy, decide, lambda old, new: decide_update(old, new, request.namespace, policy))
+    return _guarded(request, policy, decide, lambda pod: decide_ephemeral_validation(pod, policy),
+                    lambda old, new: decide_update(old, new, request.namespace, policy))
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

@@ -175,6 +175,13 @@ def _policy_schema(_: argparse.Namespace) -> int:
     return 0
 
 
+def _policy_conditions(args: argparse.Namespace) -> int:
+    from .conditions import render
+
+    print(render(_policy(args.file)), end="")
+    return 0
+
+
 def _certs_generate(args: argparse.Namespace) -> int:
     from .certs import generate, generate_client
 
@@ -266,6 +273,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(run=_policy_check)
     policy_commands.add_parser("schema", help="print the policy's JSON Schema").set_defaults(run=_policy_schema)
+    conditions = policy_commands.add_parser(
+        "conditions", help="print the webhook configurations (CEL matchConditions) for a policy file")
+    conditions.add_argument("file")
+    conditions.set_defaults(run=_policy_conditions)
 
     certs = commands.add_parser("certs", help="make a CA and serving certificate; put the CA into manifests")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)

@@ -6,7 +6,13 @@ For a managed pod (see :mod:`webhook.plan`) the patch
 - merges the profile's tolerations and nodeSelector into the pod's (a nodeSelector key the
   pod already sets to another value is a conflict, and a denial naming both values);
 - inserts the driver-validation init container first, with the same GPU resources;
+- gives every other container (sidecars, user init containers) ``NVIDIA_VISIBLE_DEVICES=void``,
+  so the container toolkit gives it no GPU (a CUDA image would otherwise get every GPU);
 - stamps the accounting labels.
+A pod that holds no GPU but can reach a GPU node gets ``void`` on every container when the
+policy says ``gpuReachingPods: void`` (else the validating step denies it).
+New ephemeral containers of managed or GPU-reaching pods get ``void`` too
+(:func:`decide_ephemeral_mutation`).
 Every operation is computed against what is there, so a second pass emits nothing.
 Every other pod passes untouched.
 """
@@ -18,18 +24,19 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .decision import UNKNOWN, Decision, Violation
-from .patch import Op, add, pointer, remove, set_entries
+from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import container_gpu_resources, gpu_quantity, labels, metadata, safe_label_value, spec
+from .pod import container_gpu_resources, gpu_containers, gpu_quantity, labels, metadata, safe_label_value, spec
 from .policy import Policy
-from .rules import security_violations
+from .rules import VISIBLE_DEVICES, VOID, every_container, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
 
 if TYPE_CHECKING:
     from .review import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "TENANT_LABEL", "VALIDATOR_NAME",
-           "decide_mutation", "mutation_ops", "unplanned_labels", "validator_container"]
+           "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
+           "validator_container", "void_ops"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
 MANAGED_LABEL = "gpu.platform/managed"
@@ -137,27 +144,61 @@ def _contains(actual: Any, desired: Any) -> bool:
 
     The API server defaults what the webhook left out (``fieldRef.apiVersion``,
     ``terminationMessagePath``, ...), so a reinvocation must accept extra fields, not equality.
+    A list of objects (``env``) may hold extra entries too, in any place, as long as the desired
+    ones are there in order: another webhook that appends an env var to every container must not
+    make ours replace the validator again and again. A list of scalars (``args``) must match
+    item for item.
     """
     if actual == desired:
         return True
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (isinstance(actual, list) and len(actual) == len(desired)
-                and all(_contains(a, d) for a, d in zip(actual, desired)))
+    if isinstance(desired, list) and isinstance(actual, list):
+        if desired and all(isinstance(d, dict) for d in desired):
+            rest = iter(actual)
+            return all(any(_contains(a, d) for a in rest) for d in desired)
+        return len(actual) == len(desired) and all(_contains(a, d) for a, d in zip(actual, desired))
     return False
 
 
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
-    """Put the validator first; user init containers keep their order after it."""
+    """Exactly one validator, first; user init containers keep their order after it.
+
+    A validator already first is replaced in place when stale (``replace``, never ``add``,
+    which would insert a second one); validators anywhere else are removed, last first, so
+    the indexes of the ones still to remove do not move.
+    """
     current = spec(pod).get("initContainers")
     if not isinstance(current, list) or not current:
         return [add(pointer("spec", "initContainers"), [desired])]
-    if isinstance(current[0], dict) and current[0].get("name") == VALIDATOR_NAME:
-        return [] if _contains(current[0], desired) else [add(pointer("spec", "initContainers", 0), desired)]
-    stale = [remove(pointer("spec", "initContainers", i)) for i, c in reversed(list(enumerate(current)))
-             if isinstance(c, dict) and c.get("name") == VALIDATOR_NAME]
-    return stale + [add(pointer("spec", "initContainers", 0), desired)]
+    ours = [i for i, c in enumerate(current) if isinstance(c, dict) and c.get("name") == VALIDATOR_NAME]
+    first = ours[:1] == [0]
+    ops = [remove(pointer("spec", "initContainers", i)) for i in reversed(ours) if i != 0 or not first]
+    if first:
+        return ops + ([] if _contains(current[0], desired) else [replace_at(pointer("spec", "initContainers", 0), desired)])
+    return ops + [insert_at(pointer("spec", "initContainers", 0), desired)]
+
+
+def needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
+    """Whether a container must carry ``void``: all but the target and the validator."""
+    name = container.get("name")
+    return not ((field == "containers" and name == target) or (field == "initContainers" and name == VALIDATOR_NAME))
+
+
+def void_ops(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...] | None = None) -> list[Op]:
+    """``NVIDIA_VISIBLE_DEVICES=void`` on every container that holds no GPU (all of them when
+    ``target`` is None), only in ``fields`` when given. Computed on the pod's own indexes:
+    the patch applies them before the validator is inserted."""
+    ops = []
+    for field, index, container in every_container(pod):
+        if (fields is not None and field not in fields) or not needs_void(field, container, target):
+            continue
+        env = container.get("env")
+        if not isinstance(env, list):
+            ops.append(add(pointer("spec", field, index, "env"), [{"name": VISIBLE_DEVICES, "value": VOID}]))
+        elif not any(is_void(e) for e in env):
+            ops.append(add(pointer("spec", field, index, "env", "-"), {"name": VISIBLE_DEVICES, "value": VOID}))
+    return ops
 
 
 def _label_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
@@ -175,7 +216,7 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple
     container = spec(pod)["containers"][plan.target_index]
     resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
     selector_ops, conflicts = _node_selector(pod, plan)
-    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops
+    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + void_ops(pod, policy.spec.targetContainer)
            + _init_container_ops(pod, validator_container(plan, policy)) + _label_ops(pod, plan))
     return ops, warnings, conflicts
 
@@ -200,8 +241,11 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     """
     scope = scope_of(pod, policy)
     if scope is not Scope.MANAGED:
+        if policy.spec.gpuReachingPods == "void" and not gpu_containers(pod) and gpu_reach(pod, policy):
+            ops = void_ops(pod, None)
+            return Decision.allow("voided" if ops else "already-voided", tuple(ops))
         return Decision.allow(scope.value)
-    problems = security_violations(pod, gpu_pod=True)
+    problems = security_violations(pod, policy, gpu_pod=True)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
@@ -212,3 +256,13 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
                        patch=tuple(ops), warnings=tuple(warnings))
     return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings),
                           profile=plan.profile_name, tenant=plan.tenant)
+
+
+def decide_ephemeral_mutation(pod: Mapping[str, Any], policy: Policy) -> Decision:
+    """``void`` on the ephemeral containers of a labelled, GPU or GPU-reaching pod (they never
+    hold a GPU: the API server refuses resources on them); every other pod passes untouched.
+    The same pods as :func:`webhook.validate.decide_ephemeral_validation` checks."""
+    if scope_of(pod, policy) is Scope.UNLABELLED and not gpu_containers(pod) and not gpu_reach(pod, policy):
+        return Decision.allow("cannot-reach-gpu")
+    ops = void_ops(pod, None, ("ephemeralContainers",))
+    return Decision.allow("voided" if ops else "already-voided", tuple(ops))

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Op", "add", "pointer", "remove", "set_entries"]
+__all__ = ["Op", "add", "insert_at", "pointer", "remove", "replace_at", "set_entries"]
 
 Op = dict[str, Any]
 
@@ -29,6 +29,18 @@ def pointer(*parts: str | int) -> str:
 def add(path: str, value: Any) -> Op:
     """``add`` creates a member or replaces an existing one (RFC 6902 section 4.1)."""
     return {"op": "add", "path": path, "value": value}
+
+
+def insert_at(path: str, value: Any) -> Op:
+    """Insert ``value`` into an array before the element at ``path`` (``.../0``) or at its end
+    (``.../-``): RFC 6902 ``add`` on an array index shifts, it never overwrites."""
+    return add(path, value)
+
+
+def replace_at(path: str, value: Any) -> Op:
+    """Overwrite the array element (or member) at ``path``, which must exist (RFC 6902 section 4.3):
+    never ``add``, which on an array index would insert a second element."""
+    return {"op": "replace", "path": path, "value": value}
 
 
 def remove(path: str) -> Op:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
-
-from kubernetes.utils.quantity import parse_quantity
 
 from .policy import GPU_RESOURCE_PREFIX
 
@@ -98,32 +96,26 @@ def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
 
 
 def gpu_quantity(value: Any) -> Decimal | None:
-    """A GPU count from a resource quantity ("2", 2, "2.0"); None when not a whole number >= 0."""
-    if isinstance(value, str) and len(value) <= _CACHED_QUANTITY_CHARS:
-        return _gpu_quantity_text(value)
-    return _parse_gpu_quantity(value)
+    """A GPU count from a resource quantity, None when it is not a canonical whole number.
 
-
-#: Real quantities are a few characters; a hostile pod's megabyte-long "quantity" is parsed
-#: (and refused) uncached, so the cache can never hold more than 1024 short strings.
-_CACHED_QUANTITY_CHARS = 32
-
-
-@lru_cache(maxsize=1024)
-def _gpu_quantity_text(text: str) -> Decimal | None:
-    """Cached: the same few strings ("1", "2") recur on every GPU pod, and parsing a quantity
-    cost more than the rest of a container's GPU check. Decimals are immutable, so sharing is safe."""
-    return _parse_gpu_quantity(text)
-
-
-def _parse_gpu_quantity(value: Any) -> Decimal | None:
-    try:
-        quantity = parse_quantity(value)
-    except (ValueError, TypeError, InvalidOperation):
+    Devices are counted, not measured: only ``"2"`` (digits, no leading zero, at most
+    :data:`MAX_QUANTITY_DIGITS`) or the JSON integer ``2`` count. ``"2.0"``, ``"2000m"``,
+    ``"1e3"``, ``"-1"``, ``"NaN"``, ``"Infinity"`` and booleans are refused: the API server
+    would accept some of them, but none is what a DAG author means by a number of GPUs, and
+    a quantity parser meeting ``NaN`` raises. No parser here, so nothing can raise.
+    """
+    if isinstance(value, bool):
         return None
-    if quantity < 0 or quantity != quantity.to_integral_value():
-        return None
-    return quantity
+    if isinstance(value, int):
+        return Decimal(value) if 0 <= value < 10 ** MAX_QUANTITY_DIGITS else None
+    if isinstance(value, str) and _CANONICAL_COUNT.fullmatch(value):
+        return Decimal(value)
+    return None
+
+
+#: Nine digits: far more devices than any node has, and a bound on what is ever parsed.
+MAX_QUANTITY_DIGITS = 9
+_CANONICAL_COUNT = re.compile(r"0|[1-9][0-9]{0,%d}" % (MAX_QUANTITY_DIGITS - 1), re.ASCII)
 
 
 def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ A policy error names the file, the field path and the reason::
 
 from __future__ import annotations
 
+import posixpath
 import re
 from decimal import Decimal
 from functools import cached_property
@@ -209,6 +210,26 @@ class PolicySpec(_Strict):
     profiles: dict[str, Profile] = Field(min_length=1)
     #: Order matters: a pod belongs to the first tenant whose match fits.
     tenants: dict[str, Tenant] = Field(default_factory=dict)
+    #: RuntimeClasses whose handler runs the NVIDIA container toolkit: a pod naming one can
+    #: reach a GPU node's devices without asking the device plugin (docs/security.md).
+    gpuRuntimeClasses: tuple[str, ...] = ("nvidia",)
+    #: A pod that holds no GPU but can reach a GPU node (a profile's toleration, a GPU
+    #: runtimeClassName, spec.nodeName): ``deny`` it, or ``void`` every container (mutation
+    #: gives NVIDIA_VISIBLE_DEVICES=void, validation checks it).
+    gpuReachingPods: Literal["deny", "void"] = "deny"
+    #: hostPath prefixes GPU pods and GPU-reaching pods may mount; everything else is denied.
+    hostPathAllowlist: tuple[str, ...] = ()
+    #: Dynamic Resource Allocation claims (spec.resourceClaims): ``deny`` until DRA-backed
+    #: profiles exist (issue 19), since a claimed GPU would bypass profiles and quota.
+    resourceClaims: Literal["deny", "allow"] = "deny"
+
+    @field_validator("hostPathAllowlist")
+    @classmethod
+    def _absolute_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/") or path != posixpath.normpath(path) or path == "/":
+                raise ValueError(f"{path!r} must be a normalised absolute path other than /")
+        return value
 
 
 class Metadata(_Strict):
@@ -239,6 +260,15 @@ class Policy(_Strict):
     def reads_requester(self) -> bool:
         """True when some tenant is matched on who creates the pod (unknown at DAG parse time)."""
         return any(m.reads_requester for t in self.spec.tenants.values() for m in t.match)
+
+    @cached_property
+    def gpu_taints(self) -> tuple[dict[str, Any], ...]:
+        """The profiles' tolerations, each standing for the taint of a GPU pool, once each."""
+        seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for profile in self.spec.profiles.values():
+            for toleration in profile.pod_tolerations:
+                seen.setdefault(tuple(sorted(toleration.items())), toleration)
+        return tuple(seen.values())
 
     def weight(self, resource: str, profile: Profile | None = None) -> Decimal:
         """How many whole GPUs one unit of ``resource`` counts for in the gpuEquivalent line."""

@@ -3,7 +3,10 @@
 Mutation may be reinvoked and other webhooks may change the pod after ours, so enforcement
 lives here, as the Kubernetes webhook good practices advise: the security rules, the GPU
 rules (a managed pod must look exactly as the mutation left it: re-planning it yields no
-operation), and the tenant's quota, charged on the pod as it will really run.
+operation, ``NVIDIA_VISIBLE_DEVICES=void`` on every container without a GPU included), the
+pods that hold no GPU but can reach one (denied, or checked for ``void``), and the tenant's
+quota, charged on the pod as it will really run. :func:`decide_ephemeral_validation` judges
+a ``pods/ephemeralcontainers`` update by the same rules.
 """
 
 from __future__ import annotations
@@ -12,27 +15,50 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .decision import Decision, Violation
-from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels
+from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels, void_ops
 from .nodes import NodeOffer, capacity_verdict
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import GpuContainer, gpu_containers, gpu_quantity, labels
-from .policy import Policy
+from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels
+from .policy import GPU_RESOURCE_PREFIX, Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
-from .rules import security_violations
+from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
 if TYPE_CHECKING:
     from .review import UserInfo
 
-__all__ = ["decide_validation"]
+__all__ = ["decide_ephemeral_validation", "decide_validation"]
 
 
 def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
+    """Every GPU quantity, in limits and in requests (a bad request hides behind a good limit)."""
     return [
-        Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r}, "
-                                      f"which is not a whole number of devices")
-        for _, c, resources in containers for name, value in resources.items()
-        if gpu_quantity(value) is None
+        Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r} in {section}, "
+                                      f"which is not a whole number of devices; "
+                                      f"write the count as plain digits, such as '1'")
+        for _, c, _ in containers for section in ("limits", "requests")
+        for name, value in as_dict(as_dict(c.get("resources")).get(section)).items()
+        if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX) and gpu_quantity(value) is None
     ]
+
+
+def _reaching(pod: Mapping[str, Any], policy: Policy, routes: list[str],
+              fields: tuple[str, ...] | None = None) -> list[Violation]:
+    """A pod without a GPU that can reach a GPU node: denied, or every container ``void``."""
+    if policy.spec.gpuReachingPods == "deny" and fields is None:
+        return [Violation("gpu-reaching-pod",
+                          f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "
+                          f"(GPU nodes are for pods that get a GPU through the {policy.spec.labels.profile} label "
+                          f"on a pod built by Airflow)")]
+    return _unvoided(pod, None, fields, f"can reach a GPU node through {'; '.join(routes)}")
+
+
+def _unvoided(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...] | None, why: str) -> list[Violation]:
+    paths = [op["path"].removesuffix("/-").removesuffix("/env") for op in void_ops(pod, target, fields)]
+    if not paths:
+        return []
+    return [Violation("not-voided",
+                      f"the pod {why}, so the containers at {', '.join(paths)} must carry env "
+                      f"{VISIBLE_DEVICES}={VOID}; the mutating webhook was skipped or another webhook removed it")]
 
 
 def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Violation]:
@@ -76,8 +102,13 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
     ops, _, conflicts = mutation_ops(pod, plan, policy)
     if conflicts or not ops:
         return conflicts
+    voids = void_ops(pod, policy.spec.targetContainer)
+    unvoided = _unvoided(pod, policy.spec.targetContainer, None, f"holds GPUs of profile {plan.profile_name}")
+    ops = [op for op in ops if op not in voids]
+    if not ops:
+        return unvoided
     paths = ", ".join(op["path"] for op in ops[:3]) + (", ..." if len(ops) > 3 else "")
-    return [Violation("not-mutated",
+    return unvoided + [Violation("not-mutated",
                       f"the pod does not carry what GPU profile {plan.profile_name} requires (differs at {paths}); "
                       f"the mutating webhook was skipped or another webhook changed the pod after it")]
 
@@ -89,12 +120,18 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     cluster's nodes when they are known (None: no capacity check), ``requester`` who creates it."""
     scope = scope_of(pod, policy)
     containers = gpu_containers(pod)
-    problems = security_violations(pod, gpu_pod=scope is not Scope.UNLABELLED or bool(containers))
+    gpu_pod = scope is not Scope.UNLABELLED or bool(containers)
+    # Only a pod that holds a GPU is exempt from the reach check: a labelled pod that is not
+    # managed (not built by Airflow) gets no GPU and no void, so it must not reach a GPU node.
+    routes = [] if scope is Scope.MANAGED or containers else gpu_reach(pod, policy)
+    problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
     problems += _quantity_violations(containers)
     if scope is not Scope.MANAGED:
         if containers:
             problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
         problems += _forged_stamps(pod)
+        if routes:
+            problems += _reaching(pod, policy, routes)
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
@@ -114,3 +151,17 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if exceeded:
         return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], **whose)
     return Decision.allow("admitted", warnings=warnings, **whose)
+
+
+def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decision:
+    """A ``pods/ephemeralcontainers`` update: the pod with its new ephemeral containers, judged
+    by the same security rules; on a managed or GPU-reaching pod they must carry ``void``."""
+    scope = scope_of(pod, policy)
+    gpu_pod = scope is not Scope.UNLABELLED or bool(gpu_containers(pod))
+    routes = [] if gpu_pod else gpu_reach(pod, policy)
+    problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
+    if scope is Scope.MANAGED or gpu_pod:
+        problems += _unvoided(pod, None, ("ephemeralContainers",), "holds a GPU")
+    elif routes:
+        problems += _reaching(pod, policy, routes, ("ephemeralContainers",))
+    return Decision.deny(problems) if problems else Decision.allow("ephemeral-admitted")

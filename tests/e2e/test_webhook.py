@@ -96,7 +96,7 @@ DENIED = [
      'requested: 5, used: 0, limited: 4'),
     ("a CPU pod setting NVIDIA_VISIBLE_DEVICES reaches /validate through the CEL conditions and is refused",
      "kpo_cpu_env_visible_devices", "ml-jobs",
-     'admission webhook "validate.gpu.platform" denied the request: container \'base\' sets NVIDIA_VISIBLE_DEVICES'),
+     'admission webhook "validate.gpu.platform" denied the request: container \'base\' sets env NVIDIA_VISIBLE_DEVICES'),
     ("a GPU without the profile label is refused", "kpo_unlabelled_gpu", "ml-jobs",
      'admission webhook "validate.gpu.platform" denied the request: container \'base\' asks for a GPU without'),
     ("a pod of no tenant is refused naming its namespace", "kpo_no_tenant", "analytics",

@@ -1,0 +1,171 @@
+"""What the API server sends: the generated webhook configurations, their CEL evaluated in Python.
+
+The property that matters: whenever a decision would deny a pod (or patch it), the conditions
+send it. celpy evaluates the very expressions the shipped file holds; the real API server's
+acceptance of them (CEL cost limits) is proven in tests/e2e/test_gpu_routes.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import celpy
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, policy_with
+from webhook.conditions import mutating_expression, render, validating_expression
+from webhook.mutate import decide_ephemeral_mutation, decide_mutation
+from webhook.policy import load_policy
+from webhook.rules import DEVICE_REQUEST_ROOTS, GPU_POD_FORBIDDEN_ENV, TOOLKIT_ENV
+from webhook.validate import decide_ephemeral_validation, decide_validation
+
+SHIPPED = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
+_ENV = celpy.Environment()
+
+
+def _program(expression: str):
+    return _ENV.program(_ENV.compile(expression))
+
+
+def sends(expression: str, pod: dict[str, Any], operation: str = "CREATE", subresource: str = "",
+          old: dict[str, Any] | None = None) -> bool:
+    """The CEL expression evaluated as the API server would, on this request (which leaves an
+    empty ``subResource`` out: reading it then is an error, and the pod would be refused)."""
+    request = {"operation": operation, **({"subResource": subresource} if subresource else {})}
+    activation = {"object": celpy.json_to_cel(pod), "oldObject": celpy.json_to_cel(old),
+                  "request": celpy.json_to_cel(request)}
+    result = _program(expression).evaluate(activation)
+    assert isinstance(result, celpy.celtypes.BoolType), result   # an evaluation error is never a "no"
+    return bool(result)
+
+
+def test_the_shipped_configurations_are_generated_from_the_shipped_policy():
+    assert SHIPPED.read_text() == render(load_policy(POLICY_FILE)), \
+        "regenerate it: gpu-webhook policy conditions manifests/policy.yaml > manifests/base/webhook-configurations.yaml"
+
+
+@pytest.mark.parametrize("case_id", airflow_fixture_ids())
+def test_every_fixture_a_decision_denies_or_patches_is_sent(case_id, policy):
+    case = airflow_fixture(case_id)
+    pod, namespace = case["pod"], case["namespace"]
+    mutation = decide_mutation(pod, namespace, policy)
+    if mutation.patch:
+        assert sends(mutating_expression(policy), pod)
+    if not decide_validation(pod, namespace, policy, {}).allowed:
+        assert sends(validating_expression(policy), pod)
+
+
+def test_a_plain_cpu_pod_is_sent_to_neither_webhook(policy):
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    assert not sends(validating_expression(policy), pod) and not sends(mutating_expression(policy), pod)
+
+
+UPDATES = [
+    ("an update of a stamped pod is sent", {"gpu.platform/managed": "true"}, {"gpu.platform/managed": "true"}, True),
+    ("an update that adds a stamp is sent", {}, {"gpu.platform/tenant": "vision"}, True),
+    ("an update that removes a stamp is sent", {"gpu.platform/tenant": "vision"}, {}, True),
+    ("an update of a CPU pod's labels is not sent", {"team": "a"}, {"team": "b"}, False),
+]
+
+
+@pytest.mark.parametrize("description, old, new, sent", UPDATES, ids=[u[0] for u in UPDATES])
+def test_updates_of_pods(description, old, new, sent, policy):
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    before, after = copy.deepcopy(pod), copy.deepcopy(pod)
+    before["metadata"]["labels"], after["metadata"]["labels"] = old, new
+    assert sends(validating_expression(policy), after, "UPDATE", old=before) is sent
+    assert not sends(mutating_expression(policy), after, "UPDATE", old=before)
+
+
+def test_every_ephemeral_containers_update_is_validated(policy):
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox"}]
+    assert sends(validating_expression(policy), pod, "UPDATE", "ephemeralcontainers", old=pod)
+
+
+def test_a_policy_with_other_label_keys_and_a_keyless_toleration_is_followed():
+    policy = policy_with(labels={"profile": "example.com/gpu-profile", "count": "example.com/gpu-count"},
+                         gpuRuntimeClasses=["nvidia-cdi"])
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["metadata"]["labels"]["example.com/gpu-profile"] = "a100-80gb"
+    assert sends(mutating_expression(policy), pod) and sends(validating_expression(policy), pod)
+    cpu = airflow_fixture("kpo_cpu_plain")["pod"]
+    cpu["spec"]["runtimeClassName"] = "nvidia-cdi"
+    assert sends(validating_expression(policy), cpu)
+    cpu["spec"]["runtimeClassName"] = "nvidia"
+    assert not sends(validating_expression(policy), cpu)
+    data = policy.model_dump(mode="json", exclude_none=True)
+    data["spec"]["profiles"]["a100-80gb"]["tolerations"] = [{"operator": "Exists"}]
+    keyless = type(policy).model_validate(data)
+    cpu["spec"]["tolerations"] = [{"key": "anything", "operator": "Exists"}]
+    assert sends(validating_expression(keyless), cpu)
+
+
+# --- the property: hostile pods made of every route's ingredients ---
+
+_names = st.sampled_from([*TOOLKIT_ENV, *GPU_POD_FORBIDDEN_ENV, "CUDA_VERSION", "PATH", "NVIDIA_visible_devices"])
+_env = st.fixed_dictionaries({"name": _names}, optional={
+    "value": st.sampled_from(["void", "all", "0", "void,0", ""]), "valueFrom": st.just({"fieldRef": {"fieldPath": "x"}})})
+_paths = st.sampled_from([*DEVICE_REQUEST_ROOTS, DEVICE_REQUEST_ROOTS[0] + "/all", "//var/run/./nvidia-container-devices",
+                          "/run/nvidia-container-devices/../nvidia-container-devices/0", "/var/run/nvidia-container-devicesX",
+                          "/var/run", "/data", "/dev", "/"])
+_quantity = st.one_of(st.sampled_from(["1", "2", "0", "NaN", "Infinity", "1e3", "2.0", "-1", "01", ""]), st.integers(-2, 3))
+_resources = st.dictionaries(st.sampled_from(["limits", "requests"]), st.dictionaries(
+    st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/x", "cpu"]), _quantity, max_size=2),
+    max_size=2) | st.just({"claims": [{"name": "gpu"}]})
+_security = st.fixed_dictionaries({}, optional={
+    "privileged": st.booleans(),
+    "capabilities": st.fixed_dictionaries({"add": st.lists(st.sampled_from(["SYS_ADMIN", "CAP_SYS_ADMIN", "ALL", "all",
+                                                                            "NET_ADMIN"]), max_size=2)})})
+_container = st.fixed_dictionaries({"name": st.sampled_from(["base", "sidecar", "gpu-driver-validation"]),
+                                    "image": st.just("busybox")}, optional={
+    "env": st.lists(_env, max_size=2),
+    "volumeMounts": st.lists(st.fixed_dictionaries({"name": st.just("v"), "mountPath": _paths}), max_size=1),
+    "resources": _resources, "securityContext": _security})
+_toleration = st.fixed_dictionaries({}, optional={
+    "key": st.sampled_from(["nvidia.com/gpu", "dedicated", ""]), "operator": st.sampled_from(["Exists", "Equal"]),
+    "value": st.sampled_from(["present", ""]), "effect": st.sampled_from(["NoSchedule", "NoExecute", ""])})
+_spec = st.fixed_dictionaries({"containers": st.lists(_container, min_size=1, max_size=2)}, optional={
+    "initContainers": st.lists(_container, max_size=2),
+    "tolerations": st.lists(_toleration, max_size=2),
+    "runtimeClassName": st.sampled_from(["nvidia", "runc"]),
+    "nodeName": st.just("gpu-0"),
+    "hostPID": st.booleans(), "hostIPC": st.booleans(),
+    "volumes": st.lists(st.fixed_dictionaries({"name": st.just("h"), "hostPath": st.fixed_dictionaries(
+        {"path": st.sampled_from(["/", "/dev/char/195:0", "/run/nvidia/mps", "/data", "/var/lib/kubelet/device-plugins"])})}),
+        max_size=1),
+    "resourceClaims": st.just([{"name": "gpu", "resourceClaimName": "a"}]),
+})
+_labels = st.dictionaries(st.sampled_from(["gpu.platform/profile", "gpu.platform/count", "gpu.platform/managed",
+                                           "gpu.platform/tenant", "kubernetes_pod_operator", "team"]),
+                          st.sampled_from(["a100-80gb", "True", "true", "1", "vision"]), max_size=4)
+_pods = st.builds(lambda labels, spec: {"metadata": {"name": "p", "labels": labels}, "spec": spec}, _labels, _spec)
+_policies = st.sampled_from([{}, {"gpuReachingPods": "void"}, {"resourceClaims": "allow"},
+                             {"hostPathAllowlist": ["/data"], "unlabelledGpuPods": "allow"}])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pod=_pods, changes=_policies, namespace=st.sampled_from(["ml-jobs", "analytics"]))
+def test_whenever_a_decision_would_deny_or_patch_a_pod_the_conditions_send_it(pod, changes, namespace):
+    policy = _policy(tuple(sorted((k, str(v)) for k, v in changes.items())), changes)
+    if not decide_validation(pod, namespace, policy, {}).allowed:
+        assert sends(validating_expression(policy), pod)
+    if decide_mutation(pod, namespace, policy).patch:
+        assert sends(mutating_expression(policy), pod)
+    ephemeral = {**pod, "spec": {**pod["spec"], "ephemeralContainers": pod["spec"]["containers"]}}
+    if decide_ephemeral_mutation(ephemeral, policy).patch:
+        assert sends(mutating_expression(policy), ephemeral, "UPDATE", "ephemeralcontainers", old=pod)
+    if not decide_ephemeral_validation(ephemeral, policy).allowed:
+        assert sends(validating_expression(policy), ephemeral, "UPDATE", "ephemeralcontainers", old=pod)
+
+
+_POLICIES: dict[tuple, Any] = {}
+
+
+def _policy(key: tuple, changes: dict[str, Any]):
+    if key not in _POLICIES:
+        _POLICIES[key] = policy_with(**changes)
+    return _POLICIES[key]

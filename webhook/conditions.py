@@ -1,0 +1,202 @@
+"""What the API server sends to the webhooks: the webhook configurations, built from the policy
+and from the same rule lists the decisions use, pure.
+
+CPU pods must never wait on the webhook, so the configurations send only what a decision could
+deny or patch. A rule added to :mod:`webhook.rules` without a condition here would be a rule
+that never runs; so the CEL ``matchConditions`` are generated from those lists, the shipped
+manifests/base/webhook-configurations.yaml is this module's output for manifests/policy.yaml
+(``gpu-webhook policy conditions``, and a test fails when they differ), and a property test
+evaluates the expressions on hostile pods: whenever a decision would deny, they send.
+
+    >>> print(render(load_policy("manifests/policy.yaml")))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from .mutate import MANAGED_LABEL
+from .policy import GPU_RESOURCE_PREFIX, Policy
+from .rules import DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
+
+__all__ = ["EXEMPT_LABEL", "STAMP_PREFIX", "WEBHOOK_NAMESPACE", "configurations", "mutating_expression", "render",
+           "validating_expression"]
+
+#: A namespace carrying this label is never sent (the GPU operator, monitoring agents that
+#: tolerate every taint). A tenant with the ``edit`` role cannot label its namespace.
+EXEMPT_LABEL = "gpu.platform/exempt"
+#: The accounting stamps and every other label the platform owns start with this.
+STAMP_PREFIX = "gpu.platform/"
+WEBHOOK_NAMESPACE = "gpu-webhook"
+_SYSTEM_NAMESPACES = ("kube-system", WEBHOOK_NAMESPACE)
+#: The last path element of the device-request roots: every spelling that cleans to a path under
+#: them contains it (cleaning drops ``.``, ``..`` and ``//`` elements, it never joins names).
+_DEVICE_REQUEST_NAME = DEVICE_REQUEST_ROOTS[0].rsplit("/", 1)[1]
+assert all(root.endswith("/" + _DEVICE_REQUEST_NAME) for root in DEVICE_REQUEST_ROOTS)
+
+
+#: ``request.subResource`` is left out of the request when empty, and reading a missing key is an
+#: error (failurePolicy Fail then refuses the pod): always ask ``has`` first.
+_EPHEMERAL = "(has(request.subResource) && request.subResource == 'ephemeralcontainers')"
+
+
+def _list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_quote(v) for v in values) + "]"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _has_label(key: str) -> str:
+    return f"(has(object.metadata.labels) && {_quote(key)} in object.metadata.labels)"
+
+
+def _has_stamp(var: str) -> str:
+    return f"(has({var}.metadata.labels) && {var}.metadata.labels.exists(k, k.startsWith({_quote(STAMP_PREFIX)})))"
+
+
+def _any_container(predicate: str, fields: tuple[str, ...]) -> str:
+    return " ||\n  ".join(f"(has(object.spec.{f}) && object.spec.{f}.exists(c, {predicate}))" for f in fields)
+
+
+def _container_routes(policy: Policy) -> str:
+    """A container asking for a GPU, or setting a toolkit env var or a device-request mount."""
+    gpu = f"k.startsWith({_quote(GPU_RESOURCE_PREFIX)})"
+    parts = [
+        f"(has(c.resources) && ((has(c.resources.limits) && c.resources.limits.exists(k, {gpu})) || "
+        f"(has(c.resources.requests) && c.resources.requests.exists(k, {gpu}))"
+        + (" || has(c.resources.claims)" if policy.spec.resourceClaims == "deny" else "") + "))",
+        f"(has(c.env) && c.env.exists(e, e.name in {_list(TOOLKIT_ENV)}))",
+        f"(has(c.volumeMounts) && c.volumeMounts.exists(m, m.mountPath.contains({_quote(_DEVICE_REQUEST_NAME)})))",
+    ]
+    return " || ".join(parts)
+
+
+def _reaching(policy: Policy) -> str:
+    """A superset of :func:`webhook.rules.gpu_reach`: a toleration with no key or a profile's
+    taint key, a GPU runtime class, or a node name."""
+    tolerations = [t for p in policy.spec.profiles.values() for t in p.tolerations]
+    keys = sorted({t.key for t in tolerations if t.key})
+    # A profile toleration without a key stands for GPU nodes tainted with any key.
+    tolerates = "true" if any(not t.key for t in tolerations) else \
+        f"!has(t.key) || t.key == '' || t.key in {_list(keys)}"
+    parts = [f"(has(object.spec.tolerations) && object.spec.tolerations.exists(t, {tolerates}))",
+             "has(object.spec.nodeName)"]
+    if policy.spec.gpuRuntimeClasses:
+        parts.append(f"(has(object.spec.runtimeClassName) && object.spec.runtimeClassName in "
+                     f"{_list(policy.spec.gpuRuntimeClasses)})")
+    return " ||\n  ".join(parts)
+
+
+def _create(policy: Policy) -> str:
+    """A CREATE the validating step could deny: labelled, stamped, a GPU, a toolkit route, DRA,
+    or a pod that can reach a GPU node."""
+    parts = [_has_label(policy.spec.labels.profile), _has_stamp("object"),
+             _any_container(_container_routes(policy), ("containers", "initContainers"))]
+    if policy.spec.resourceClaims == "deny":
+        parts.append("has(object.spec.resourceClaims)")
+    parts.append(_reaching(policy))
+    return " ||\n  ".join(parts)
+
+
+def validating_expression(policy: Policy) -> str:
+    """Every ephemeral containers update; an UPDATE of a pod whose old or new labels carry a
+    ``gpu.platform/`` key (the accounting stamps cannot be changed); a CREATE :func:`_create` sends."""
+    return (f"{_EPHEMERAL} ||\n"
+            f"(request.operation == 'UPDATE' && ({_has_stamp('object')} || {_has_stamp('oldObject')})) ||\n"
+            f"(request.operation == 'CREATE' && (\n  {_create(policy)}))")
+
+
+def mutating_expression(policy: Policy) -> str:
+    """A CREATE with the profile label (and, with ``gpuReachingPods: void``, a pod that can reach a
+    GPU node: it gets ``void``); an ephemeral containers update of a managed, GPU or reaching pod."""
+    labelled = _has_label(policy.spec.labels.profile)
+    create = labelled + (f" ||\n  {_reaching(policy)}" if policy.spec.gpuReachingPods == "void" else "")
+    gpu = f"k.startsWith({_quote(GPU_RESOURCE_PREFIX)})"
+    holds_gpu = _any_container(f"has(c.resources) && ((has(c.resources.limits) && c.resources.limits.exists(k, {gpu})) "
+                               f"|| (has(c.resources.requests) && c.resources.requests.exists(k, {gpu})))",
+                               ("containers", "initContainers"))
+    ephemeral = " ||\n  ".join([labelled, _has_label(MANAGED_LABEL), holds_gpu,
+                                _reaching(policy)])
+    return (f"(request.operation == 'CREATE' && (\n  {create})) ||\n"
+            f"({_EPHEMERAL} && (\n  {ephemeral}))")
+
+
+def _rule(operations: list[str], resources: list[str]) -> dict[str, Any]:
+    return {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": resources,
+            "scope": "Namespaced"}
+
+
+_NAMESPACES = {"matchExpressions": [
+    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(_SYSTEM_NAMESPACES)},
+    {"key": EXEMPT_LABEL, "operator": "DoesNotExist"},
+]}
+
+
+def configurations(policy: Policy) -> list[dict[str, Any]]:
+    """The MutatingWebhookConfiguration and the ValidatingWebhookConfiguration."""
+    common = {"admissionReviewVersions": ["v1"], "failurePolicy": "Fail", "timeoutSeconds": 5,
+              "matchPolicy": "Equivalent", "namespaceSelector": _NAMESPACES}
+
+    def service(path: str) -> dict[str, Any]:
+        return {"service": {"name": "gpu-webhook", "namespace": WEBHOOK_NAMESPACE, "path": path, "port": 443}}
+
+    mutating = {
+        "name": "mutate.gpu.platform", **common, "clientConfig": service("/mutate"),
+        "rules": [_rule(["CREATE"], ["pods"]), _rule(["UPDATE"], ["pods/ephemeralcontainers"])],
+        "sideEffects": "None", "reinvocationPolicy": "IfNeeded",
+        "matchConditions": [{"name": "gpu-profile-or-reach", "expression": mutating_expression(policy)}],
+    }
+    validating = {
+        "name": "validate.gpu.platform", **common, "clientConfig": service("/validate"),
+        "rules": [_rule(["CREATE", "UPDATE"], ["pods"]), _rule(["UPDATE"], ["pods/ephemeralcontainers"])],
+        # Quota reservations are written to the ledger, never for dry runs (docs/quota.md).
+        "sideEffects": "NoneOnDryRun",
+        "matchConditions": [{"name": "gpu-or-device-route", "expression": validating_expression(policy)}],
+    }
+    return [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+         "metadata": {"name": "gpu-webhook"}, "webhooks": [mutating]},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+         "metadata": {"name": "gpu-webhook"}, "webhooks": [validating]},
+    ]
+
+
+_HEADER = """\
+# GENERATED by `gpu-webhook policy conditions manifests/policy.yaml`: do not edit by hand
+# (tests/test_conditions.py fails when this file differs). Source: webhook/conditions.py.
+#
+# Both webhooks are scoped so the API server calls them only for pods they must judge: CPU
+# pods never wait on the webhook, and an outage of the webhook never blocks them. The CEL
+# matchConditions are built from the policy (profile label, the profiles' taint keys,
+# gpuRuntimeClasses) and from webhook/rules.py's lists (toolkit env vars, device-request
+# mounts); a property test checks they send every pod a decision would deny.
+# Namespaces kube-system, gpu-webhook and any labelled gpu.platform/exempt are never sent.
+#
+# No caBundle here on purpose: an overlay sets it (manifests/overlays/self-managed from the CA of
+# `gpu-webhook certs generate`; manifests/overlays/cert-manager through cert-manager's CA
+# injector), or `gpu-webhook certs inject`. An empty caBundle in applied manifests would be owned
+# by the applier and reset on every (server-side) apply, undoing the injector's work.
+"""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the CEL expressions) as ``|`` blocks, so the file reads like source."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render(policy: Policy) -> str:
+    """The text of manifests/base/webhook-configurations.yaml for ``policy``."""
+    body = "---\n".join(yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120) for doc in configurations(policy))
+    return _HEADER + body

@@ -119,19 +119,22 @@ def test_ephemeral_containers_on_a_running_managed_pod_are_voided_and_judged(deb
     tenant = debugger
     name = tenant.create_namespaced_pod(NAMESPACE, _pod("kpo_h100_count2", lambda p: None, complete_after=None)
                                         ).metadata.name
-    controlplane.wait_for_pod(NAMESPACE, name, lambda p: p.status.phase == "Running", timeout=30)
-    stored = _add_ephemeral(tenant, name, _debug())
-    debug = stored.spec.ephemeral_containers[-1]
-    assert [{"name": e.name, "value": e.value} for e in debug.env] == [VOID]
-    for hostile, words in [
-        (_debug({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}),
-         "sets env NVIDIA_VISIBLE_DEVICES='all'"),
-        (_debug(privileged=True), "sets securityContext.privileged: true in a GPU pod"),
-        (_debug(capabilities={"add": ["SYS_ADMIN"]}), "adds capability SYS_ADMIN"),
-    ]:
-        with pytest.raises(ApiException) as caught:
-            _add_ephemeral(tenant, name, hostile)
-        assert caught.value.status == 403 and words in message_of(caught.value), caught.value.body
+    try:
+        controlplane.wait_for_pod(NAMESPACE, name, lambda p: p.status.phase == "Running", timeout=30)
+        stored = _add_ephemeral(tenant, name, _debug())
+        debug = stored.spec.ephemeral_containers[-1]
+        assert [{"name": e.name, "value": e.value} for e in debug.env] == [VOID]
+        for hostile, words in [
+            (_debug({"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}),
+             "sets env NVIDIA_VISIBLE_DEVICES='all'"),
+            (_debug(privileged=True), "sets securityContext.privileged: true in a GPU pod"),
+            (_debug(capabilities={"add": ["SYS_ADMIN"]}), "adds capability SYS_ADMIN"),
+        ]:
+            with pytest.raises(ApiException) as caught:
+                _add_ephemeral(tenant, name, hostile)
+            assert caught.value.status == 403 and words in message_of(caught.value), caught.value.body
+    finally:   # a running GPU pod holds its tenant's quota: later modules must not inherit it
+        tenant.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
 
 
 # --- reinvocation: another mutating webhook edits every container, ours runs again ---

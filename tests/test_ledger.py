@@ -128,8 +128,10 @@ class Watch:
 
     def __init__(self, reached: int = 0) -> None:
         self.reached = reached
+        self.waits: list[float] = []
 
     def wait_reached(self, version: int, timeout: float) -> bool:
+        self.waits.append(timeout)
         return self.reached >= version
 
 
@@ -162,8 +164,12 @@ def test_a_lagging_replica_is_never_fooled_by_reservations_another_replica_prune
     ended: list[str] = []
     b.counted = ended.append
     decision = b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", {"nvidia.com/gpu": D(2), "gpuEquivalent": D(2)})
-    assert (decision.allowed, decision.code, decision.reason) == (False, 503, "watch-behind") and "retry" in decision.message
+    assert (decision.allowed, decision.code, decision.reason) == (False, 503, "watch-behind")
+    assert "retry" in decision.message
     assert "watch-behind" in ended
+    watch_b.waits.clear()
+    assert b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU).reason == "watch-behind"
+    assert watch_b.waits == [0.0], "still behind: the next round answers at once instead of waiting again"
     watch_b.reached = 30   # caught up: B now counts the 3 pods as usage, the 4th as a reservation
     for i in range(3):
         b.book.apply("ADDED", _pod(policy, _uid(i), 20 + i, f"p{i}"))

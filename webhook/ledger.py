@@ -151,6 +151,10 @@ class Ledger:
     counted: Callable[[str], None] = lambda result: None
     #: Told how each written-away reservation left (one of :data:`PRUNE_KINDS`), for the metrics.
     pruned: Callable[[str], None] = lambda kind: None
+    #: The ``prunedThrough`` this replica's watch last failed to reach in time: while it is still
+    #: behind it, a round answers at once instead of waiting again (requests queue per tenant,
+    #: and a second of waiting each would push the queue past the webhook's timeout).
+    _behind: int = 0
 
     def reserve(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str, charge: ResourceList) -> Decision:
         """Admit the pod with a recorded reservation, or deny it (quota, watch behind, ledger unavailable)."""
@@ -201,7 +205,9 @@ class Ledger:
         name = f"gpu-webhook-ledger-{_UNSAFE.sub('-', tenant.lower())}"[:253]
         current = self._read(name)
         reservations, pruned_through = _decode(current)
-        if not self.watch.wait_reached(pruned_through, WATCH_WAIT):
+        wait = 0.0 if self.watch.reached < self._behind else WATCH_WAIT
+        if not self.watch.wait_reached(pruned_through, wait):
+            self._behind = pruned_through
             return Decision.deny([Violation("watch-behind",
                                             f"gpu-webhook's view of the cluster's pods is behind the quota ledger of "
                                             f"tenant {tenant} (it has not yet seen pods another replica counted), so "

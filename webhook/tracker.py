@@ -184,8 +184,6 @@ class PodWatch:
         self._stop = threading.Event()
         self._reached = 0
         self._progress = threading.Condition()
-        #: Called with True when a list completes and False when the watch fails (for metrics).
-        self.on_sync: Any = lambda synced: None
 
     @property
     def reached(self) -> int:
@@ -214,7 +212,6 @@ class PodWatch:
         if self.synced.is_set():
             log.warning("%s watch is behind (%s): not ready until the next list completes", self.path, why)
         self.synced.clear()
-        self.on_sync(False)
 
     def _get(self, params: list[tuple[str, str]], stream: bool) -> Any:
         params = ([("labelSelector", self.selector)] if self.selector else []) + params
@@ -244,7 +241,6 @@ class PodWatch:
         version = found["version"]
         self._advance(int(version) if version.isdigit() else 0)
         self.synced.set()
-        self.on_sync(True)
         return version
 
     def _events(self, version: str) -> Iterator[dict[str, Any]]:

@@ -8,8 +8,8 @@ cost of an admission must not grow with the number of pods (no per-request list)
 
 ``--memory`` measures the server's resident memory instead (VmRSS now, VmHWM: the peak): with no
 pod (the baseline, same run), with 10,000 charged managed pods in its watch, with the label bomb
-(101 pods labelled ``gpu.platform/managed=true`` carrying ~770 KB of labels each: anyone can
-label a pod so), and for each, a fresh replica's peak while it lists them. The target: well
+(101 CPU pods labelled ``gpu.platform/managed=true`` and ``gpu.platform/tenant``, carrying ~770 KB
+of labels each), and for each, a fresh replica's peak while it lists them. The target: well
 under the Deployment's 256Mi limit, and a per-pod record that does not grow with labels.
 
     python -m benchmarks.quota [--pods 10000] [--requests 300]
@@ -88,10 +88,12 @@ _BOMB_LABELS = {f"bomb.example/{i:050d}": "v" * 63 for i in range(5_900)}
 
 
 def _bomb(index: int) -> dict:
-    """A CPU pod anyone may create, labelled managed=true, with ~770 KB of labels."""
+    """A CPU pod with ~770 KB of labels, forging both stamps the watch selects on (the worst case:
+    it is listed and parsed; the admission side refuses forged stamps, this measures without it)."""
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"bomb-{index}", "namespace": NAMESPACE,
-                         "labels": {"gpu.platform/managed": "true", "dag_id": "bomb", **_BOMB_LABELS}},
+                         "labels": {"gpu.platform/managed": "true", "gpu.platform/tenant": "vision", "dag_id": "bomb",
+                                    **_BOMB_LABELS}},
             "spec": {"nodeName": "cpu-0", "containers": [{"name": "base", "image": "busybox"}]}}
 
 

@@ -184,7 +184,7 @@ def test_a_list_is_read_page_by_page(policy):
     pods = [managed("kpo_h100_count2", policy, f"u{i}") for i in range(120)]
     api = FakeApi(pods, [])
     watch = PodWatch(api, UsageBook(policy))
-    assert watch.list_once() == "100" and api.lists == 3
+    assert watch.list_once() == "100" and api.lists == 6   # 20 a page
     assert watch.book.usage()["vision"]["nvidia.com/gpu"] == D(240)
     assert watch.reached == 100
 

@@ -159,10 +159,11 @@ class FakeApi:
     events, or an exception: a broken stream)."""
 
     def __init__(self, pods: list[dict], streams: list) -> None:
-        self.pods, self.streams, self.lists = pods, list(streams), 0
+        self.pods, self.streams, self.lists, self.selectors = pods, list(streams), 0, set()
 
     def call_api(self, path, method, query_params, **_):
         params = dict(query_params)
+        self.selectors.add(params.get("labelSelector"))
         if params.get("watch") == "true":
             if not self.streams:
                 time.sleep(0.05)
@@ -180,11 +181,12 @@ class FakeApi:
                                                 "items": self.pods[start:start + limit]}).encode())
 
 
-def test_a_list_is_read_page_by_page(policy):
+def test_only_pods_carrying_both_stamps_are_listed_and_a_list_is_read_page_by_page(policy):
     pods = [managed("kpo_h100_count2", policy, f"u{i}") for i in range(120)]
     api = FakeApi(pods, [])
     watch = PodWatch(api, UsageBook(policy))
     assert watch.list_once() == "100" and api.lists == 6   # 20 a page
+    assert api.selectors == {"gpu.platform/managed=true,gpu.platform/tenant"}
     assert watch.book.usage()["vision"]["nvidia.com/gpu"] == D(240)
     assert watch.reached == 100
 

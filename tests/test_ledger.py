@@ -1,4 +1,5 @@
-"""The quota ledger: compare-and-swap reservations never over-admit, expire, and fail closed."""
+"""The quota ledger: compare-and-swap reservations never over-admit, leave only when confirmed,
+free ghosts after the grace, refuse forged identities, and fail closed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from kubernetes.client.rest import ApiException
 
-from webhook.ledger import Ledger, live_reservations
+from webhook.ledger import Ledger, identity_problem
 from webhook.tracker import UsageBook
 
 QUOTA = {"nvidia.com/gpu": D(5), "gpuEquivalent": D(5)}
@@ -29,6 +30,7 @@ class ConfigMaps:
         self.version = 0
         self.conflicts = 0
         self.fail = False
+        self.pods: dict[str, dict] = {}   # "ns/name" -> pod, for the ledger's direct GETs
 
     def _check(self) -> None:
         if self.fail:
@@ -42,6 +44,12 @@ class ConfigMaps:
             data = json.dumps(self.objects[name]).encode()
         time.sleep(0.002)   # a network round trip: other replicas' writes land meanwhile
         return SimpleNamespace(data=data)
+
+    def read_namespaced_pod(self, name, namespace, **_):
+        self._check()
+        if f"{namespace}/{name}" not in self.pods:
+            raise ApiException(status=404, reason="NotFound")
+        return SimpleNamespace(data=json.dumps(self.pods[f"{namespace}/{name}"]).encode())
 
     def _store(self, name, body):
         self.version += 1
@@ -111,20 +119,129 @@ def test_each_round_is_counted_by_how_it_ended(api, policy, description, situati
     assert ended == rounds
 
 
-def test_an_expired_reservation_no_longer_holds_quota(api, policy):
-    clock = [1000.0]
-    ledger = _ledger(api, policy, ttl=30, clock=lambda: clock[0])
+def _uid(i: int) -> str:
+    return f"00000000-0000-0000-0000-{i:012d}"
+
+
+class Watch:
+    """This replica's watch progress, set by the test."""
+
+    def __init__(self, reached: int = 0) -> None:
+        self.reached = reached
+        self.waits: list[float] = []
+
+    def wait_reached(self, version: int, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self.reached >= version
+
+
+def _pod(policy, uid: str, version: int, name: str = "p") -> dict:
+    return {"metadata": {"uid": uid, "namespace": "airflow", "name": name, "resourceVersion": str(version),
+                         "labels": {"gpu.platform/managed": "true", "gpu.platform/tenant": "forecasting",
+                                    "gpu.platform/profile": "a100-40gb"}},
+            "spec": {"containers": [{"name": "base", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+
+
+def _ledger_data(api) -> tuple[dict, int]:
+    data = api.objects["gpu-webhook-ledger-forecasting"]["data"]
+    return json.loads(data["reservations"]), int(data["prunedThrough"])
+
+
+def test_a_lagging_replica_is_never_fooled_by_reservations_another_replica_pruned(api, policy):
+    """Replica A's watch sees 3 admitted pods and prunes their reservations; replica B's watch
+    has seen none of them. B must not count 0: it waits for its watch, then answers 503."""
+    watch_a, watch_b = Watch(10), Watch(10)
+    a = Ledger(api, "gpu-webhook", UsageBook(policy), watch_a)
+    b = Ledger(api, "gpu-webhook", UsageBook(policy), watch_b)
+    for i in range(3):
+        assert a.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU).allowed
+    for i in range(3):
+        a.book.apply("ADDED", _pod(policy, _uid(i), 20 + i, f"p{i}"))
+    watch_a.reached = 30
+    assert a.reserve("forecasting", QUOTA, _uid(3), "airflow/p3", ONE_GPU).allowed
+    reservations, pruned_through = _ledger_data(api)
+    assert list(reservations) == [_uid(3)] and pruned_through == 22
+    ended: list[str] = []
+    b.counted = ended.append
+    decision = b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", {"nvidia.com/gpu": D(2), "gpuEquivalent": D(2)})
+    assert (decision.allowed, decision.code, decision.reason) == (False, 503, "watch-behind")
+    assert "retry" in decision.message
+    assert "watch-behind" in ended
+    watch_b.waits.clear()
+    assert b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU).reason == "watch-behind"
+    assert watch_b.waits == [0.0], "still behind: the next round answers at once instead of waiting again"
+    watch_b.reached = 30   # caught up: B now counts the 3 pods as usage, the 4th as a reservation
+    for i in range(3):
+        b.book.apply("ADDED", _pod(policy, _uid(i), 20 + i, f"p{i}"))
+    assert not b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", {"nvidia.com/gpu": D(2),
+                                                                         "gpuEquivalent": D(2)}).allowed
+    assert b.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU).allowed
+
+
+def test_a_reservation_whose_pod_this_replicas_watch_has_seen_counts_as_usage_not_twice(api, policy):
+    ledger = Ledger(api, "gpu-webhook", UsageBook(policy), Watch(100))
     for i in range(5):
-        assert ledger.reserve("forecasting", QUOTA, f"u{i}", "p", ONE_GPU).allowed
-    assert not ledger.reserve("forecasting", QUOTA, "late", "p", ONE_GPU).allowed
-    clock[0] += 31
-    assert ledger.reserve("forecasting", QUOTA, "late", "p", ONE_GPU).allowed
+        assert ledger.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU).allowed
+        ledger.book.apply("ADDED", _pod(policy, _uid(i), 50, f"p{i}"))
+    assert "used: 5, limited: 5" in ledger.reserve("forecasting", QUOTA, _uid(7), "airflow/p7", ONE_GPU).message
 
 
-def test_a_reservation_whose_pod_the_watch_has_seen_counts_as_usage_not_twice(policy):
-    seen = {"u0"}
-    reservations = {"u0": {"expires": 2000}, "u1": {"expires": 2000}, "u2": {"expires": 10}}
-    assert list(live_reservations(reservations, 1000, seen.__contains__)) == ["u1"]
+GHOSTS = [
+    ("a pod that was never created is pruned as a ghost after the grace", None, True),
+    ("a pod of the same name with another uid (AlreadyExists) is pruned as a ghost", "other", True),
+    ("a pod that exists but this replica's watch has not reached keeps its reservation", "same-ahead", False),
+    ("a pod that exists and this replica's watch has reached is pruned as confirmed", "same", True),
+]
+
+
+@pytest.mark.parametrize("description, found, freed", GHOSTS, ids=[g[0] for g in GHOSTS])
+def test_an_unseen_reservation_older_than_the_grace_is_checked_with_a_get(api, policy, description, found, freed):
+    clock = [1000.0]
+    pruned: list[str] = []
+    ledger = Ledger(api, "gpu-webhook", UsageBook(policy), Watch(100), grace=10, clock=lambda: clock[0],
+                    pruned=pruned.append)
+    for i in range(5):
+        assert ledger.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU).allowed
+    for i in range(1, 5):   # the other four were created: the watch sees them, they are usage
+        api.pods[f"airflow/p{i}"] = _pod(policy, _uid(i), 90, f"p{i}")
+        ledger.book.apply("ADDED", api.pods[f"airflow/p{i}"])
+    if found is not None:
+        api.pods["airflow/p0"] = _pod(policy, _uid(99) if found == "other" else _uid(0),
+                                      500 if found == "same-ahead" else 90, "p0")
+    clock[0] += 5   # within the grace: nothing is fetched, nothing freed
+    assert not ledger.reserve("forecasting", QUOTA, _uid(7), "airflow/p7", ONE_GPU).allowed
+    clock[0] += 6
+    assert ledger.reserve("forecasting", QUOTA, _uid(7), "airflow/p7", ONE_GPU).allowed is freed
+    if freed:
+        assert pruned.count("ghost") == (1 if found in (None, "other") else 0)
+        assert _uid(0) not in _ledger_data(api)[0]
+
+
+IDENTITIES = [
+    ("a valid pod is accepted", "airflow", "nightly-fit-1a2b", _uid(1), None),
+    ("a megabyte name is refused", "airflow", "a" * 1_000_000, _uid(1), "metadata.name"),
+    ("a name with a slash is refused", "airflow", "x/y", _uid(1), "metadata.name"),
+    ("an uppercase namespace is refused", "Airflow", "p", _uid(1), "namespace"),
+    ("a 64-character namespace is refused", "n" * 64, "p", _uid(1), "namespace"),
+    ("an empty uid is refused", "airflow", "p", "", "metadata.uid"),
+    ("a uid that is not a UUID is refused", "airflow", "p", "u" * 36, "metadata.uid"),
+]
+
+
+@pytest.mark.parametrize("description, namespace, name, uid, field", IDENTITIES, ids=[i[0] for i in IDENTITIES])
+def test_only_valid_kubernetes_identities_reach_the_ledger(description, namespace, name, uid, field):
+    problem = identity_problem(namespace, name, uid)
+    assert (problem and problem.message.split()[2]) == (f"{field}" if field else None)
+    if problem:
+        assert len(problem.message) < 400 and "send this review through the API server" in problem.message
+
+
+def test_a_maximal_reservation_has_a_bounded_size(api, policy):
+    namespace, name = "n" * 63, ".".join(["a" * 63] * 3) + "." + "b" * 61
+    assert len(name) == 253 and identity_problem(namespace, name, _uid(1)) is None
+    ledger = Ledger(api, "gpu-webhook", UsageBook(policy), Watch(100))
+    assert ledger.reserve("forecasting", QUOTA, _uid(1), f"{namespace}/{name}", ONE_GPU).allowed
+    assert len(api.objects["gpu-webhook-ledger-forecasting"]["data"]["reservations"]) < 500
 
 
 def test_a_retried_admission_replaces_its_own_reservation(api, policy):
@@ -150,7 +267,7 @@ def test_dry_runs_and_pods_not_admitted_reserve_nothing(api, policy):
 
     reserver = QuotaReserver(_ledger(api, policy))
     admitted = Decision.allow("admitted", tenant="forecasting")
-    pod = {"metadata": {"name": "p", "uid": "u1"}, "spec": {"containers": []}}
+    pod = _pod(policy, _uid(1), 1)
     dry = SimpleNamespace(dry_run=True, object=pod, namespace="airflow")
     wet = SimpleNamespace(dry_run=False, object=pod, namespace="airflow")
     assert asyncio.run(reserver(dry, admitted, policy)) is admitted
@@ -158,3 +275,37 @@ def test_dry_runs_and_pods_not_admitted_reserve_nothing(api, policy):
     assert api.objects == {}, "nothing may be written for a dry run or a pod without quota"
     asyncio.run(reserver(wet, admitted, policy))
     assert list(api.objects) == ["gpu-webhook-ledger-forecasting"]
+
+
+def _review(pod: dict, namespace: str = "airflow") -> SimpleNamespace:
+    return SimpleNamespace(dry_run=False, object=pod, namespace=namespace)
+
+
+def test_a_forged_review_is_refused_before_any_ledger_write(api, policy):
+    import asyncio
+
+    from webhook.decision import Decision
+    from webhook.ledger import QuotaReserver
+
+    pod = _pod(policy, _uid(1), 1, name="x" * 300_000)
+    decision = asyncio.run(QuotaReserver(_ledger(api, policy))(_review(pod), Decision.allow("admitted",
+                                                                                             tenant="forecasting"),
+                                                                policy))
+    assert (decision.allowed, decision.code, decision.reason) == (False, 400, "invalid-identity")
+    assert api.objects == {}
+
+
+def test_a_pod_whose_charge_touches_no_quota_line_takes_no_ledger_round(api, policy):
+    import asyncio
+
+    from conftest import policy_with
+    from webhook.decision import Decision
+    from webhook.ledger import QuotaReserver
+
+    tenants = {name: t.model_dump(mode="json", exclude_none=True) for name, t in policy.spec.tenants.items()}
+    tenants["forecasting"]["quota"] = {"nvidia.com/mig-1g.10gb": 4}
+    unlimited = policy_with(tenants=tenants)
+    api.fail = True   # any round would end in a 503
+    admitted = Decision.allow("admitted", tenant="forecasting")
+    assert asyncio.run(QuotaReserver(_ledger(api, unlimited))(_review(_pod(policy, _uid(1), 1)), admitted,
+                                                              unlimited)) is admitted

@@ -185,7 +185,26 @@ def test_ledger_rounds_count_from_zero_by_how_they_ended():
         counted(result)
     text = metrics.exposition().decode()
     assert {r: sample(text, "gpu_webhook_ledger_rounds_total", result=r) for r in ROUND_RESULTS} == {
-        "written": 1, "over-quota": 0, "conflict": 2, "unavailable": 0}
+        "written": 1, "over-quota": 0, "conflict": 2, "unavailable": 0, "watch-behind": 0}
+
+
+def test_pruned_reservations_count_from_zero_by_how_they_left():
+    from webhook.ledger import PRUNE_KINDS
+
+    metrics = WebhookMetrics()
+    pruned = metrics.ledger_pruned_counter(PRUNE_KINDS)
+    pruned("ghost")
+    text = metrics.exposition().decode()
+    assert {k: sample(text, "gpu_webhook_ledger_pruned_total", how=k) for k in PRUNE_KINDS} == {
+        "confirmed": 0, "ghost": 1}
+
+
+def test_a_file_watch_error_is_its_own_reload_result():
+    metrics = WebhookMetrics()
+    metrics.reloaded("policy", None)
+    text = metrics.exposition().decode()
+    assert sample(text, "gpu_webhook_reloads_total", what="policy", result="error") == 1
+    assert sample(text, "gpu_webhook_reloads_total", what="certificate", result="error") == 0
 
 
 def test_without_tracking_there_is_no_usage_or_sync_series(policy):

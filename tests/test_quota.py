@@ -96,3 +96,30 @@ def test_a_line_the_pod_does_not_ask_for_is_never_reported():
 
 def test_eight_mig_slices_make_exactly_one_gpu():
     assert sum([D("0.125")] * 8) == D(1) and format_quantity(D("1.000")) == "1"
+
+
+def _restamped(**changes):
+    def change(pod):
+        for key, value in changes.items():
+            if value is None:
+                pod["metadata"]["labels"].pop(key, None)
+            else:
+                pod["metadata"]["labels"][key] = value
+        return pod
+    return change
+
+
+OFFLINE = [
+    ("the tenant comes from the stamp, not the pod's current labels",
+     _restamped(team="forecasting", dag_id="nightly_x"), {"vision"}),
+    ("a pod whose managed stamp was removed is not charged", _restamped(**{"gpu.platform/managed": None}), set()),
+    ("a pod without a tenant stamp is not charged", _restamped(**{"gpu.platform/tenant": None}), set()),
+    ("a tenant stamp no tenant has is charged to the stamp, which has no quota line",
+     _restamped(**{"gpu.platform/tenant": "ghost-team"}), {"ghost-team"}),
+]
+
+
+@pytest.mark.parametrize("description, change, tenants", OFFLINE, ids=[o[0] for o in OFFLINE])
+def test_offline_usage_reads_the_same_stamped_record_as_the_tracker(policy, description, change, tenants):
+    pod = change(_mutated("kpo_h100_count2", policy, "Running", "a"))
+    assert set(usage_from_pods([pod], policy)) == tenants

@@ -52,6 +52,37 @@ def test_a_valid_policy_is_applied_and_an_invalid_one_is_refused_once(tmp_path):
     assert observed == [("policy", True), ("policy", False)]
 
 
+def test_an_unexpected_error_in_the_watch_is_logged_and_counted_and_reloading_goes_on(tmp_path, caplog):
+    import asyncio
+
+    path = _policy_copy(tmp_path)
+    applied, observed = [], []
+    failures = iter([RuntimeError("disk on fire")])
+
+    def apply(policy):
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        applied.append(policy)
+
+    watch = policy_reloader(path, apply, lambda what, ok: observed.append((what, ok)), interval=0.02)
+
+    async def go():
+        task = asyncio.create_task(watch.run())
+        _policy_copy(tmp_path, **{"nvidia.com/gpu": 1})   # the apply of this one raises
+        await asyncio.sleep(0.2)
+        _policy_copy(tmp_path, **{"nvidia.com/gpu": 2})   # and this one must still be taken
+        for _ in range(100):
+            if applied and applied[-1].spec.tenants["vision"].quota["nvidia.com/gpu"] == 2:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+
+    asyncio.run(go())
+    assert applied[-1].spec.tenants["vision"].quota["nvidia.com/gpu"] == 2, "reloading went on after the error"
+    assert ("policy", None) in observed and observed[-1] == ("policy", True)
+    assert "disk on fire" in caplog.text and "polling goes on" in caplog.text
+
+
 def test_a_half_written_certificate_pair_is_retried_until_it_matches(tmp_path):
     first = generate(tmp_path / "a", "s", "n")
     second = generate(tmp_path / "b", "s", "n")

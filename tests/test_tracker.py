@@ -1,14 +1,21 @@
-"""The usage book: pod events in, per-tenant usage out, as the quota counts it."""
+"""The usage book: pod events in, per-tenant usage out, as the quota counts it; the pod watch
+says when it is behind."""
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
+import time
 from decimal import Decimal as D
+from types import SimpleNamespace
 
 import jsonpatch
+import pytest
 
 from conftest import airflow_fixture, policy_with
 from webhook.mutate import decide_mutation
-from webhook.tracker import UsageBook, compact_pod
+from webhook.tracker import PodWatch, UsageBook
 
 
 def managed(case_id: str, policy, uid: str, phase: str = "Running") -> dict:
@@ -61,12 +68,171 @@ def test_holders_are_listed_largest_first(policy):
     book = UsageBook(policy)
     book.apply("ADDED", managed("kpo_mig_1g_xcom", policy, "small"))
     book.apply("ADDED", managed("kpo_h100_count2", policy, "big"))
-    assert [pod["metadata"]["uid"] for _, pod in book.holders("vision")] == ["big", "small"]
+    assert [record.uid for record in book.holders("vision")] == ["big", "small"]
 
 
-def test_the_book_keeps_only_what_quota_reads(policy):
-    pod = managed("kpo_mig_1g_xcom", policy, "x")
-    compact = compact_pod(pod)
-    assert set(compact["spec"]) == {"containers", "initContainers"}
-    assert all(set(c) <= {"name", "resources", "restartPolicy"} for c in compact["spec"]["containers"])
-    assert len(str(compact)) < len(str(pod)) / 2
+RELABELLED = [
+    ("removing the tenant-deciding label moves nothing", lambda labels: labels.pop("team", None)),
+    ("relabelling the team to another tenant moves nothing", lambda labels: labels.update(team="forecasting")),
+    ("removing the airflow dag_id label moves nothing", lambda labels: labels.pop("dag_id", None)),
+    ("removing the profile label keeps the charge", lambda labels: labels.pop("gpu-profile", None)),
+]
+
+
+@pytest.mark.parametrize("description, relabel", RELABELLED, ids=[r[0] for r in RELABELLED])
+def test_usage_is_charged_from_the_stamps_not_the_current_labels(policy, description, relabel):
+    book = UsageBook(policy)
+    pod = managed("kpo_h100_count2", policy, "a")
+    book.apply("ADDED", pod)
+    before = book.usage()
+    relabel(pod["metadata"]["labels"])
+    book.apply("MODIFIED", pod)
+    assert book.usage() == before == {"vision": {"nvidia.com/gpu": D(2), "gpuEquivalent": D(2)}}
+
+
+def test_a_pod_without_the_managed_stamp_is_not_charged_even_with_a_tenant_stamp(policy):
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["labels"]["gpu.platform/managed"] = "false"
+    book = UsageBook(policy)
+    book.apply("ADDED", pod)
+    assert book.usage() == {} and len(book) == 0
+
+
+def test_a_new_policy_reweighs_but_keeps_the_stamped_tenant(policy):
+    book = UsageBook(policy)
+    book.apply("ADDED", managed("kpo_h100_count2", policy, "a"))
+    tenants = {name: t.model_dump(mode="json", exclude_none=True) for name, t in policy.spec.tenants.items()}
+    tenants = dict(reversed(list(tenants.items())))   # match order changes which tenant a pod would resolve to
+    for tenant in tenants.values():
+        tenant["match"] = [{"namespace": "ml-jobs"}]
+    book.set_policy(policy_with(tenants=tenants))
+    assert list(book.usage()) == ["vision"]
+
+
+def _bomb(pod: dict, size: int) -> dict:
+    pod["metadata"]["labels"].update({f"k{i}": "v" * 60 for i in range(size // 64)})
+    pod["metadata"]["annotations"] = {"a": "x" * size}
+    return pod
+
+
+def test_the_per_pod_record_does_not_grow_with_the_pods_labels(policy):
+    plain = UsageBook(policy)
+    plain.apply("ADDED", managed("kpo_mig_1g_xcom", policy, "x"))
+    bombed = UsageBook(policy)
+    bombed.apply("ADDED", _bomb(managed("kpo_mig_1g_xcom", policy, "x"), 770_000))
+    (small,), (big,) = plain.holders("vision"), bombed.holders("vision")
+    assert small == big, "the record is the same whatever the labels"
+    assert sum(sys.getsizeof(v) for v in big if isinstance(v, str)) < 1_000
+
+
+def test_a_label_bomb_without_stamps_keeps_nothing(policy):
+    book = UsageBook(policy)
+    pod = {"metadata": {"uid": "bomb", "namespace": "default", "name": "b",
+                        "labels": {"gpu.platform/managed": "true", **{f"k{i}": "v" * 60 for i in range(12_000)}}},
+           "spec": {"containers": [{"name": "c"}]}}
+    book.apply("ADDED", pod)
+    book.replace_all([pod])
+    assert len(book) == 0 and not book.seen("bomb")
+
+
+def test_a_holder_name_is_cut_to_a_bounded_length(policy):
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["labels"]["task_id"] = "t" * 500
+    book = UsageBook(policy)
+    book.apply("ADDED", pod)
+    assert len(book.holders("vision")[0].holder) <= 100
+
+
+def test_the_book_remembers_at_which_version_it_first_saw_a_pod(policy):
+    book = UsageBook(policy)
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["resourceVersion"] = "41"
+    book.apply("ADDED", pod)
+    pod["metadata"]["resourceVersion"] = "57"
+    book.apply("MODIFIED", pod)
+    book.apply("DELETED", pod)
+    assert book.seen_at("a") == 41 and book.seen_at("never") is None
+
+
+class FakeApi:
+    """call_api for PodWatch: a paged list, then watch streams from a script (each a list of
+    events, or an exception: a broken stream)."""
+
+    def __init__(self, pods: list[dict], streams: list) -> None:
+        self.pods, self.streams, self.lists, self.selectors = pods, list(streams), 0, set()
+
+    def call_api(self, path, method, query_params, **_):
+        params = dict(query_params)
+        self.selectors.add(params.get("labelSelector"))
+        if params.get("watch") == "true":
+            if not self.streams:
+                time.sleep(0.05)
+                return SimpleNamespace(stream=lambda *a, **k: iter(()), release_conn=lambda: None)
+            step = self.streams.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            body = b"".join(json.dumps(e).encode() + b"\n" for e in step)
+            return SimpleNamespace(stream=lambda *a, **k: iter([body]), release_conn=lambda: None)
+        self.lists += 1
+        start, limit = int(params.get("continue") or 0), int(params["limit"])
+        more = start + limit < len(self.pods)
+        return SimpleNamespace(data=json.dumps({"metadata": {"resourceVersion": "100",
+                                                             "continue": str(start + limit) if more else ""},
+                                                "items": self.pods[start:start + limit]}).encode())
+
+
+def test_only_pods_carrying_both_stamps_are_listed_and_a_list_is_read_page_by_page(policy):
+    pods = [managed("kpo_h100_count2", policy, f"u{i}") for i in range(120)]
+    api = FakeApi(pods, [])
+    watch = PodWatch(api, UsageBook(policy))
+    assert watch.list_once() == "100" and api.lists == 6   # 20 a page
+    assert api.selectors == {"gpu.platform/managed=true,gpu.platform/tenant"}
+    assert watch.book.usage()["vision"]["nvidia.com/gpu"] == D(240)
+    assert watch.reached == 100
+
+
+def test_the_watch_advances_on_events_and_bookmarks_and_a_wait_for_a_version_is_bounded(policy):
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["resourceVersion"] = "120"
+    api = FakeApi([], [[{"type": "ADDED", "object": pod},
+                        {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "150"}}}]])
+    watch = PodWatch(api, UsageBook(policy))
+    watch.start()
+    try:
+        assert watch.wait_reached(150, timeout=5)
+        started = time.monotonic()
+        assert not watch.wait_reached(151, timeout=0.3)
+        assert time.monotonic() - started < 2
+    finally:
+        watch.stop()
+
+
+def test_a_broken_watch_clears_synced_until_the_next_list_completes(policy):
+    broken = threading.Event()
+
+    class Broken(ConnectionResetError):
+        def __init__(self):
+            broken.set()
+            super().__init__("connection reset by peer")
+
+    api = FakeApi([], [[], Broken()])
+    watch = PodWatch(api, UsageBook(policy))
+    gate = threading.Event()
+    original = watch.list_once
+
+    def slow_list():   # the second list waits, so the gap is observable
+        if api.lists:
+            gate.wait(5)
+        return original()
+
+    watch.list_once = slow_list
+    watch.start()
+    try:
+        assert broken.wait(5)
+        time.sleep(0.1)
+        assert not watch.synced.is_set(), "a broken watch must not stay ready"
+        assert not watch.wait_reached(0, timeout=0.1)
+        gate.set()
+        assert watch.wait_synced(5) and api.lists == 2
+    finally:
+        watch.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from test_tracker import managed
 from webhook.tracker import UsageBook
-from webhook.usage_report import holder_name, usage_table
+from webhook.usage_report import usage_table
 
 
 def test_the_table_shows_each_line_used_of_limit_and_the_holders(policy):
@@ -26,5 +26,10 @@ def test_one_tenant_and_a_short_top_list(policy):
     assert "forecasting" not in table and "... and 1 more" in table
 
 
-def test_a_pod_without_airflow_labels_is_named_by_namespace_and_name():
-    assert holder_name({"metadata": {"namespace": "ns", "name": "p", "labels": {}}}) == "ns/p"
+def test_a_pod_without_airflow_labels_is_named_by_namespace_and_name(policy):
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["labels"] = {k: v for k, v in pod["metadata"]["labels"].items() if k.startswith("gpu.platform/")}
+    pod["metadata"]["annotations"] = {}
+    book = UsageBook(policy)
+    book.apply("ADDED", pod)
+    assert f"    ml-jobs/{pod['metadata']['name']}: nvidia.com/gpu 2" in usage_table(policy, book, "vision")

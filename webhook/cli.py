@@ -19,6 +19,7 @@ import yaml
 
 from . import __version__
 from .cluster import DEFAULT_LEDGER_NAMESPACE
+from .ledger import DEFAULT_GRACE
 from .policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["main"]
@@ -58,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
     runtime = Runtime(policy=policy, client_certificate_required=bool(args.client_ca))
-    apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_ttl) \
+    apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_grace) \
         if args.track_usage else (lambda new: setattr(runtime, "policy", new))
     config = uvicorn.Config(
         create_app(runtime), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
@@ -248,8 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--kubeconfig", help="kubeconfig for --track-usage (default: in-cluster, else ~/.kube/config)")
     serve.add_argument("--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE,
                        help=f"where the quota ledger ConfigMaps live (default {DEFAULT_LEDGER_NAMESPACE}, as the manifests)")
-    serve.add_argument("--reservation-ttl", type=float, default=60.0,
-                       help="seconds a quota reservation holds if its pod never appears (default 60)")
+    serve.add_argument("--reservation-grace", type=float, default=DEFAULT_GRACE,
+                       help=f"seconds before a quota reservation whose pod no watch has seen is checked with a "
+                            f"GET and dropped if the pod was never created (default {DEFAULT_GRACE:g}; must exceed "
+                            f"the time other validating webhooks take after this one)")
     serve.add_argument("--reload-interval", type=float, default=5.0,
                        help="seconds between checks of the policy and certificate files for changes (0: never)")
     serve.set_defaults(run=_serve)

@@ -25,7 +25,7 @@ def kube_client(kubeconfig: str | None) -> Any:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
-def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl: float) -> Callable[[Policy], None]:
+def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, grace: float) -> Callable[[Policy], None]:
     """Start the pod and node watches and the quota ledger; the runtime then charges against the
     cluster, checks node capacity, and is ready once the pod watch has synced.
 
@@ -33,7 +33,7 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl
     """
     from kubernetes import client
 
-    from .ledger import ROUND_RESULTS, Ledger, QuotaReserver
+    from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
     from .nodes import NodeBook
     from .tracker import PodWatch, UsageBook
 
@@ -42,9 +42,11 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, ttl
     watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
     runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
     runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
-    runtime.ready = watch.synced.is_set   # quota needs the pods; capacity only warns until nodes sync
-    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, ttl=ttl,
-                                           counted=runtime.metrics.ledger_counter(ROUND_RESULTS)))
+    # Quota needs the pods (synced is cleared while the watch is broken); capacity only warns.
+    runtime.ready = watch.synced.is_set
+    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
+                                           counted=runtime.metrics.ledger_counter(ROUND_RESULTS),
+                                           pruned=runtime.metrics.ledger_pruned_counter(PRUNE_KINDS)))
     runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
     watch.start()
     node_watch.start()

@@ -103,6 +103,11 @@ class _TrackingCollector(Collector):
         yield from (held, synced)
 
 
+def _counter_of(counter: Counter, values: Sequence[str]) -> Callable[[str], None]:
+    increments = {value: counter.labels(value).inc for value in values}
+    return lambda value: increments[value]()
+
+
 class WebhookMetrics:
     """The counters, histograms and policy gauges one server exposes."""
 
@@ -118,12 +123,17 @@ class WebhookMetrics:
             "gpu_webhook_reloads", "Reloads of the policy or serving certificate files, by result.",
             ["what", "result"], registry=self.registry)
         for what in ("policy", "certificate"):  # from 0, so the first failure is an increase()
-            for result in ("ok", "failed"):
+            for result in ("ok", "failed", "error"):
                 self.reloads.labels(what, result)
         self.ledger_rounds = Counter(
             "gpu_webhook_ledger_rounds", "Read-check-write rounds on the quota ledger (serve --track-usage), by how "
-            "they ended: written, over-quota, conflict (another replica wrote first), unavailable.",
+            "they ended: written, over-quota, conflict (another replica wrote first), unavailable, watch-behind "
+            "(this replica's pod watch had not reached the ledger's prunedThrough).",
             ["result"], registry=self.registry)
+        self.ledger_pruned = Counter(
+            "gpu_webhook_ledger_pruned", "Reservations removed from the quota ledger, by how: confirmed (the pod was "
+            "seen or fetched) or ghost (the create failed after /validate).",
+            ["how"], registry=self.registry)
         self.latency = Histogram(
             "gpu_webhook_decision_seconds", "Time to read, decide and answer one AdmissionReview.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=self.registry)
@@ -141,8 +151,11 @@ class WebhookMetrics:
     def ledger_counter(self, results: Sequence[str]) -> Callable[[str], None]:
         """What a quota ledger tells how each round ended; every result starts at 0, so the first
         conflict is an ``increase()``."""
-        increments = {result: self.ledger_rounds.labels(result).inc for result in results}
-        return lambda result: increments[result]()
+        return _counter_of(self.ledger_rounds, results)
+
+    def ledger_pruned_counter(self, kinds: Sequence[str]) -> Callable[[str], None]:
+        """What a quota ledger tells how each pruned reservation left it (from 0, as above)."""
+        return _counter_of(self.ledger_pruned, kinds)
 
     def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
                         synced: Mapping[str, Callable[[], bool]]) -> None:
@@ -168,9 +181,10 @@ class WebhookMetrics:
                                          tenant or NONE)
         return counter.inc, self.latency.labels(step).observe
 
-    def reloaded(self, what: str, ok: bool) -> None:
-        """A reload of the policy or the serving certificate was attempted (``ok``: taken)."""
-        self.reloads.labels(what, "ok" if ok else "failed").inc()
+    def reloaded(self, what: str, ok: bool | None) -> None:
+        """A reload of the policy or the serving certificate was attempted (``ok``: taken;
+        None: the file watch itself hit an unexpected error, and goes on)."""
+        self.reloads.labels(what, "error" if ok is None else "ok" if ok else "failed").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,6 +3,13 @@
 Modelled on Kubernetes' ResourceQuota: quantities are added and compared per line, and a
 denial names the line with ``requested``, ``used`` and ``limited`` so a person can act on it.
 Decimals, not floats: 8 x 0.125 must be exactly 1.
+
+The one quota model: :func:`pod_record` turns an admitted pod into a small fixed
+:class:`PodRecord` read from the accounting **stamps** the mutation wrote
+(``gpu.platform/managed``, ``gpu.platform/tenant``, ``gpu.platform/profile``) and the pod's
+resources; tenancy is never re-resolved from the pod's current labels, which a namespace's
+users can change. The live tracker, the ledger, ``review --cluster-pods`` and
+``gpu-webhook usage`` all read these records.
 """
 
 from __future__ import annotations
@@ -10,15 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels, metadata
+from .pod import GpuContainer, airflow_dag_id, as_dict, gpu_containers, gpu_quantity, labels, metadata, safe_label_value
+from .mutate import MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL
 from .policy import GPU_EQUIVALENT, Policy, Profile
-from .tenancy import resolve_tenant
 
 __all__ = [
     "FINISHED_PHASES",
+    "HOLDER_MAX",
     "Exceeded",
+    "PodRecord",
     "ResourceList",
     "add",
     "charge",
@@ -27,7 +36,9 @@ __all__ = [
     "gpu_request",
     "pod_charge",
     "pod_gpu_request",
-    "tenant_charge",
+    "pod_record",
+    "reweigh",
+    "touches_quota",
     "usage_from_pods",
 ]
 
@@ -98,16 +109,75 @@ def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
     return charge(pod_gpu_request(pod), profile, policy)
 
 
-def tenant_charge(pod: Mapping[str, Any], policy: Policy) -> tuple[str, ResourceList] | None:
-    """(tenant, charge) of a pod the quota counts, or None: only pods carrying the profile label
-    (the ones the webhook charged), not finished, that fit a tenant and ask for a GPU."""
-    if policy.spec.labels.profile not in labels(pod):
+#: A holder's name (``dag_id/task_id (ns/name)``) is cut to this many characters.
+HOLDER_MAX = 100
+
+
+class PodRecord(NamedTuple):
+    """What the quota keeps of one charged pod: a fixed handful of short fields, whatever the
+    pod's labels (a label bomb on the pod costs nothing here)."""
+
+    uid: str
+    namespace: str
+    name: str
+    tenant: str
+    #: The profile stamp (the safe label value), kept to re-weigh the charge on a policy reload.
+    profile: str
+    #: The pod's effective GPU request (device units), unweighted.
+    request: ResourceList
+    #: ``request`` plus the weighted gpuEquivalent line under the policy in force.
+    charge: ResourceList
+    #: ``dag_id/task_id (ns/name)``, at most :data:`HOLDER_MAX` characters, for denials and reports.
+    holder: str
+
+
+def _by_stamp(names: Iterable[str]) -> dict[str, str]:
+    return {safe_label_value(name): name for name in names}
+
+
+def _holder(pod: Mapping[str, Any], namespace: str, name: str) -> str:
+    dag, task = airflow_dag_id(pod), labels(pod).get("task_id")
+    where = f"{namespace}/{name}"
+    text = f"{dag}/{task} ({where})" if dag and task else where
+    return text if len(text) <= HOLDER_MAX else text[:HOLDER_MAX - 3] + "..."
+
+
+def pod_record(pod: Mapping[str, Any], policy: Policy) -> PodRecord | None:
+    """The record of a pod the quota counts, from its stamps, or None.
+
+    Counted: stamped ``managed=true`` with a tenant stamp, not finished, asking for a GPU. The
+    tenant is the stamp mapped back to the policy's tenant name (the stamp is its
+    ``safe_label_value``); a stamp no tenant of the policy has stays as it is (it then holds no
+    quota line). The charge is weighted by the profile stamp.
+    """
+    pod_labels = labels(pod)
+    stamp = pod_labels.get(TENANT_LABEL)
+    if pod_labels.get(MANAGED_LABEL) != "true" or not isinstance(stamp, str) or not stamp:
         return None
     if as_dict(pod.get("status")).get("phase") in FINISHED_PHASES:
         return None
-    tenant = resolve_tenant(pod, metadata(pod).get("namespace") or "", policy)
-    charged = pod_charge(pod, policy) if tenant else {}
-    return (tenant, charged) if tenant and charged else None
+    request = pod_gpu_request(pod)
+    if not request:
+        return None
+    meta = metadata(pod)
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    profile = pod_labels.get(PROFILE_LABEL)
+    record = PodRecord(str(meta.get("uid") or ""), namespace, name,
+                       _by_stamp(policy.spec.tenants).get(stamp, stamp[:63]),
+                       profile[:63] if isinstance(profile, str) else "", request, {}, _holder(pod, namespace, name))
+    return reweigh(record, policy)
+
+
+def reweigh(record: PodRecord, policy: Policy) -> PodRecord:
+    """The record's charge under ``policy`` (a reload may change weights); the tenant is kept."""
+    profile_name = _by_stamp(policy.spec.profiles).get(record.profile)
+    profile = policy.spec.profiles.get(profile_name) if profile_name else None
+    return record._replace(charge=charge(record.request, profile, policy))
+
+
+def touches_quota(charged: Mapping[str, Decimal], quota: Mapping[str, Decimal]) -> bool:
+    """Whether a charge reaches any line of the quota (if not, there is nothing to reserve)."""
+    return any(line in quota for line in charged)
 
 
 def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,
@@ -119,12 +189,10 @@ def usage_from_pods(pods: Iterable[Mapping[str, Any]], policy: Policy,
     """
     usage: dict[str, ResourceList] = {}
     for pod in pods:
-        meta = metadata(pod)
-        if skip is not None and skip[1] and (meta.get("namespace") or "", meta.get("name")) == skip:
+        record = pod_record(pod, policy)
+        if record is None or (skip is not None and skip[1] and (record.namespace, record.name) == skip):
             continue
-        charged = tenant_charge(pod, policy)
-        if charged:
-            usage[charged[0]] = add(usage.get(charged[0], {}), charged[1])
+        usage[record.tenant] = add(usage.get(record.tenant, {}), record.charge)
     return usage
 
 

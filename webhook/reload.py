@@ -31,8 +31,9 @@ log = logging.getLogger("gpu_webhook.reload")
 #: polling on top of that costs nothing (two small files hashed).
 DEFAULT_INTERVAL = 5.0
 
-#: Called with ("policy"|"certificate", ok) after every reload attempt, for metrics.
-ReloadObserver = Callable[[str, bool], None]
+#: Called with ("policy"|"certificate", ok) after every reload attempt, for metrics; ok is None
+#: when the watch itself hit an unexpected error (logged, counted, and the watch goes on).
+ReloadObserver = Callable[[str, "bool | None"], None]
 
 
 def _fingerprint(paths: Sequence[Path]) -> str:
@@ -49,10 +50,12 @@ class FileWatch:
     """Calls ``on_change()`` when the content of any of ``paths`` changes; ``on_change`` returns
     whether the new content was taken (if not, the same content is not retried until it changes)."""
 
-    def __init__(self, paths: Sequence[Path], on_change: Callable[[], bool], interval: float = DEFAULT_INTERVAL):
+    def __init__(self, paths: Sequence[Path], on_change: Callable[[], bool], interval: float = DEFAULT_INTERVAL,
+                 on_error: Callable[[], None] = lambda: None):
         self.paths = [Path(p) for p in paths]
         self.on_change = on_change
         self.interval = interval
+        self.on_error = on_error
         self.seen = _fingerprint(self.paths)
 
     def check(self) -> bool:
@@ -65,9 +68,19 @@ class FileWatch:
         return True
 
     async def run(self) -> None:
+        """Poll until cancelled. An unexpected error in one poll is logged with its traceback and
+        counted, and polling goes on: hot reload never ends silently."""
         while True:
             await asyncio.sleep(self.interval)
-            self.check()
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - one bad poll must not end reloading for good
+                log.exception("file watch of %s failed; polling goes on", ", ".join(map(str, self.paths)))
+                self.on_error()
+
+
+def _errors(what: str, observe: ReloadObserver | None) -> Callable[[], None]:
+    return (lambda: observe(what, None)) if observe is not None else (lambda: None)
 
 
 def policy_reloader(path: Path, apply: Callable[[Policy], None], observe: ReloadObserver | None = None,
@@ -90,7 +103,7 @@ def policy_reloader(path: Path, apply: Callable[[Policy], None], observe: Reload
             observe("policy", ok)
         return True  # a refused file is not retried until it changes again
 
-    return FileWatch([path], reload, interval)
+    return FileWatch([path], reload, interval, _errors("policy", observe))
 
 
 def certificate_reloader(context: ssl.SSLContext, cert: Path, key: Path, observe: ReloadObserver | None = None,
@@ -110,4 +123,4 @@ def certificate_reloader(context: ssl.SSLContext, cert: Path, key: Path, observe
             observe("certificate", ok)
         return ok  # a half-written pair is retried on the next poll
 
-    return FileWatch([cert, key], reload, interval)
+    return FileWatch([cert, key], reload, interval, _errors("certificate", observe))

@@ -1,14 +1,25 @@
 """What each tenant holds right now, from a list+watch of the cluster's managed GPU pods.
 
 Two parts, as controller-runtime splits a cache from its informer:
-- :class:`UsageBook`, pure: pod events in, per-tenant usage out. It keeps a compact copy of
-  each managed pod (the fields quota reads, not the whole pod: bounded memory) and per-tenant
-  sums updated per event, so an admission reads usage in O(1), whatever the cluster's size.
-  A pod stops counting when it is deleted or reaches Succeeded/Failed. A new policy re-charges
-  the kept pods once (tenants and weights may have changed).
-- :class:`PodWatch`, the I/O: list, then watch from the list's resourceVersion (label-selected
-  to ``gpu.platform/managed=true``), re-list on 410 Gone or a broken stream, on a thread.
-  Raw JSON, never typed models. ``synced`` turns true after the first full list.
+- :class:`UsageBook`, pure: pod events in, per-tenant usage out. It keeps one small fixed
+  :class:`~webhook.quota.PodRecord` per charged pod, computed from the pod's accounting stamps
+  (never its labels dict: a pod with a megabyte of labels costs what any other pod costs), and
+  per-tenant sums updated per event, so an admission reads usage in O(1), whatever the
+  cluster's size. A pod stops counting when it is deleted or reaches Succeeded/Failed. A new
+  policy re-weighs the kept records once; their tenant stays what the stamp says.
+- :class:`PodWatch`, the I/O: a paged list, then a watch from the list's resourceVersion
+  (label-selected to pods stamped ``gpu.platform/managed=true`` and ``gpu.platform/tenant``),
+  re-list on 410 Gone or a broken stream, on a thread. Raw JSON, never typed models. ``synced`` is set when a list completes and
+  **cleared on any watch failure** until the next list completes, so ``/readyz`` turns 503
+  and quota-bound pods get a retryable 503 instead of a guess. ``reached`` is the
+  resourceVersion the watch has applied (events and BOOKMARKs), and :meth:`PodWatch.wait_reached`
+  waits, bounded, until it passes a given version.
+
+Resource versions are compared as integers: Kubernetes documents them as "orderable as
+monotonically increasing integers within the same resource type for all types served by
+kube-apiserver" since v1.35 (KEP-5504, "Comparable Resource Versions",
+https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions). Only pod
+versions are ever compared here. A version that is not an integer reads as 0 (never ahead).
 
 Between an admission and its pod appearing in the watch there is a window in which another
 replica (or a burst) can over-admit; the quota ledger (webhook/ledger.py) closes it, not this module.
@@ -20,44 +31,42 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from .mutate import MANAGED_LABEL
-from .pod import as_dict, as_list, metadata
+from .mutate import MANAGED_LABEL, TENANT_LABEL
+from .pod import labels, metadata
 from .policy import Policy
-from .quota import ResourceList, add, tenant_charge
+from .quota import PodRecord, ResourceList, add, pod_record, reweigh
 
-__all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "compact_pod"]
+__all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "resource_version"]
 
 log = logging.getLogger("gpu_webhook.tracker")
 
-MANAGED_SELECTOR = f"{MANAGED_LABEL}=true"
+#: Only pods carrying both stamps are listed and watched: a pod that merely says
+#: ``managed=true`` (anyone can label their own pod so) is never even sent to us.
+MANAGED_SELECTOR = f"{MANAGED_LABEL}=true,{TENANT_LABEL}"
 _WATCH_SECONDS = 300
-#: How long a deleted pod's uid is remembered (longer than any reservation's TTL).
+#: Items per page of a list: a page of pods bloated with labels (~770 KB each) is ~15 MB of JSON,
+#: instead of the whole cluster's pods in one body; 10,000 ordinary pods are 500 pages.
+_PAGE = 20
+#: How long a deleted pod's uid is remembered as seen (a reservation is confirmed by then).
 _GONE_SECONDS = 600
 
 
-def compact_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields quota and tenancy read, and nothing else (about 1 KB a pod)."""
-    meta, spec = metadata(pod), as_dict(pod.get("spec"))
-
-    def containers(field: str) -> list[dict[str, Any]]:
-        return [{k: c[k] for k in ("name", "resources", "restartPolicy") if k in c}
-                for c in as_list(spec.get(field)) if isinstance(c, dict)]
-
-    dag_id = as_dict(meta.get("annotations")).get("dag_id")
-    return {
-        "metadata": {"namespace": meta.get("namespace", ""), "name": meta.get("name", ""), "uid": meta.get("uid", ""),
-                     "labels": dict(as_dict(meta.get("labels"))),
-                     "annotations": {"dag_id": dag_id} if dag_id else {}},
-        "spec": {"containers": containers("containers"), "initContainers": containers("initContainers")},
-        "status": {"phase": as_dict(pod.get("status")).get("phase")},
-    }
+def resource_version(obj: Mapping[str, Any]) -> int:
+    """The object's resourceVersion as an integer (KEP-5504), 0 when absent or not a number."""
+    value = metadata(obj).get("resourceVersion")
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 def _subtract(a: Mapping[str, Any], b: Mapping[str, Any]) -> ResourceList:
     return {k: v for k, v in add(a, {n: -q for n, q in b.items()}).items() if v}
+
+
+def _stamped(pod: Mapping[str, Any]) -> bool:
+    pod_labels = labels(pod)
+    return pod_labels.get(MANAGED_LABEL) == "true" and bool(pod_labels.get(TENANT_LABEL))
 
 
 class UsageBook:
@@ -66,78 +75,102 @@ class UsageBook:
     def __init__(self, policy: Policy) -> None:
         self._lock = threading.Lock()
         self._policy = policy
-        self._pods: dict[str, dict[str, Any]] = {}                 # uid -> compact pod
-        self._charges: dict[str, tuple[str, ResourceList]] = {}    # uid -> (tenant, charge)
+        self._records: dict[str, PodRecord] = {}                   # uid -> record of a charged pod
         self._usage: dict[str, ResourceList] = {}
+        #: uid -> the pod's resourceVersion when the watch first saw it, for stamped pods
+        #: (charged, finished or deleted lately): a replica whose watch has passed that version
+        #: has seen the pod too. One int per pod, whatever the pod carries.
+        self._seen: dict[str, int] = {}
         self._gone: dict[str, float] = {}                          # uid -> when it was deleted
 
     def _forget(self, uid: str) -> None:
-        self._pods.pop(uid, None)
-        old = self._charges.pop(uid, None)
+        old = self._records.pop(uid, None)
         if old:
-            tenant, charge = old
-            self._usage[tenant] = _subtract(self._usage.get(tenant, {}), charge)
+            self._usage[old.tenant] = _subtract(self._usage.get(old.tenant, {}), old.charge)
 
-    def _record(self, pod: dict[str, Any]) -> None:
-        uid = pod["metadata"]["uid"]
-        self._forget(uid)
-        self._pods[uid] = pod
-        charged = tenant_charge(pod, self._policy)
-        if charged:
-            self._charges[uid] = charged
-            self._usage[charged[0]] = add(self._usage.get(charged[0], {}), charged[1])
+    def _keep(self, record: PodRecord | None) -> None:
+        if record is not None:
+            self._records[record.uid] = record
+            self._usage[record.tenant] = add(self._usage.get(record.tenant, {}), record.charge)
 
     def apply(self, event: str, pod: Mapping[str, Any]) -> None:
         """One watch event: ADDED / MODIFIED / DELETED of a (raw) pod."""
-        compact = compact_pod(pod)
-        if not compact["metadata"]["uid"]:
+        uid = metadata(pod).get("uid")
+        if not isinstance(uid, str) or not uid:
             return
+        record = None if event == "DELETED" else pod_record(pod, self._policy)
+        stamped = _stamped(pod)
         with self._lock:
+            self._forget(uid)
+            if stamped:
+                self._seen.setdefault(uid, resource_version(pod))
             if event == "DELETED":
-                self._forget(compact["metadata"]["uid"])
-                self._remember_gone(compact["metadata"]["uid"])
+                self._remember_gone(uid)
             else:
-                self._record(compact)
+                self._keep(record)
 
-    def replace_all(self, pods: list[Mapping[str, Any]]) -> None:
-        """A fresh list: what is not in it is gone."""
-        compact = [compact_pod(p) for p in pods]
+    def replace_all(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """A fresh list: what is not in it is gone. ``pods`` may be a generator over pages:
+        each pod is reduced to its record as it comes, so the list is never held whole."""
+        records: dict[str, PodRecord] = {}
+        seen: dict[str, int] = {}
+        for pod in pods:
+            uid = metadata(pod).get("uid")
+            if not isinstance(uid, str) or not uid:
+                continue
+            if _stamped(pod):
+                seen[uid] = resource_version(pod)
+            record = pod_record(pod, self._policy)
+            if record is not None:
+                records[uid] = record
         with self._lock:
-            self._pods, self._charges, self._usage = {}, {}, {}
-            for pod in compact:
-                if pod["metadata"]["uid"]:
-                    self._record(pod)
+            for uid in set(self._seen) - set(seen):
+                self._remember_gone(uid)
+            self._seen = {**{u: v for u, v in self._seen.items() if u in self._gone}, **seen}
+            self._records, self._usage = {}, {}
+            for record in records.values():
+                self._keep(record)
 
     def set_policy(self, policy: Policy) -> None:
-        """Re-charge every kept pod under a new policy (tenants and weights may have moved)."""
+        """Re-weigh every kept record under a new policy; each keeps the tenant it was stamped with."""
         with self._lock:
             self._policy = policy
-            pods = list(self._pods.values())
-            self._pods, self._charges, self._usage = {}, {}, {}
-            for pod in pods:
-                self._record(pod)
+            records = [reweigh(r, policy) for r in self._records.values()]
+            self._records, self._usage = {}, {}
+            for record in records:
+                self._keep(record)
 
     def _remember_gone(self, uid: str) -> None:
         now = time.monotonic()
         self._gone[uid] = now
-        if len(self._gone) > 10_000:   # bounded: a reservation outlives its TTL by far less than this
+        if len(self._gone) > 10_000:   # bounded: a confirmed reservation is pruned long before this
             self._gone = {u: t for u, t in self._gone.items() if now - t < _GONE_SECONDS}
+            self._seen = {u: v for u, v in self._seen.items() if u in self._gone or u in self._records}
 
     def seen(self, uid: str) -> bool:
-        """Whether the watch has seen this pod (now, or deleted lately): its reservation is spent."""
+        """Whether the watch has seen this pod (now, finished, or deleted lately)."""
         with self._lock:
-            return uid in self._pods or uid in self._gone
+            return uid in self._seen
+
+    def seen_at(self, uid: str) -> int | None:
+        """The resourceVersion at which the watch first saw this pod, or None if it has not."""
+        with self._lock:
+            return self._seen.get(uid)
 
     def usage(self) -> dict[str, ResourceList]:
         """A snapshot: tenant -> resource line -> quantity (O(tenants), not O(pods))."""
         with self._lock:
             return {tenant: dict(lines) for tenant, lines in self._usage.items() if lines}
 
-    def holders(self, tenant: str) -> list[tuple[ResourceList, Mapping[str, Any]]]:
-        """The tenant's charged pods with their charge (compact pods), largest first."""
+    def holders(self, tenant: str) -> list[PodRecord]:
+        """The tenant's charged pods, largest charge first."""
         with self._lock:
-            found = [(charge, self._pods[uid]) for uid, (t, charge) in self._charges.items() if t == tenant]
-        return sorted(found, key=lambda item: -sum(item[0].values()))
+            found = [r for r in self._records.values() if r.tenant == tenant]
+        return sorted(found, key=lambda r: -sum(r.charge.values()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
 
 
 class PodWatch:
@@ -151,6 +184,36 @@ class PodWatch:
         self.path = path
         self.synced = threading.Event()
         self._stop = threading.Event()
+        self._reached = 0
+        self._progress = threading.Condition()
+
+    @property
+    def reached(self) -> int:
+        """The resourceVersion up to which this watch has applied the cluster's changes."""
+        with self._progress:
+            return self._reached
+
+    def _advance(self, version: int) -> None:
+        with self._progress:
+            if version > self._reached:
+                self._reached = version
+                self._progress.notify_all()
+
+    def wait_reached(self, version: int, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until the watch is synced and has reached ``version``."""
+        give_up = time.monotonic() + timeout
+        with self._progress:
+            while not (self.synced.is_set() and self._reached >= version):
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    return False
+                self._progress.wait(min(left, 0.05))
+            return True
+
+    def _unsync(self, why: object) -> None:
+        if self.synced.is_set():
+            log.warning("%s watch is behind (%s): not ready until the next list completes", self.path, why)
+        self.synced.clear()
 
     def _get(self, params: list[tuple[str, str]], stream: bool) -> Any:
         params = ([("labelSelector", self.selector)] if self.selector else []) + params
@@ -158,13 +221,30 @@ class PodWatch:
                                  _preload_content=False, _return_http_data_only=True,
                                  _request_timeout=None if stream else 60)
 
+    def _pages(self, found: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """The list's items, page by page (``limit``/``continue``); ``found['version']`` is the
+        list's resourceVersion once the first page is read."""
+        token = ""
+        while True:
+            body = json.loads(self._get([("limit", str(_PAGE))] + ([("continue", token)] if token else []),
+                                        stream=False).data)
+            found.setdefault("version", body["metadata"]["resourceVersion"])
+            token = body["metadata"].get("continue") or ""
+            items = body.pop("items", None) or []
+            del body
+            while items:   # each pod is let go once consumed, before the next page is read
+                yield items.pop()
+            if not token:
+                return
+
     def list_once(self) -> str:
         """One full list into the book (also what `gpu-webhook usage` does); its resourceVersion."""
-        response = self._get([], stream=False)
-        body = json.loads(response.data)
-        self.book.replace_all(body.get("items") or [])
+        found: dict[str, str] = {}
+        self.book.replace_all(self._pages(found))
+        version = found["version"]
+        self._advance(int(version) if version.isdigit() else 0)
         self.synced.set()
-        return body["metadata"]["resourceVersion"]
+        return version
 
     def _events(self, version: str) -> Iterator[dict[str, Any]]:
         params = [("watch", "true"), ("resourceVersion", version),
@@ -194,17 +274,22 @@ class PodWatch:
             if kind in ("ADDED", "MODIFIED", "DELETED"):
                 self.book.apply(kind, obj)
             version = metadata(obj).get("resourceVersion") or version
+            self._advance(resource_version(obj))
         return version
 
     def run(self) -> None:
-        """List, then watch until stopped; list again on 410 Gone or any failure (after a pause)."""
+        """List, then watch until stopped. A watch that fails (an error, a broken stream, 410
+        Gone) clears ``synced`` and lists again (after a pause on errors): until that list
+        completes, nobody may trust this book."""
         while not self._stop.is_set():
             try:
                 version: str | None = self.list_once()
                 while version is not None and not self._stop.is_set():
                     version = self._watch_from(version)
+                self._unsync("the server ended the watch: 410 Gone")
             except Exception as err:  # noqa: BLE001 - the watch must outlive a flaky API server
-                log.warning("pod watch failed (%s); listing again in 1s", err)
+                self._unsync(err)
+                log.warning("%s watch failed (%s); listing again in 1s", self.path, err)
                 self._stop.wait(1.0)
 
     def start(self) -> threading.Thread:
@@ -217,4 +302,3 @@ class PodWatch:
 
     def wait_synced(self, timeout: float) -> bool:
         return self.synced.wait(timeout)
-

@@ -8,22 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
 
-from .pod import airflow_dag_id, labels, metadata
 from .policy import Policy
 from .quota import format_quantity
 from .tracker import UsageBook
 
-__all__ = ["holder_name", "usage_table"]
-
-
-def holder_name(pod: Mapping[str, Any]) -> str:
-    """``dag_id/task_id`` for an Airflow pod (full dag id when the executor kept it), else ns/name."""
-    meta = metadata(pod)
-    dag, task = airflow_dag_id(pod), labels(pod).get("task_id")
-    where = f"{meta.get('namespace')}/{meta.get('name')}"
-    return f"{dag}/{task} ({where})" if dag and task else where
+__all__ = ["usage_table"]
 
 
 def _charge_text(charge: Mapping[str, Decimal]) -> str:
@@ -43,7 +33,7 @@ def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top:
                          f" ({used / limit:.0%})")
         holders = book.holders(name)
         lines.append(f"  holders ({len(holders)} pods)" + (":" if holders else ": none"))
-        lines += [f"    {holder_name(pod)}: {_charge_text(charge)}" for charge, pod in holders[:top]]
+        lines += [f"    {r.holder}: {_charge_text(r.charge)}" for r in holders[:top]]
         if len(holders) > top:
             lines.append(f"    ... and {len(holders) - top} more")
         blocks.append("\n".join(lines))

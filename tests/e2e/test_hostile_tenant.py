@@ -246,9 +246,11 @@ def test_only_the_api_server_can_have_a_pod_judged_or_quota_reserved(controlplan
         headers = {"Content-Type": "application/json"}
 
         def review(client: httpx.Client) -> tuple[str, httpx.Response]:
-            """A review of the mutated pod under a new name (the ledger keys reservations by pod)."""
+            """A review of the mutated pod under a new name and uid, as the API server would send it
+            (the ledger keys reservations by the pod's uid and refuses reviews without one)."""
             name = _name("forged")
-            body = admission_review({**final, "metadata": {**final["metadata"], "name": name}}, TENANT_NS)
+            meta = {**final["metadata"], "name": name, "uid": str(uuid.uuid4())}
+            body = admission_review({**final, "metadata": meta}, TENANT_NS)
             return f"{TENANT_NS}/{name}", client.post("/validate", content=orjson.dumps(body), headers=headers)
 
         with httpx.Client(base_url=server.url, timeout=10,
@@ -262,7 +264,7 @@ def test_only_the_api_server_can_have_a_pod_judged_or_quota_reserved(controlplan
         assert admitted.json()["response"]["allowed"] is True, admitted.text
     ledger = client.CoreV1Api(controlplane.api_client()).read_namespaced_config_map("gpu-webhook-ledger-vision",
                                                                                    namespace)
-    assert list(json.loads(ledger.data["reservations"])) == [reserved]
+    assert [r["pod"] for r in json.loads(ledger.data["reservations"]).values()] == [reserved]
 
 
 ADOPT = textwrap.dedent("""

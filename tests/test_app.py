@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from conftest import admission_review, airflow_fixture
 from serve import WebhookServer
 from webhook.app import MAX_BODY_BYTES
 from webhook.certs import generate_client
+from webhook.cli import GRACEFUL_SHUTDOWN_SECONDS
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +196,21 @@ def test_a_client_certificate_from_another_ca_gets_no_connection(mtls_server, fo
             pytest.raises(httpx.TransportError):
         forger.post("/validate", content=review_body("kpo_h100_count2")[0], headers={"Content-Type": "application/json"})
     assert _admissions(mtls_server) == before
+
+
+def test_serve_stops_on_sigterm_while_the_api_server_keeps_a_connection_open(tmp_path):
+    """The API server keeps its connections to the webhook alive (and ours outlive them, by
+    design). A rollout's SIGTERM must still end the process within the graceful-shutdown bound,
+    not wait until the kubelet kills it at terminationGracePeriodSeconds."""
+    server = WebhookServer(tmp_path)
+    server.wait_ready()
+    assert server.client.get("/healthz").status_code == 200   # a kept-alive TLS connection stays open
+    started = time.monotonic()
+    os.killpg(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(GRACEFUL_SHUTDOWN_SECONDS + 10)
+    finally:
+        server.client.close()
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGKILL)
+    assert time.monotonic() - started < GRACEFUL_SHUTDOWN_SECONDS + 10

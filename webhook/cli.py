@@ -22,9 +22,13 @@ from .cluster import DEFAULT_LEDGER_NAMESPACE
 from .ledger import DEFAULT_GRACE
 from .policy import PolicyError, load_policy, policy_schema
 
-__all__ = ["main"]
+__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "main"]
 
 USAGE_ERROR = 2
+#: How long ``serve`` waits on SIGTERM for open connections before closing them: longer than the
+#: API server's webhook timeout (5 s), so a review in flight still gets its answer, and well under
+#: a pod's default terminationGracePeriodSeconds (30 s).
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def _fail(message: str) -> NoReturn:
@@ -68,6 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Longer than the API server's idle-connection timeout (90 s), so it is never the
         # webhook that closes a kept-alive connection the API server is about to reuse.
         timeout_keep_alive=100,
+        # ...so on SIGTERM uvicorn would wait for those idle connections forever: bound it.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         # A client certificate is verified whenever one is presented; the admission routes then
         # refuse connections without one (app.py), while the kubelet's probes need none.
         ssl_cert_reqs=ssl.CERT_OPTIONAL if args.client_ca else ssl.CERT_NONE, ssl_ca_certs=args.client_ca)

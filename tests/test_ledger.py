@@ -129,10 +129,14 @@ class Watch:
     def __init__(self, reached: int = 0) -> None:
         self.reached = reached
         self.waits: list[float] = []
+        self.restarts: list[str] = []
 
     def wait_reached(self, version: int, timeout: float) -> bool:
         self.waits.append(timeout)
         return self.reached >= version
+
+    def restart(self, why: str) -> None:
+        self.restarts.append(why)
 
 
 def _pod(policy, uid: str, version: int, name: str = "p") -> dict:
@@ -309,3 +313,25 @@ def test_a_pod_whose_charge_touches_no_quota_line_takes_no_ledger_round(api, pol
     admitted = Decision.allow("admitted", tenant="forecasting")
     assert asyncio.run(QuotaReserver(_ledger(api, unlimited))(_review(_pod(policy, _uid(1), 1)), admitted,
                                                               unlimited)) is admitted
+
+
+def test_a_watch_behind_the_ledger_for_five_seconds_is_restarted_once(api, policy):
+    """A stalled stream raises nothing: the ledger, which knows other replicas saw those pods,
+    restarts this replica's watch (unready, a fresh list) after RESTART_BEHIND seconds."""
+    now = [1000.0]
+    ahead = Ledger(api, "gpu-webhook", UsageBook(policy), Watch(100))
+    assert ahead.reserve("forecasting", QUOTA, _uid(0), "airflow/p0", ONE_GPU).allowed
+    ahead.book.apply("ADDED", _pod(policy, _uid(0), 60, "p0"))
+    assert ahead.reserve("forecasting", QUOTA, _uid(1), "airflow/p1", ONE_GPU).allowed   # prunes p0: through 60
+    stalled = Watch(10)
+    behind = Ledger(api, "gpu-webhook", UsageBook(policy), stalled, clock=lambda: now[0])
+    for step in (0.0, 2.0, 2.9):
+        now[0] += step
+        assert behind.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU).reason == "watch-behind"
+    assert stalled.restarts == [], "behind for 4.9 s: not yet"
+    now[0] += 0.2
+    assert behind.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU).reason == "watch-behind"
+    assert len(stalled.restarts) == 1 and "behind the quota ledger for 5 s" in stalled.restarts[0]
+    now[0] += 1.0
+    behind.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU)
+    assert len(stalled.restarts) == 1, "the timer starts again after a restart"

@@ -236,3 +236,35 @@ def test_a_broken_watch_clears_synced_until_the_next_list_completes(policy):
         assert watch.wait_synced(5) and api.lists == 2
     finally:
         watch.stop()
+
+
+def test_a_restart_drops_a_stalled_stream_and_lists_again(policy):
+    """A stream that delivers nothing and raises nothing (a half-open connection) until it is
+    shut down: restart() interrupts it, the watch goes unready and lists again."""
+    shut = threading.Event()
+
+    def stalled(*_a, **_k):
+        shut.wait(10)
+        return iter(())
+
+    class Api(FakeApi):
+        def call_api(self, path, method, query_params, **kw):
+            if dict(query_params).get("watch") == "true" and self.lists == 1:
+                return SimpleNamespace(stream=stalled, release_conn=lambda: None, shutdown=shut.set)
+            return super().call_api(path, method, query_params, **kw)
+
+    api = Api([], [])
+    watch = PodWatch(api, UsageBook(policy))
+    watch.start()
+    try:
+        assert watch.wait_synced(5)
+        time.sleep(0.2)   # the watch thread now blocks in the stalled stream
+        watch.restart("behind the quota ledger for 5 s")
+        assert shut.is_set() and not watch.synced.is_set()
+        deadline = time.monotonic() + 5
+        while api.lists < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert api.lists == 2 and watch.wait_synced(5)
+    finally:
+        shut.set()
+        watch.stop()

@@ -63,6 +63,10 @@ log = logging.getLogger("gpu_webhook.ledger")
 DEFAULT_GRACE = 10.0
 #: How long a round waits for this replica's watch to reach the ledger's ``prunedThrough``.
 WATCH_WAIT = 1.0
+#: How long the watch may stay behind ``prunedThrough`` before it is restarted (a fresh list is
+#: a consistent read, so it catches up at once): other replicas saw those pods long ago, so this
+#: replica's stream is stalled, not slow.
+RESTART_BEHIND = 5.0
 #: How one read-check-write round can end: the reservation written, the quota full, another
 #: replica wrote first (read again), the API server did not answer (retry after a pause), or
 #: this replica's watch is behind the ledger (503).
@@ -87,6 +91,8 @@ class WatchProgress(Protocol):
 
     def wait_reached(self, version: int, timeout: float) -> bool: ...
 
+    def restart(self, why: str) -> None: ...
+
     @property
     def reached(self) -> int: ...
 
@@ -98,6 +104,9 @@ class _Caught:
 
     def wait_reached(self, version: int, timeout: float) -> bool:
         return True
+
+    def restart(self, why: str) -> None:
+        """Nothing to restart."""
 
 
 def _shown(value: str, limit: int = 80) -> str:
@@ -155,6 +164,8 @@ class Ledger:
     #: behind it, a round answers at once instead of waiting again (requests queue per tenant,
     #: and a second of waiting each would push the queue past the webhook's timeout).
     _behind: int = 0
+    #: Since when (``clock``) the watch has been behind, or None when it is not.
+    _behind_since: float | None = None
 
     def reserve(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str, charge: ResourceList) -> Decision:
         """Admit the pod with a recorded reservation, or deny it (quota, watch behind, ledger unavailable)."""
@@ -197,6 +208,16 @@ class Ledger:
                 gone[uid], through = "confirmed", max(through, version)
         return gone, through
 
+    def _restart_if_stalled(self, pruned_through: int) -> None:
+        """Restart a watch that has stayed behind the ledger for :data:`RESTART_BEHIND` seconds."""
+        now = self.clock()
+        if self._behind_since is None:
+            self._behind_since = now
+        elif now - self._behind_since >= RESTART_BEHIND:
+            self._behind_since = None
+            self.watch.restart(f"behind the quota ledger for {RESTART_BEHIND:g} s (at {self.watch.reached}, "
+                               f"the ledger at {pruned_through})")
+
     def _try(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str,
              charge: ResourceList) -> Decision | None:
         """One read-check-write round; None means "lost a race, go again"."""
@@ -208,11 +229,13 @@ class Ledger:
         wait = 0.0 if self.watch.reached < self._behind else WATCH_WAIT
         if not self.watch.wait_reached(pruned_through, wait):
             self._behind = pruned_through
+            self._restart_if_stalled(pruned_through)
             return Decision.deny([Violation("watch-behind",
                                             f"gpu-webhook's view of the cluster's pods is behind the quota ledger of "
                                             f"tenant {tenant} (it has not yet seen pods another replica counted), so "
                                             f"it cannot check the quota; this is temporary: retry")],
                                  code=503, tenant=tenant)
+        self._behind_since = None
         now = self.clock()
         reservations.pop(uid, None)   # a retried admission replaces its own reservation
         gone, through = self._confirm(reservations, now)

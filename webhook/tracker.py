@@ -47,6 +47,10 @@ log = logging.getLogger("gpu_webhook.tracker")
 #: ``managed=true`` (anyone can label their own pod so) is never even sent to us.
 MANAGED_SELECTOR = f"{MANAGED_LABEL}=true,{TENANT_LABEL}"
 _WATCH_SECONDS = 300
+#: A watch stream that delivers nothing for this long is dead (a half-open connection raises
+#: nothing): the server itself ends every watch after ``_WATCH_SECONDS``, so a healthy stream
+#: never stays silent this long.
+_WATCH_READ_TIMEOUT = _WATCH_SECONDS + 30
 #: Items per page of a list: a page of pods bloated with labels (~770 KB each) is ~15 MB of JSON,
 #: instead of the whole cluster's pods in one body; 10,000 ordinary pods are 500 pages.
 _PAGE = 20
@@ -184,6 +188,8 @@ class PodWatch:
         self.path = path
         self.synced = threading.Event()
         self._stop = threading.Event()
+        self._relist = threading.Event()
+        self._stream: Any = None
         self._reached = 0
         self._progress = threading.Condition()
 
@@ -219,7 +225,7 @@ class PodWatch:
         params = ([("labelSelector", self.selector)] if self.selector else []) + params
         return self.api.call_api(self.path, "GET", query_params=params, auth_settings=["BearerToken"],
                                  _preload_content=False, _return_http_data_only=True,
-                                 _request_timeout=None if stream else 60)
+                                 _request_timeout=(10, _WATCH_READ_TIMEOUT) if stream else 60)
 
     def _pages(self, found: dict[str, str]) -> Iterator[dict[str, Any]]:
         """The list's items, page by page (``limit``/``continue``); ``found['version']`` is the
@@ -249,7 +255,7 @@ class PodWatch:
     def _events(self, version: str) -> Iterator[dict[str, Any]]:
         params = [("watch", "true"), ("resourceVersion", version),
                   ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(_WATCH_SECONDS))]
-        response = self._get(params, stream=True)
+        response = self._stream = self._get(params, stream=True)
         try:
             buffer = b""
             for chunk in response.stream(65536, decode_content=True):
@@ -259,6 +265,7 @@ class PodWatch:
                     if line.strip():
                         yield json.loads(line)
         finally:
+            self._stream = None
             response.release_conn()
 
     def _watch_from(self, version: str) -> str | None:
@@ -283,14 +290,24 @@ class PodWatch:
         completes, nobody may trust this book."""
         while not self._stop.is_set():
             try:
+                self._relist.clear()
                 version: str | None = self.list_once()
-                while version is not None and not self._stop.is_set():
+                while version is not None and not self._stop.is_set() and not self._relist.is_set():
                     version = self._watch_from(version)
-                self._unsync("the server ended the watch: 410 Gone")
+                self._unsync("the watch ended: 410 Gone, or a restart")
             except Exception as err:  # noqa: BLE001 - the watch must outlive a flaky API server
                 self._unsync(err)
                 log.warning("%s watch failed (%s); listing again in 1s", self.path, err)
                 self._stop.wait(1.0)
+
+    def restart(self, why: str) -> None:
+        """Drop the current stream and list again, unready until that list completes: for a
+        watch known to be behind (a stalled stream delivers nothing and raises nothing)."""
+        self._unsync(why)
+        self._relist.set()
+        stream = self._stream
+        if stream is not None:
+            stream.shutdown()   # urllib3: interrupts the blocking read on the watch thread
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=f"watch {self.path}", daemon=True)

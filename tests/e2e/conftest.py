@@ -6,9 +6,12 @@ A component that cannot start FAILS the session's e2e tests with its log tail; n
 from __future__ import annotations
 
 import json
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +219,49 @@ def tenant_user(controlplane: ControlPlane, namespace: str, tmp: Path, name: str
          "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
     ])
     return service_account_client(controlplane, namespace, name, tmp)
+
+
+# ------------------------------------------------- a second webhook beside ours, as in real clusters
+class StubWebhook:
+    """A minimal admission webhook over TLS on 127.0.0.1, for tests that need another webhook
+    beside ours (a later denial, a foreign mutation, the testbed's own wiring check).
+
+    ``answer(request)`` returns the response's fields (``allowed``, ``status``, ``patch``...; the
+    uid is added); every review received is kept in ``reviews``. Serves ``cert``/``key``.
+    """
+
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], cert: Path, key: Path) -> None:
+        reviews: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                reviews.append(review)
+                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                    "uid": review["request"]["uid"], **answer(review["request"])}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.reviews = reviews
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.http.socket = context.wrap_socket(self.http.socket, server_side=True)
+        self.port = self.http.server_address[1]
+        self.url = f"https://127.0.0.1:{self.port}/"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def denying(message: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A StubWebhook answer that denies every review with ``message``."""
+    return lambda request: {"allowed": False, "status": {"code": 403, "message": message}}

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from .conftest import StubWebhook, denying
 from .controlplane import COMPLETE_AFTER_LABEL, POOL_LABEL, CertificateAuthority, ControlPlane, node_objects
 
 pytestmark = pytest.mark.e2e
@@ -140,34 +138,11 @@ def denying_webhook(tmp_path: Path) -> Iterator[tuple[int, bytes, list[dict[str,
     crt, key = ca.issue("stub-webhook", hosts=["127.0.0.1"])
     (tmp_path / "tls.crt").write_bytes(crt)
     (tmp_path / "tls.key").write_bytes(key)
-    reviews: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            reviews.append(review)
-            body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
-                "uid": review["request"]["uid"], "allowed": False,
-                "status": {"code": 403, "message": "denied by the testbed stub"}}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stub = StubWebhook(denying("denied by the testbed stub"), tmp_path / "tls.crt", tmp_path / "tls.key")
     try:
-        yield server.server_address[1], ca.pem, reviews
+        yield stub.port, ca.pem, stub.reviews
     finally:
-        server.shutdown()
-        server.server_close()
+        stub.stop()
 
 
 def test_apiserver_calls_webhook_at_loopback_url(

@@ -9,12 +9,9 @@ lists the routes, the container-toolkit source of each, and how it is closed.
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import uuid
 from base64 import b64encode
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +22,11 @@ from kubernetes.client.rest import ApiException
 
 from conftest import POLICY_FILE
 from routes import ROUTES, base_container
-from serve import free_port
 from webhook.certs import ca_bundle, generate, inject_ca_bundle
 from webhook.conditions import configurations
 from webhook.policy import load_policy
 
-from .conftest import RegisteredWebhook, airflow_pod, tenant_user
+from .conftest import RegisteredWebhook, StubWebhook, airflow_pod, tenant_user
 
 pytestmark = pytest.mark.e2e
 
@@ -139,33 +135,21 @@ def test_ephemeral_containers_on_a_running_managed_pod_are_voided_and_judged(deb
 
 # --- reinvocation: another mutating webhook edits every container, ours runs again ---
 
-class _ForeignWebhook(BaseHTTPRequestHandler):
-    """Appends env FOREIGN_TRACE=1 to every container and init container that lacks it."""
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server interface
-        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        pod = review["request"]["object"]
-        ops = []
-        for field in ("initContainers", "containers"):
-            for i, c in enumerate(pod["spec"].get(field) or []):
-                if any(e.get("name") == "FOREIGN_TRACE" for e in c.get("env") or []):
-                    continue
-                entry = {"name": "FOREIGN_TRACE", "value": "1"}
-                ops.append({"op": "add", "path": f"/spec/{field}/{i}/env/-", "value": entry} if c.get("env")
-                           else {"op": "add", "path": f"/spec/{field}/{i}/env", "value": [entry]})
-        response = {"uid": review["request"]["uid"], "allowed": True}
-        if ops:
-            response.update(patchType="JSONPatch", patch=b64encode(json.dumps(ops).encode()).decode())
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                           "response": response}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+def _foreign_env(request: dict[str, Any]) -> dict[str, Any]:
+    """A foreign webhook's answer: env FOREIGN_TRACE=1 on every container and init container that lacks it."""
+    pod = request["object"]
+    ops = []
+    for field in ("initContainers", "containers"):
+        for i, c in enumerate(pod["spec"].get(field) or []):
+            if any(e.get("name") == "FOREIGN_TRACE" for e in c.get("env") or []):
+                continue
+            entry = {"name": "FOREIGN_TRACE", "value": "1"}
+            ops.append({"op": "add", "path": f"/spec/{field}/{i}/env/-", "value": entry} if c.get("env")
+                       else {"op": "add", "path": f"/spec/{field}/{i}/env", "value": [entry]})
+    response: dict[str, Any] = {"allowed": True}
+    if ops:
+        response.update(patchType="JSONPatch", patch=b64encode(json.dumps(ops).encode()).decode())
+    return response
 
 
 @pytest.fixture
@@ -173,19 +157,14 @@ def foreign_webhook(controlplane, tmp_path: Path) -> Iterator[str]:
     """A second mutating webhook (its own CA from the project's cert code), called after ours
     (configurations run in name order) with reinvocationPolicy IfNeeded, for labelled pods."""
     certs = generate(tmp_path / "foreign", "foreign", "default")
-    port = free_port()
-    server = ThreadingHTTPServer(("127.0.0.1", port), _ForeignWebhook)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certs.cert, certs.key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stub = StubWebhook(_foreign_env, certs.cert, certs.key)
     label = "foreign-webhook-test"
     controlplane.apply({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "zz-foreign-env"},
         "webhooks": [{"name": "env.foreign.example", "admissionReviewVersions": ["v1"], "sideEffects": "None",
                       "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 5,
-                      "clientConfig": {"url": f"https://127.0.0.1:{port}/", "caBundle": ca_bundle(certs.ca_cert)},
+                      "clientConfig": {"url": stub.url, "caBundle": ca_bundle(certs.ca_cert)},
                       "objectSelector": {"matchLabels": {label: "true"}},
                       "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                                  "resources": ["pods"]}]}]})
@@ -194,7 +173,7 @@ def foreign_webhook(controlplane, tmp_path: Path) -> Iterator[str]:
     finally:
         client.AdmissionregistrationV1Api(controlplane.api_client()).delete_mutating_webhook_configuration(
             "zz-foreign-env")
-        server.shutdown()
+        stub.stop()
 
 
 def test_a_foreign_webhook_editing_every_container_leaves_exactly_one_validator(tenant, foreign_webhook,

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import base64
 import json
-import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from serve import free_port
 
-from .conftest import airflow_pod, tenant_user
+from .conftest import StubWebhook, airflow_pod, denying, tenant_user
 from .controlplane import ControlPlane
 from .quota_cluster import (CASE, GRACE, NAMESPACE, QUOTA, Replicas, WatchProxy, burst, burst_client, create,
                             finish, ledger_rounds, serving, wait_quota_free)
@@ -158,32 +155,13 @@ class Denier:
         (tmp / "tls.crt").write_bytes(cert)
         (tmp / "tls.key").write_bytes(key)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:   # noqa: N802 - http.server's name
-                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
-                    "uid": review["request"]["uid"], "allowed": False,
-                    "status": {"code": 403, "message": "denied by the test's second webhook"}}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
-        self.http.socket = context.wrap_socket(self.http.socket, server_side=True)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.stub = StubWebhook(denying("denied by the test's second webhook"), tmp / "tls.crt", tmp / "tls.key")
         self.cp = cp
         cp.apply({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
                   "metadata": {"name": self.NAME},
                   "webhooks": [{"name": "deny.ghost-test.example", "admissionReviewVersions": ["v1"],
                                 "sideEffects": "None", "failurePolicy": "Fail", "timeoutSeconds": 5,
-                                "clientConfig": {"url": f"https://127.0.0.1:{self.http.server_port}/",
+                                "clientConfig": {"url": self.stub.url,
                                                  "caBundle": base64.b64encode(cp.ca.pem).decode()},
                                 "objectSelector": {"matchLabels": {"ghost-test": "deny"}},
                                 "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
@@ -191,7 +169,7 @@ class Denier:
 
     def stop(self) -> None:
         client.AdmissionregistrationV1Api(self.cp.api_client()).delete_validating_webhook_configuration(self.NAME)
-        self.http.shutdown()
+        self.stub.stop()
 
 
 def _labelled(name: str) -> dict:

@@ -18,7 +18,7 @@ H100_TOLERATION = f"{INDENT}toleration key=nvidia.com/gpu operator=Exists effect
 @pytest.mark.parametrize("args, kwargs, expected", [
     pytest.param(("h100-80gb", "2"), {"namespace": "ml-jobs"}, [
         "profile h100-80gb: 2 x nvidia.com/gpu (maxCount 8; one unit weighs 1 in gpuEquivalent)",
-        "resources   container base: limits and requests nvidia.com/gpu: 2 (sidecars get none)",
+        "resources   container base: limits and requests nvidia.com/gpu: 2 (every other container: NVIDIA_VISIBLE_DEVICES=void)",
         "placement   nodeSelector nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
         H100_TOLERATION,
         "validation  init container gpu-driver-validation runs first, on the same GPUs (nvidia.com/gpu: 2)",
@@ -98,7 +98,7 @@ def test_explain_matches_the_webhooks_patch_of_a_pod_airflow_built(policy):
     base = next(c for c in pod["spec"]["containers"] if c["name"] == "base")
     validator = pod["spec"]["initContainers"][0]
     assert base["resources"]["limits"] == {"nvidia.com/gpu": "2"}
-    assert "resources   container base: limits and requests nvidia.com/gpu: 2 (sidecars get none)" in lines
+    assert "resources   container base: limits and requests nvidia.com/gpu: 2 (every other container: NVIDIA_VISIBLE_DEVICES=void)" in lines
     assert f"{INDENT}{' '.join(validator['command'] + validator['args'])}" in lines
     assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert H100_TOLERATION in lines

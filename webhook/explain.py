@@ -7,7 +7,7 @@ would count against the tenant. So the answer cannot drift from what the webhook
 
     $ gpu-webhook explain h100-80gb --count 2 --namespace ml-jobs
     profile h100-80gb: 2 x nvidia.com/gpu (maxCount 8; one unit weighs 1 in gpuEquivalent)
-    resources   container base: limits and requests nvidia.com/gpu: 2 (sidecars get none)
+    resources   container base: limits and requests nvidia.com/gpu: 2 (every other container: NVIDIA_VISIBLE_DEVICES=void)
     ...
 
 Exit codes (:func:`run_explain`): 0 explained, 1 the webhook would refuse such a task (unknown
@@ -96,7 +96,8 @@ def _resources(pod: Mapping[str, Any], plan: GpuPlan) -> list[str]:
     container = pod["spec"]["containers"][plan.target_index]
     limits = container["resources"]["limits"]
     granted = ", ".join(f"{name}: {value}" for name, value in sorted(limits.items()))
-    return [_row("resources", f"container {container['name']}: limits and requests {granted} (sidecars get none)")]
+    return [_row("resources", f"container {container['name']}: limits and requests {granted} "
+                              f"(every other container: NVIDIA_VISIBLE_DEVICES=void)")]
 
 
 def _placement(pod: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,166 @@
+"""Red team: a hostile namespace user (default ``edit`` role) against the webhook as it ships.
+
+Each test here is an attack that got past the enforcement of issues 13 and 14 on the real
+kube-apiserver, with the shipped (generated) webhook configurations. A test either proves the
+fix (the attack is now refused) or is ``xfail(strict=True)`` with the hole named, so it fails
+loudly the day the hole is closed. docs/security.md describes the routes and their limits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+import jsonpatch
+import orjson
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from conftest import POLICY_FILE, admission_review
+from webhook.admission import mutate
+from webhook.policy import load_policy
+from webhook.review import parse_review
+
+from .conftest import airflow_pod, tenant_user
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "ml-jobs"        # tenant vision, by namespace
+VOID = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+CUDA_IMAGE = "nvidia/cuda:12.2.0-base-ubuntu22.04"   # its ENV sets NVIDIA_VISIBLE_DEVICES=all
+
+
+@pytest.fixture(scope="module")
+def tenant(controlplane, edit_role_ready, webhook, tmp_path_factory) -> client.CoreV1Api:
+    return client.CoreV1Api(tenant_user(controlplane, NAMESPACE, tmp_path_factory.mktemp("redteam"), "redteam"))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def message_of(err: ApiException) -> str:
+    return json.loads(err.body)["message"]
+
+
+def _cpu_pod(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"containers": [{"name": "main", "image": CUDA_IMAGE}], **spec}}
+
+
+def _is_gpu_node(core: client.CoreV1Api, node: str | None) -> bool:
+    return bool(node) and (core.read_node(node).metadata.labels or {}).get("nvidia.com/gpu.present") == "true"
+
+
+# --- 1. a toleration added by UPDATE: a CPU pod walks onto a GPU node without void ----------
+def test_a_toleration_added_after_admission_does_not_take_a_cpu_pod_onto_a_gpu_node(tenant, webhook, controlplane):
+    """Attack: create a CPU pod with a CUDA image (its ENV says NVIDIA_VISIBLE_DEVICES=all) and a
+    nodeSelector for a GPU node but no toleration. Nothing in it reaches a GPU, so the CEL never
+    sends it and it stays Pending on the taint. Then ``kubectl patch`` it to add the GPU pool's
+    toleration: the API server allows adding tolerations to any pod, and the validating webhook
+    saw only UPDATEs of pods carrying ``gpu.platform/`` labels. The scheduler then binds it to the
+    GPU node, where the container toolkit's legacy/ENV rule hands it every GPU of the node: no
+    profile, no quota, no ``void``. ``gpuReachingPods: deny`` (and ``void``) is undone by one patch.
+
+    Fixed: an UPDATE that adds tolerations is sent to the validating webhook, and one that makes
+    a pod holding no GPU reach a GPU node is judged like a reaching pod at CREATE.
+    """
+    name = unique("walk")
+    tenant.create_namespaced_pod(NAMESPACE, _cpu_pod(name, nodeSelector=H100))
+    try:
+        try:
+            tenant.patch_namespaced_pod(name, NAMESPACE, {"spec": {"tolerations": [GPU_TOLERATION]}})
+        except ApiException as err:
+            assert err.status == 403, err.body
+            assert "can reach a GPU node through toleration" in message_of(err), err.body
+            return
+        # Admitted: show where the pod ends up, with nothing to stop the toolkit.
+        stored = controlplane.wait_for_pod(NAMESPACE, name, lambda p: bool(p.spec.node_name), timeout=20)
+        env = [{"name": e.name, "value": e.value} for c in stored.spec.containers for e in (c.env or [])]
+        assert not _is_gpu_node(webhook.core, stored.spec.node_name) or VOID in env, (
+            f"CPU pod bound to GPU node {stored.spec.node_name} with env {env}")
+    finally:
+        webhook.core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+
+
+def test_adding_an_unrelated_toleration_to_a_cpu_pod_still_passes(tenant, webhook):
+    """The fix must not refuse harmless toleration updates (a CPU pool's taint)."""
+    name = unique("cpu-tol")
+    tenant.create_namespaced_pod(NAMESPACE, _cpu_pod(name))
+    try:
+        tenant.patch_namespaced_pod(name, NAMESPACE, {"spec": {"tolerations": [
+            {"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}]}})
+    finally:
+        webhook.core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+
+
+# --- 2. the driver validator turned into a GPU-holding sidecar -------------------------------
+def _mutated(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod as the mutating step leaves it (offline, the same code the webhook runs)."""
+    policy = load_policy(POLICY_FILE)
+    decision = mutate(parse_review(orjson.dumps(admission_review(pod, NAMESPACE))), policy)
+    return jsonpatch.apply_patch(pod, list(decision.patch))
+
+
+def test_a_pre_made_validator_cannot_hold_extra_gpus_as_a_sidecar(tenant, webhook):
+    """Attack: copy the driver-validation init container the mutation would insert (image, args,
+    resources are all visible on any managed pod) into the pod first, adding
+    ``restartPolicy: Always`` and a second GPU resource. Re-planning accepts extra fields on the
+    validator (``_contains``), and the stray-GPU rule skips any init container named
+    ``gpu-driver-validation``, so the pod is admitted as it is: the validator becomes a sidecar
+    that holds its GPUs for the pod's whole life, on top of the task's. A pod of profile
+    h100-80gb count 2 then holds 4 nvidia.com/gpu plus 2 nvidia.com/mig-3g.40gb, past the
+    profile's resource and maxCount, and the node-capacity check sizes it as 2 GPUs. (The quota
+    does charge what the scheduler allocates, so the tenant's lines still hold.)
+
+    Fixed: a validator with extra GPU resources or a ``restartPolicy`` is stale, so the mutation
+    replaces it with the real one (and the validating step, re-planning, refuses a pod another
+    webhook changed so afterwards).
+    """
+    pod = airflow_pod("kpo_h100_count2", unique("sidecar"))
+    pod["metadata"]["namespace"] = NAMESPACE
+    validator = copy.deepcopy(_mutated(pod)["spec"]["initContainers"][0])
+    validator["restartPolicy"] = "Always"
+    for section in ("limits", "requests"):
+        validator["resources"][section]["nvidia.com/mig-3g.40gb"] = "2"
+    pod["spec"]["initContainers"] = [validator]
+    stored = tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+    validators = [c for c in stored.spec.init_containers if c.name == "gpu-driver-validation"]
+    assert len(validators) == 1 and validators[0].restart_policy is None
+    for section in (validators[0].resources.limits, validators[0].resources.requests):
+        assert {k: v for k, v in section.items() if k.startswith("nvidia.com/")} == {"nvidia.com/gpu": "2"}
+
+
+# --- 3. envFrom on the GPU container: the toolkit's env route, invisible at admission --------
+@pytest.mark.xfail(strict=True, reason="hole: envFrom on the GPU (target) container can set NVIDIA_VISIBLE_DEVICES "
+                                       "(ConfigMap key, or prefix NVIDIA_) and override the device plugin's allocation")
+def test_env_from_on_the_gpu_container_cannot_widen_its_gpus(tenant, webhook):
+    """Attack: a ConfigMap (the ``edit`` role creates them) holds ``VISIBLE_DEVICES=all``; the
+    task's ``base`` container reads it with ``envFrom: [{prefix: NVIDIA_, configMapRef}]`` (a
+    KPO ``env_from=``). Explicit ``env`` entries of NVIDIA_* are refused, and the other containers
+    get an explicit ``void`` that wins over envFrom, but the target container gets no ``void``
+    (it holds the GPUs). The kubelet appends the pod's env after the device plugin's
+    ``NVIDIA_VISIBLE_DEVICES=<allocated uuids>`` and the runtime keeps the last value, so with the
+    toolkit's default ``accept-nvidia-visible-devices-envvar-when-unprivileged=true`` (needed by
+    the device plugin's default envvar strategy) the container sees every GPU of the node while
+    charged for its profile's count. docs/security.md's "privilege rules keep an unprivileged
+    container from having env var requests honoured" holds only with that setting turned off.
+
+    Not fixed here: closing it means refusing ``envFrom`` on the target container (a product
+    decision: KPO's ``env_from`` is common), or requiring the hardened toolkit setting with the
+    device plugin's volume-mounts strategy, and saying so in docs/security.md.
+    """
+    name = unique("widen")
+    cm = unique("gpu-env")
+    tenant.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": cm}, "data": {"VISIBLE_DEVICES": "all"}})
+    pod = airflow_pod("kpo_h100_count2", name)
+    pod["metadata"]["namespace"] = NAMESPACE
+    pod["spec"]["containers"][0]["envFrom"] = [{"prefix": "NVIDIA_", "configMapRef": {"name": cm}}]
+    with pytest.raises(ApiException) as caught:
+        tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+    assert caught.value.status == 403, caught.value.body

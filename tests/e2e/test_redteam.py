@@ -11,11 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import orjson
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -24,7 +27,7 @@ from webhook.admission import mutate
 from webhook.policy import load_policy
 from webhook.review import parse_review
 
-from .conftest import airflow_pod, tenant_user
+from .conftest import RegisteredWebhook, airflow_pod, registered_webhook, service_account_client, tenant_user
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +36,24 @@ VOID = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 CUDA_IMAGE = "nvidia/cuda:12.2.0-base-ubuntu22.04"   # its ENV sets NVIDIA_VISIBLE_DEVICES=all
+
+
+#: The reference policy plus two tenants matched on the requester, each with its own
+#: ServiceAccount in one shared namespace, as docs/security.md suggests for per-team executors.
+SHARED_NS = "analytics"
+TEAM_SA = {"platform": "gpu-runner", "research": "research-runner"}
+
+
+@pytest.fixture(scope="module")
+def webhook(controlplane, tmp_path_factory) -> Iterator[RegisteredWebhook]:
+    data = yaml.safe_load(POLICY_FILE.read_text())
+    data["spec"]["tenants"] = {
+        **{team: {"match": [{"serviceAccount": f"{SHARED_NS}/{sa}"}], "quota": {"nvidia.com/gpu": 2}}
+           for team, sa in TEAM_SA.items()},
+        **data["spec"]["tenants"]}
+    path: Path = tmp_path_factory.mktemp("redteam-policy") / "policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    yield from registered_webhook(controlplane, tmp_path_factory.mktemp("redteam"), policy=path)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +185,35 @@ def test_env_from_on_the_gpu_container_cannot_widen_its_gpus(tenant, webhook):
     with pytest.raises(ApiException) as caught:
         tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
     assert caught.value.status == 403, caught.value.body
+
+
+# --- 4. a ServiceAccount match is only as strong as the ServiceAccount's namespace -----------
+@pytest.mark.xfail(strict=True, reason="hole: a serviceAccount tenant match is not hard isolation between teams whose "
+                                       "ServiceAccounts share a namespace: edit there acts as any of them")
+def test_a_team_cannot_be_charged_as_another_teams_service_account(controlplane, edit_role_ready, webhook, tmp_path):
+    """Attack: docs/security.md calls ``serviceAccount`` matches "hard isolation ... that no DAG can
+    escape" and suggests per-team ServiceAccounts, e.g. Airflow 3's per-team executors. When those
+    ServiceAccounts share a namespace, any member of one team with the default ``edit`` role there
+    (``research-runner``'s operator here) mints a token for the other team's ServiceAccount
+    (``serviceaccounts/token`` and ``impersonate`` are in ``edit``) and creates GPU pods as it:
+    they are charged to ``platform``, whose quota ``research`` then spends or blocks. No RBAC is
+    needed at all from a DAG: a KubernetesPodOperator task with ``service_account_name`` set to the
+    other team's worker account runs with its token, and a worker account can create pods.
+
+    Not fixable in the webhook (the API server authenticates the requester correctly; the
+    requester is just not the team). docs/security.md now says a requester match isolates teams
+    only when each team's ServiceAccount lives in a namespace the other teams cannot create
+    pods, tokens or impersonations in.
+    """
+    for sa in TEAM_SA.values():   # worker accounts: they create the teams' pods
+        tenant_user(controlplane, SHARED_NS, tmp_path, sa)
+    research = client.CoreV1Api(tenant_user(controlplane, SHARED_NS, tmp_path, "research-operator"))
+    token = research.create_namespaced_service_account_token(
+        TEAM_SA["platform"], SHARED_NS, {"spec": {"expirationSeconds": 600}}).status.token
+    as_platform = service_account_client(controlplane, SHARED_NS, TEAM_SA["platform"], tmp_path)
+    as_platform.configuration.api_key = {"authorization": f"Bearer {token}"}   # the token research minted
+    pod = airflow_pod("kpo_h100_count2", unique("borrowed"))
+    pod["metadata"]["namespace"] = SHARED_NS
+    made = client.CoreV1Api(as_platform).create_namespaced_pod(SHARED_NS, pod, dry_run="All")
+    assert made.metadata.labels.get("gpu.platform/tenant") != "platform", (
+        "a research operator's pod was charged to tenant platform")

@@ -132,6 +132,15 @@ def test_in_void_mode_an_added_gpu_toleration_needs_void_already_there():
     for c in voided["spec"]["containers"]:
         c["env"] = [*(c.get("env") or []), {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
     assert decide_update(voided, tolerating(voided, GPU_TOLERATION), "ml-jobs", void_policy).allowed
+    # void does not stop a privileged container or a hostPath of / on a GPU node
+    privileged = copy.deepcopy(voided)
+    privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    refused = decide_update(privileged, tolerating(privileged, GPU_TOLERATION), "ml-jobs", void_policy)
+    assert not refused.allowed and "privileged: true in a pod that can reach a GPU node" in refused.message
+    host = copy.deepcopy(voided)
+    host["spec"]["volumes"] = [{"name": "root", "hostPath": {"path": "/"}}]
+    refused = decide_update(host, tolerating(host, GPU_TOLERATION), "ml-jobs", void_policy)
+    assert not refused.allowed and "mounts hostPath '/'" in refused.message
 
 
 def test_harmless_toleration_updates_pass(policy):

@@ -13,7 +13,7 @@ tenant or out of the books. Refused on UPDATE:
 - on a pod that holds no GPU: a toleration added (the API server lets any pod gain
   tolerations) that lets it reach a GPU node, judged as the same pod would be at CREATE
   (``gpuReachingPods``: denied, or every container must already carry ``void``, which an
-  update cannot add). Without this, a Pending CPU pod with a GPU nodeSelector walks onto a
+  update cannot add, and the privilege and hostPath rules hold). Without this, a Pending CPU pod with a GPU nodeSelector walks onto a
   GPU node after one ``kubectl patch``.
 
 Everything else passes: Airflow's own later updates (KubernetesPodOperator's
@@ -30,7 +30,7 @@ from .decision import Decision, Violation
 from .mutate import MANAGED_LABEL
 from .pod import annotations, gpu_containers, labels
 from .policy import Policy
-from .rules import gpu_reach
+from .rules import gpu_reach, security_violations
 from .validate import reaching_violations
 
 __all__ = ["STAMP_PREFIX", "decide_update", "fixed_label_keys"]
@@ -74,7 +74,11 @@ def _new_reach(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy) -
         return []
     before = set(gpu_reach(old, policy))
     added = [route for route in gpu_reach(new, policy) if route not in before]
-    return reaching_violations(new, policy, added) if added else []
+    if not added:
+        return []
+    # As at CREATE: the privilege and hostPath rules of a reaching pod too (a privileged or
+    # hostPath-/ CPU pod was fine on a CPU node, and `void` does not stop either on a GPU node).
+    return security_violations(new, policy, gpu_pod=False, reaching=True) + reaching_violations(new, policy, added)
 
 
 def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:

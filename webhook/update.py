@@ -13,8 +13,8 @@ tenant or out of the books. Refused on UPDATE:
 - on a pod that holds no GPU: a toleration added (the API server lets any pod gain
   tolerations) that lets it reach a GPU node, judged as the same pod would be at CREATE
   (``gpuReachingPods``: denied, or every container must already carry ``void``, which an
-  update cannot add, and the privilege and hostPath rules hold). Without this, a Pending CPU pod with a GPU nodeSelector walks onto a
-  GPU node after one ``kubectl patch``.
+  update cannot add, and the privilege and hostPath rules hold). Without this, a Pending
+  CPU pod with a GPU nodeSelector walks onto a GPU node after one ``kubectl patch``.
 
 Everything else passes: Airflow's own later updates (KubernetesPodOperator's
 ``already_checked`` label, the executor's ``airflow-worker`` adoption label), finalizers,

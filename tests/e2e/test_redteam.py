@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import base64
+import ssl
+
+import httpx
 import jsonpatch
 import orjson
 import pytest
@@ -22,7 +26,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE, admission_review
+from conftest import POLICY_FILE, ROOT, admission_review
+from serve import WebhookServer
 from webhook.admission import mutate
 from webhook.policy import load_policy
 from webhook.review import parse_review
@@ -217,3 +222,47 @@ def test_a_team_cannot_be_charged_as_another_teams_service_account(controlplane,
     made = client.CoreV1Api(as_platform).create_namespaced_pod(SHARED_NS, pod, dry_run="All")
     assert made.metadata.labels.get("gpu.platform/tenant") != "platform", (
         "a research operator's pod was charged to tenant platform")
+
+
+# --- 5. the shipped manifests let any pod in the cluster spend a tenant's quota --------------
+def _shipped_serve_args() -> list[str]:
+    """``serve``'s arguments in manifests/base/deployment.yaml (the overlays add none)."""
+    deployment = yaml.safe_load((ROOT / "manifests" / "base" / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.xfail(strict=True, reason="hole: the shipped manifests serve without --client-ca (an opt-in component "
+                                       "no overlay uses) and open the port to 0.0.0.0/0, so any pod spends any "
+                                       "tenant's quota")
+def test_a_pod_in_the_cluster_cannot_lock_a_tenant_out_of_its_quota_as_shipped(controlplane, namespace, tmp_path):
+    """Attack: from any pod (the ``edit`` role runs pods), POST a forged AdmissionReview to the
+    webhook Service, as deployed by manifests/base (and both overlays): ``serve --track-usage``
+    without ``--client-ca``, behind a NetworkPolicy whose shipped ipBlock is ``0.0.0.0/0``. One
+    review of a 4 x H100 pod in ml-jobs reserves tenant vision's whole ``nvidia.com/gpu: 4`` for
+    the reservation grace; re-posting it every few seconds under a new name keeps vision's real
+    pods denied indefinitely (docs/security.md lists this as "what this does not cover", but the
+    shipped manifests are exactly that case; issue 13 asked that only the API server spend quota).
+
+    Not fixed: shipping ``--client-ca`` by default breaks managed control planes that cannot
+    present a client certificate. At least the overlays (or an install check) should make the
+    choice explicit, and the NetworkPolicy should not ship open to the world.
+    """
+    args = [a.replace("--ledger-namespace=gpu-webhook-ledger", f"--ledger-namespace={namespace}")
+            for a in _shipped_serve_args() if a.startswith("--") and not a.startswith(("--policy", "--tls", "--port"))]
+    assert not any(a.startswith("--client-ca") for a in args)
+    with WebhookServer(tmp_path / "serve", extra_args=(*args, "--kubeconfig", str(controlplane.kubeconfig))) as server:
+        pod = airflow_pod("kpo_h100_count2", unique("forged"))
+        pod["metadata"]["labels"]["gpu.platform/count"] = "4"
+        final = jsonpatch.apply_patch(pod, orjson.loads(base64.b64decode(server.review("mutate", pod, NAMESPACE)["patch"])))
+        final["metadata"]["uid"] = str(uuid.uuid4())     # a well-formed uid: no pod has it
+        body = admission_review(final, NAMESPACE)
+        with httpx.Client(base_url=server.url, timeout=10,   # no client certificate: any pod
+                          verify=ssl.create_default_context(cafile=server.certs / "ca.crt")) as anonymous:
+            forged = anonymous.post("/validate", content=orjson.dumps(body), headers={"Content-Type": "application/json"})
+        one = airflow_pod("kpo_h100_count2", unique("real"))
+        one["metadata"]["labels"]["gpu.platform/count"] = "1"
+        one["metadata"]["uid"] = str(uuid.uuid4())
+        _, real = server.chain(one, NAMESPACE)    # as the API server would send it
+    assert forged.status_code == 401 or not forged.json()["response"]["allowed"], (
+        f"a forged review reserved quota; vision's real 1-GPU pod then got: {real}")
+    assert real is not None and real["allowed"], f"tenant vision's real pod was refused: {real}"

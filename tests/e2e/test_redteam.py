@@ -266,3 +266,23 @@ def test_a_pod_in_the_cluster_cannot_lock_a_tenant_out_of_its_quota_as_shipped(c
     assert forged.status_code == 401 or not forged.json()["response"]["allowed"], (
         f"a forged review reserved quota; vision's real 1-GPU pod then got: {real}")
     assert real is not None and real["allowed"], f"tenant vision's real pod was refused: {real}"
+
+
+# --- held: attempts that are refused (cheap to keep) -----------------------------------------
+def test_server_side_apply_with_force_cannot_move_a_managed_pods_charge(tenant, webhook):
+    """Held: ``kubectl apply --server-side --force-conflicts`` taking over the tenant stamp (or the
+    count label) is an UPDATE of ``pods`` like any patch, and is refused."""
+    name = unique("ssa")
+    pod = airflow_pod("kpo_h100_count2", name, complete_after=None)
+    pod["metadata"]["namespace"] = NAMESPACE
+    tenant.create_namespaced_pod(NAMESPACE, pod)
+    try:
+        for label, value in (("gpu.platform/tenant", "forecasting"), ("gpu.platform/count", "1")):
+            body = {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": NAMESPACE, "labels": {label: value}}}
+            with pytest.raises(ApiException) as caught:
+                tenant.patch_namespaced_pod(name, NAMESPACE, body, field_manager="hostile", force=True,
+                                            _content_type="application/apply-patch+yaml")
+            assert caught.value.status == 403 and f"changes label {label}" in message_of(caught.value)
+    finally:
+        webhook.core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)

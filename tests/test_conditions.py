@@ -80,6 +80,20 @@ def test_updates_of_pods(description, old, new, sent, policy):
     assert not sends(mutating_expression(policy), after, "UPDATE", old=before)
 
 
+def test_an_update_that_adds_a_toleration_is_validated(policy):
+    """Red team: tolerations are the one reach a pod update can add (tests/test_update.py)."""
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    for before in ([], [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}]):
+        old, new = copy.deepcopy(pod), copy.deepcopy(pod)
+        old["spec"]["tolerations"] = before
+        new["spec"]["tolerations"] = [*before, {"key": "nvidia.com/gpu", "operator": "Exists"}]
+        assert sends(validating_expression(policy), new, "UPDATE", old=old)
+        assert not sends(validating_expression(policy), old, "UPDATE", old=old)
+    bare = copy.deepcopy(pod)
+    bare["spec"].pop("tolerations", None)
+    assert sends(validating_expression(policy), new, "UPDATE", old=bare)
+
+
 def test_every_ephemeral_containers_update_is_validated(policy):
     pod = airflow_fixture("kpo_cpu_plain")["pod"]
     pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox"}]

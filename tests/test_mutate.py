@@ -172,6 +172,22 @@ def test_fields_the_api_server_defaults_on_the_validator_do_not_count_as_a_chang
     assert decide_mutation(pod, "ml-jobs", policy).patch != ()
 
 
+def test_a_look_alike_validator_with_extra_gpus_or_a_restart_policy_is_replaced(policy):
+    """Red team (tests/e2e/test_redteam.py): a pod that brings its own copy of the validator,
+    made a sidecar (``restartPolicy: Always``) or given another GPU resource, was kept as it is:
+    the validator then held GPUs for the pod's whole life, outside the stray-GPU rule."""
+    clean, _ = mutated("kpo_h100_count2", policy)
+    for change in (lambda v: v.__setitem__("restartPolicy", "Always"),
+                   lambda v: v["resources"]["limits"].__setitem__("nvidia.com/mig-3g.40gb", "2"),
+                   lambda v: v["resources"]["requests"].__setitem__("nvidia.com/gpu.shared", "1")):
+        pod = copy.deepcopy(clean)
+        change(pod["spec"]["initContainers"][0])
+        decision = decide_mutation(pod, "ml-jobs", policy)
+        assert [op["op"] for op in decision.patch] == ["replace"], decision.patch
+        fixed = jsonpatch.apply_patch(pod, list(decision.patch))
+        assert fixed["spec"]["initContainers"] == clean["spec"]["initContainers"]
+
+
 # --- properties: patches always apply, mutation is idempotent, untouched pods get no patch ---
 
 _PROFILES = ["a100-80gb", "h100-80gb", "a100-mig-1g.10gb", "a100-mig-2g.20gb", "a100-mig-3g.40gb"]

@@ -103,11 +103,19 @@ def _create(policy: Policy) -> str:
     return " ||\n  ".join(parts)
 
 
+#: An UPDATE that adds tolerations (existing ones cannot be changed, only added to): it may let a
+#: pod that holds no GPU reach a GPU node (webhook/update.py). Rare, so sent whatever the key.
+_TOLERATION_ADDED = ("(has(object.spec.tolerations) && (!has(oldObject.spec.tolerations) || "
+                     "object.spec.tolerations.size() > oldObject.spec.tolerations.size()))")
+
+
 def validating_expression(policy: Policy) -> str:
     """Every ephemeral containers update; an UPDATE of a pod whose old or new labels carry a
-    ``gpu.platform/`` key (the accounting stamps cannot be changed); a CREATE :func:`_create` sends."""
+    ``gpu.platform/`` key (the accounting stamps cannot be changed) or that adds a toleration;
+    a CREATE :func:`_create` sends."""
     return (f"{_EPHEMERAL} ||\n"
-            f"(request.operation == 'UPDATE' && ({_has_stamp('object')} || {_has_stamp('oldObject')})) ||\n"
+            f"(request.operation == 'UPDATE' && ({_has_stamp('object')} || {_has_stamp('oldObject')} ||\n"
+            f"  {_TOLERATION_ADDED})) ||\n"
             f"(request.operation == 'CREATE' && (\n  {_create(policy)}))")
 
 

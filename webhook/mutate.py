@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from .decision import UNKNOWN, Decision, Violation
 from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import container_gpu_resources, gpu_containers, gpu_quantity, labels, metadata, safe_label_value, spec
-from .policy import Policy
+from .pod import (as_dict, container_gpu_resources, gpu_containers, gpu_quantity, labels, metadata, safe_label_value,
+                  spec)
+from .policy import GPU_RESOURCE_PREFIX, Policy
 from .rules import VISIBLE_DEVICES, VOID, every_container, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
 
@@ -161,6 +162,22 @@ def _contains(actual: Any, desired: Any) -> bool:
     return False
 
 
+def _is_validator(actual: Any, desired: dict[str, Any]) -> bool:
+    """``actual`` is the desired validator: every field of it (:func:`_contains`: the API server's
+    defaults and other webhooks' env entries are extra), but no GPU resource beyond the desired
+    ones and no ``restartPolicy``. A pod may come with a look-alike validator first: extra GPUs
+    on it would escape the stray-GPU rule, and ``restartPolicy: Always`` would make it a sidecar
+    holding its GPUs for the pod's whole life."""
+    if not isinstance(actual, dict) or not _contains(actual, desired) or actual.get("restartPolicy") is not None:
+        return False
+    resources, wanted = as_dict(actual.get("resources")), desired["resources"]
+
+    def gpus(section: Mapping[str, Any]) -> set[str]:
+        return {n for n in section if isinstance(n, str) and n.startswith(GPU_RESOURCE_PREFIX)}
+
+    return all(gpus(as_dict(resources.get(s))) == gpus(wanted[s]) for s in ("limits", "requests"))
+
+
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
     """Exactly one validator, first; user init containers keep their order after it.
 
@@ -175,7 +192,8 @@ def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list
     first = ours[:1] == [0]
     ops = [remove(pointer("spec", "initContainers", i)) for i in reversed(ours) if i != 0 or not first]
     if first:
-        return ops + ([] if _contains(current[0], desired) else [replace_at(pointer("spec", "initContainers", 0), desired)])
+        stale = not _is_validator(current[0], desired)
+        return ops + ([replace_at(pointer("spec", "initContainers", 0), desired)] if stale else [])
     return ops + [insert_at(pointer("spec", "initContainers", 0), desired)]
 
 

@@ -9,7 +9,12 @@ tenant or out of the books. Refused on UPDATE:
   (stamps added later would make a CPU pod look managed; stamps removed would hide a GPU pod);
 - on a managed pod (the old pod carries ``gpu.platform/managed=true``) also: the ``dag_id``
   label and annotation, the policy's profile and count label keys, and every label key a
-  tenant's ``podLabels`` match reads: the facts its tenant, profile and count came from.
+  tenant's ``podLabels`` match reads: the facts its tenant, profile and count came from;
+- on a pod that holds no GPU: a toleration added (the API server lets any pod gain
+  tolerations) that lets it reach a GPU node, judged as the same pod would be at CREATE
+  (``gpuReachingPods``: denied, or every container must already carry ``void``, which an
+  update cannot add, and the privilege and hostPath rules hold). Without this, a Pending
+  CPU pod with a GPU nodeSelector walks onto a GPU node after one ``kubectl patch``.
 
 Everything else passes: Airflow's own later updates (KubernetesPodOperator's
 ``already_checked`` label, the executor's ``airflow-worker`` adoption label), finalizers,
@@ -23,8 +28,10 @@ from typing import Any
 
 from .decision import Decision, Violation
 from .mutate import MANAGED_LABEL
-from .pod import annotations, labels
+from .pod import annotations, gpu_containers, labels
 from .policy import Policy
+from .rules import gpu_reach, security_violations
+from .validate import reaching_violations
 
 __all__ = ["STAMP_PREFIX", "decide_update", "fixed_label_keys"]
 
@@ -60,6 +67,20 @@ def _changes(kind: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: It
     return found
 
 
+def _new_reach(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy) -> list[Violation]:
+    """A pod holding no GPU that this update lets reach a GPU node (tolerations are the only
+    reach the API server lets an update add: ``nodeName`` and ``runtimeClassName`` are fixed)."""
+    if labels(old).get(MANAGED_LABEL) == "true" or gpu_containers(new):
+        return []
+    before = set(gpu_reach(old, policy))
+    added = [route for route in gpu_reach(new, policy) if route not in before]
+    if not added:
+        return []
+    # As at CREATE: the privilege and hostPath rules of a reaching pod too (a privileged or
+    # hostPath-/ CPU pod was fine on a CPU node, and `void` does not stop either on a GPU node).
+    return security_violations(new, policy, gpu_pod=False, reaching=True) + reaching_violations(new, policy, added)
+
+
 def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
     """Allow an UPDATE of a pod unless it changes a fact its GPU accounting rests on.
 
@@ -73,6 +94,7 @@ def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], namespace: str
     if old_labels.get(MANAGED_LABEL) == "true":
         problems += _changes("label", old_labels, new_labels, iter(fixed_label_keys(policy)))
         problems += _changes("annotation", annotations(old), annotations(new), iter((_DAG_ID,)))
+    problems += _new_reach(old, new, policy)
     if problems:
         return Decision.deny(problems)
     return Decision.allow("update")

@@ -26,7 +26,7 @@ from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 if TYPE_CHECKING:
     from .review import UserInfo
 
-__all__ = ["decide_ephemeral_validation", "decide_validation"]
+__all__ = ["decide_ephemeral_validation", "decide_validation", "reaching_violations"]
 
 
 def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
@@ -41,9 +41,10 @@ def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
     ]
 
 
-def _reaching(pod: Mapping[str, Any], policy: Policy, routes: list[str],
-              fields: tuple[str, ...] | None = None) -> list[Violation]:
-    """A pod without a GPU that can reach a GPU node: denied, or every container ``void``."""
+def reaching_violations(pod: Mapping[str, Any], policy: Policy, routes: list[str],
+                        fields: tuple[str, ...] | None = None) -> list[Violation]:
+    """A pod without a GPU that can reach a GPU node: denied, or every container ``void``
+    (also used for an UPDATE that adds a toleration, webhook/update.py)."""
     if policy.spec.gpuReachingPods == "deny" and fields is None:
         return [Violation("gpu-reaching-pod",
                           f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "
@@ -131,7 +132,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
             problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
         problems += _forged_stamps(pod)
         if routes:
-            problems += _reaching(pod, policy, routes)
+            problems += reaching_violations(pod, policy, routes)
         return Decision.deny(problems) if problems else Decision.allow(scope.value)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
@@ -163,5 +164,5 @@ def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decis
     if scope is Scope.MANAGED or gpu_pod:
         problems += _unvoided(pod, None, ("ephemeralContainers",), "holds a GPU")
     elif routes:
-        problems += _reaching(pod, policy, routes, ("ephemeralContainers",))
+        problems += reaching_violations(pod, policy, routes, ("ephemeralContainers",))
     return Decision.deny(problems) if problems else Decision.allow("ephemeral-admitted")

@@ -147,3 +147,18 @@ def test_policy_conditions_prints_the_shipped_webhook_configurations():
     done = gpu_webhook("policy", "conditions", str(POLICY_FILE))
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode() == (POLICY_FILE.parent / "base" / "webhook-configurations.yaml").read_text()
+
+
+@pytest.mark.parametrize("args, warned", [
+    pytest.param(["--track-usage"], True, id="quota tracked and no client certificate required: warned"),
+    pytest.param(["--track-usage", "--client-ca", "ca.crt"], False, id="quota tracked behind --client-ca: quiet"),
+    pytest.param([], False, id="no quota tracking (nothing to reserve): quiet"),
+])
+def test_serve_warns_when_anyone_who_reaches_its_port_could_reserve_quota(args, warned):
+    from webhook.cli import _parser, exposure_warning
+
+    parsed = _parser().parse_args(["serve", "--policy", "p", "--tls-cert", "c", "--tls-key", "k", *args])
+    warning = exposure_warning(parsed)
+    assert (warning is not None) == warned
+    if warned:
+        assert "--client-ca" in warning and "manifests/components/client-ca" in warning

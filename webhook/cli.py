@@ -22,7 +22,7 @@ from .cluster import DEFAULT_LEDGER_NAMESPACE
 from .ledger import DEFAULT_GRACE
 from .policy import PolicyError, load_policy, policy_schema
 
-__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "main"]
+__all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
 
 USAGE_ERROR = 2
 #: How long ``serve`` waits on SIGTERM for open connections before closing them: longer than the
@@ -41,6 +41,20 @@ def _policy(path: str):
         return load_policy(path)
     except PolicyError as err:
         _fail(f"invalid policy:\n{err}")
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """Why this ``serve`` can be made to spend quota by a forged review, or None.
+
+    With ``--track-usage`` an admitted review writes a reservation to the ledger; without
+    ``--client-ca`` any client that reaches the port can send one (a forged review of a big pod
+    holds its tenant's quota until the reservation's grace runs out, and can be sent again).
+    """
+    if not args.track_usage or args.client_ca:
+        return None
+    return ("quota reservations can be spent by any client that reaches this port: serve with --client-ca "
+            "(the API server's client CA: manifests/components/client-ca) or narrow the NetworkPolicy to the API "
+            "server's addresses (docs/security.md)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -62,6 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
         "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts %s",
         policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
+    if warning := exposure_warning(args):
+        logging.getLogger("gpu_webhook").warning(warning)
     runtime = Runtime(policy=policy, client_certificate_required=bool(args.client_ca))
     apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_grace) \
         if args.track_usage else (lambda new: setattr(runtime, "policy", new))

@@ -238,7 +238,7 @@ def test_a_pod_in_the_cluster_cannot_lock_a_tenant_out_of_its_quota_as_shipped(c
     """Attack: from any pod (the ``edit`` role runs pods), POST a forged AdmissionReview to the
     webhook Service, as deployed by manifests/base (and both overlays): ``serve --track-usage``
     without ``--client-ca``, behind a NetworkPolicy whose shipped ipBlock is ``0.0.0.0/0``. One
-    review of a 4 x H100 pod in ml-jobs reserves tenant vision's whole ``nvidia.com/gpu: 4`` for
+    review of a 4 x H100 pod reserves its tenant's whole ``nvidia.com/gpu: 4`` for
     the reservation grace; re-posting it every few seconds under a new name keeps vision's real
     pods denied indefinitely (docs/security.md lists this as "what this does not cover", but the
     shipped manifests are exactly that case; issue 13 asked that only the API server spend quota).
@@ -250,22 +250,29 @@ def test_a_pod_in_the_cluster_cannot_lock_a_tenant_out_of_its_quota_as_shipped(c
     args = [a.replace("--ledger-namespace=gpu-webhook-ledger", f"--ledger-namespace={namespace}")
             for a in _shipped_serve_args() if a.startswith("--") and not a.startswith(("--policy", "--tls", "--port"))]
     assert not any(a.startswith("--client-ca") for a in args)
-    with WebhookServer(tmp_path / "serve", extra_args=(*args, "--kubeconfig", str(controlplane.kubeconfig))) as server:
+    # The reference policy plus, first, a tenant of this test's own namespace with 4 GPUs: pods
+    # other modules leave running in ml-jobs must not decide whether the forged review fits.
+    policy = yaml.safe_load(POLICY_FILE.read_text())
+    policy["spec"]["tenants"] = {"victim": {"match": [{"namespace": namespace}], "quota": {"nvidia.com/gpu": 4}},
+                                 **policy["spec"]["tenants"]}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    with WebhookServer(tmp_path / "serve", tmp_path / "policy.yaml",
+                       extra_args=(*args, "--kubeconfig", str(controlplane.kubeconfig))) as server:
         pod = airflow_pod("kpo_h100_count2", unique("forged"))
         pod["metadata"]["labels"]["gpu.platform/count"] = "4"
-        final = jsonpatch.apply_patch(pod, orjson.loads(base64.b64decode(server.review("mutate", pod, NAMESPACE)["patch"])))
+        final = jsonpatch.apply_patch(pod, orjson.loads(base64.b64decode(server.review("mutate", pod, namespace)["patch"])))
         final["metadata"]["uid"] = str(uuid.uuid4())     # a well-formed uid: no pod has it
-        body = admission_review(final, NAMESPACE)
+        body = admission_review(final, namespace)
         with httpx.Client(base_url=server.url, timeout=10,   # no client certificate: any pod
                           verify=ssl.create_default_context(cafile=server.certs / "ca.crt")) as anonymous:
             forged = anonymous.post("/validate", content=orjson.dumps(body), headers={"Content-Type": "application/json"})
         one = airflow_pod("kpo_h100_count2", unique("real"))
         one["metadata"]["labels"]["gpu.platform/count"] = "1"
         one["metadata"]["uid"] = str(uuid.uuid4())
-        _, real = server.chain(one, NAMESPACE)    # as the API server would send it
+        _, real = server.chain(one, namespace)    # as the API server would send it
     assert forged.status_code == 401 or not forged.json()["response"]["allowed"], (
         f"a forged review reserved quota; vision's real 1-GPU pod then got: {real}")
-    assert real is not None and real["allowed"], f"tenant vision's real pod was refused: {real}"
+    assert real is not None and real["allowed"], f"the tenant's real pod was refused: {real}"
 
 
 # --- held: attempts that are refused (cheap to keep) -----------------------------------------

@@ -86,3 +86,13 @@ def test_label_values_are_always_valid_and_distinct_inputs_stay_distinct(value):
         assert safe == value
     else:
         assert safe != safe_label_value(value + "x")
+
+
+def test_only_short_quantity_strings_are_cached_so_a_hostile_pod_cannot_fill_the_cache():
+    from webhook.pod import _count_text
+
+    _count_text.cache_clear()
+    assert gpu_quantity("2") == 2 and gpu_quantity("2") == 2
+    assert gpu_quantity("9" * 10_000) is None and gpu_quantity("1" * 10) is None
+    info = _count_text.cache_info()
+    assert (info.hits, info.currsize) == (1, 1), info

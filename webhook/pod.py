@@ -104,13 +104,21 @@ def gpu_quantity(value: Any) -> Decimal | None:
     would accept some of them, but none is what a DAG author means by a number of GPUs, and
     a quantity parser meeting ``NaN`` raises. No parser here, so nothing can raise.
     """
+    if isinstance(value, str):
+        return _count_text(value) if len(value) <= MAX_QUANTITY_DIGITS else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return Decimal(value) if 0 <= value < 10 ** MAX_QUANTITY_DIGITS else None
-    if isinstance(value, str) and _CANONICAL_COUNT.fullmatch(value):
-        return Decimal(value)
     return None
+
+
+@lru_cache(maxsize=1024)
+def _count_text(text: str) -> Decimal | None:
+    """Cached: the same few strings ("1", "2") recur on every GPU pod, about ten times per
+    validation (benchmarks/core.py); only strings of at most nine characters get here, so the
+    cache holds at most 1024 short strings. Decimals are immutable, so sharing is safe."""
+    return Decimal(text) if _CANONICAL_COUNT.fullmatch(text) else None
 
 
 #: Nine digits: far more devices than any node has, and a bound on what is ever parsed.

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 from .decision import UNKNOWN, Decision, Violation
 from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import (as_dict, container_gpu_resources, gpu_containers, gpu_quantity, labels, metadata, safe_label_value,
-                  spec)
+from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
+                  labels, metadata, safe_label_value, spec)
 from .policy import GPU_RESOURCE_PREFIX, Policy
-from .rules import VISIBLE_DEVICES, VOID, every_container, gpu_reach, is_void, security_violations
+from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def void_ops(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...]
     ``target`` is None), only in ``fields`` when given. Computed on the pod's own indexes:
     the patch applies them before the validator is inserted."""
     ops = []
-    for field, index, container in every_container(pod):
+    for field, index, container in all_containers(pod, CONTAINER_FIELDS):
         if (fields is not None and field not in fields) or not needs_void(field, container, target):
             continue
         env = container.get("env")

@@ -20,6 +20,7 @@ from .policy import GPU_RESOURCE_PREFIX
 
 __all__ = [
     "AIRFLOW_ORIGIN_LABELS",
+    "CONTAINER_FIELDS",
     "Container",
     "GpuContainer",
     "airflow_dag_id",
@@ -38,8 +39,13 @@ __all__ = [
 #: Labels Airflow puts on the pods it builds: KubernetesPodOperator and KubernetesExecutor.
 AIRFLOW_ORIGIN_LABELS = (("kubernetes_pod_operator", "True"), ("kubernetes_executor", "True"))
 
-#: (field, index, container) where field is ``containers`` or ``initContainers``.
+#: (field, index, container) where field is one of :data:`CONTAINER_FIELDS`.
 Container = tuple[str, int, Mapping[str, Any]]
+#: Where containers live in a pod spec, in the order they run; ephemeral containers come later,
+#: with a ``pods/ephemeralcontainers`` update.
+CONTAINER_FIELDS = ("initContainers", "containers", "ephemeralContainers")
+#: The containers of a pod as created: what runs, what asks for resources.
+POD_CONTAINER_FIELDS = CONTAINER_FIELDS[:2]
 #: (field, container, its raw ``nvidia.com/*`` quantities) for containers that ask for a GPU.
 GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
 
@@ -86,10 +92,11 @@ def airflow_dag_id(pod: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
-def all_containers(pod: Mapping[str, Any]) -> Iterator[Container]:
-    """Every container of the pod with where it lives: init containers first, as they run."""
+def all_containers(pod: Mapping[str, Any], fields: tuple[str, ...] = POD_CONTAINER_FIELDS) -> Iterator[Container]:
+    """Every container of the pod in ``fields`` with where it lives: init containers first, as
+    they run (pass :data:`CONTAINER_FIELDS` to include ephemeral containers)."""
     pod_spec = spec(pod)
-    for field in ("initContainers", "containers"):
+    for field in fields:
         for index, container in enumerate(as_list(pod_spec.get(field))):
             if isinstance(container, dict):
                 yield field, index, container

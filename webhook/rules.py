@@ -22,23 +22,22 @@ explicitly (an explicit ``env`` entry wins over ``envFrom``) and privilege is de
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .decision import Violation
-from .pod import Container, as_dict, as_list, spec
+from .pod import CONTAINER_FIELDS, Container, all_containers, as_dict, as_list, spec
 from .policy import Policy
 
 __all__ = [
-    "CONTAINER_FIELDS",
     "DEVICE_REQUEST_ROOTS",
     "GPU_POD_FORBIDDEN_ENV",
     "PRIVILEGED_CAPABILITIES",
     "TOOLKIT_ENV",
     "VISIBLE_DEVICES",
     "VOID",
-    "every_container",
     "gpu_reach",
+    "is_void",
     "security_violations",
 ]
 
@@ -69,6 +68,7 @@ _GPU_POD_ENV_RISK = {
     "LD_PRELOAD": "can replace the CUDA and container-toolkit libraries the GPU isolation relies on",
 }
 GPU_POD_FORBIDDEN_ENV = tuple(_GPU_POD_ENV_RISK)
+_GPU_POD_RISKS = {**_TOOLKIT_ENV_RISK, **_GPU_POD_ENV_RISK}
 
 #: cuda_image.go ``DeviceListAsVolumeMountsRoot``: with ``accept-nvidia-visible-devices-as-volume-mounts``
 #: a mount whose destination starts with it (a string prefix, ``filepath.Clean``-ed) is a device
@@ -80,19 +80,6 @@ DEVICE_REQUEST_ROOTS = ("/var/run/nvidia-container-devices", "/run/nvidia-contai
 #: without the prefix, the runtimes add ``CAP_`` (and ``ALL`` grants every one).
 PRIVILEGED_CAPABILITIES = ("SYS_ADMIN", "ALL")
 
-#: Where containers live in a pod spec; ephemeral containers come with pods/ephemeralcontainers.
-CONTAINER_FIELDS = ("initContainers", "containers", "ephemeralContainers")
-
-
-def every_container(pod: Mapping[str, Any]) -> Iterator[Container]:
-    """Every container, ephemeral ones included, with the field and index it lives at."""
-    pod_spec = spec(pod)
-    for field in CONTAINER_FIELDS:
-        for index, container in enumerate(as_list(pod_spec.get(field))):
-            if isinstance(container, dict):
-                yield field, index, container
-
-
 def _clean(path: str) -> str:
     """``filepath.Clean`` of an absolute path (a leading ``//`` folded too)."""
     return posixpath.normpath("/" + path.lstrip("/"))
@@ -103,10 +90,10 @@ def _where(field: str, container: Mapping[str, Any]) -> str:
     return f"{kind} {container.get('name')!r}"
 
 
-def _env_violations(pod: Mapping[str, Any], gpu_pod: bool) -> list[Violation]:
-    risks = {**_TOOLKIT_ENV_RISK, **(_GPU_POD_ENV_RISK if gpu_pod else {})}
+def _env_violations(containers: list[Container], gpu_pod: bool) -> list[Violation]:
+    risks = _GPU_POD_RISKS if gpu_pod else _TOOLKIT_ENV_RISK
     found = []
-    for field, _, container in every_container(pod):
+    for field, _, container in containers:
         for env in as_list(container.get("env")):
             name = as_dict(env).get("name")
             if name not in risks or (name == VISIBLE_DEVICES and is_void(env)):
@@ -126,9 +113,9 @@ def is_void(env: Any) -> bool:
             and "valueFrom" not in env)
 
 
-def _mount_violations(pod: Mapping[str, Any]) -> list[Violation]:
+def _mount_violations(containers: list[Container]) -> list[Violation]:
     found = []
-    for field, _, container in every_container(pod):
+    for field, _, container in containers:
         for mount in as_list(container.get("volumeMounts")):
             path = as_dict(mount).get("mountPath")
             if isinstance(path, str) and _clean(path).startswith(DEVICE_REQUEST_ROOTS):
@@ -140,13 +127,13 @@ def _mount_violations(pod: Mapping[str, Any]) -> list[Violation]:
     return found
 
 
-def _privilege_violations(pod: Mapping[str, Any], why: str) -> list[Violation]:
+def _privilege_violations(pod: Mapping[str, Any], containers: list[Container], why: str) -> list[Violation]:
     found = []
     for key in ("hostPID", "hostIPC"):
         if spec(pod).get(key) is True:
             found.append(Violation("host-namespace", f"the pod sets spec.{key}: true in {why}, which lets it reach "
                                                      f"other containers' GPUs; remove spec.{key}"))
-    for field, _, container in every_container(pod):
+    for field, _, container in containers:
         context = as_dict(container.get("securityContext"))
         if context.get("privileged") is True:
             found.append(Violation("privileged-gpu-pod",
@@ -180,14 +167,14 @@ def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], wh
     return found
 
 
-def _claim_violations(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
+def _claim_violations(pod: Mapping[str, Any], containers: list[Container], policy: Policy) -> list[Violation]:
     if policy.spec.resourceClaims == "allow":
         return []
     found = [Violation("resource-claims", "the pod sets spec.resourceClaims (Dynamic Resource Allocation), which "
                                           "would get devices outside GPU profiles and quota; remove them (GPUs "
                                           "come from the GPU profile label; DRA-backed profiles are planned)")
              ] if as_list(spec(pod).get("resourceClaims")) else []
-    for field, _, container in every_container(pod):
+    for field, _, container in containers:
         if as_list(as_dict(container.get("resources")).get("claims")):
             found.append(Violation("resource-claims",
                                    f"{_where(field, container)} sets resources.claims (Dynamic Resource Allocation); "
@@ -237,8 +224,11 @@ def security_violations(pod: Mapping[str, Any], policy: Policy, gpu_pod: bool,
                         reaching: bool = False) -> list[Violation]:
     """Every security rule the pod breaks; ``gpu_pod`` when it holds or asks for a GPU,
     ``reaching`` when it holds none but can reach a GPU node (:func:`gpu_reach`)."""
-    found = _env_violations(pod, gpu_pod) + _mount_violations(pod) + _claim_violations(pod, policy)
+    containers = list(all_containers(pod, CONTAINER_FIELDS))   # walked once for every rule
+    found = _env_violations(containers, gpu_pod) + _mount_violations(containers) + _claim_violations(
+        pod, containers, policy)
     if gpu_pod or reaching:
         why = "a GPU pod" if gpu_pod else "a pod that can reach a GPU node"
-        found += _privilege_violations(pod, why) + _host_path_violations(pod, policy.spec.hostPathAllowlist, why)
+        found += (_privilege_violations(pod, containers, why)
+                  + _host_path_violations(pod, policy.spec.hostPathAllowlist, why))
     return found

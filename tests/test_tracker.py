@@ -268,3 +268,20 @@ def test_a_restart_drops_a_stalled_stream_and_lists_again(policy):
     finally:
         shut.set()
         watch.stop()
+
+
+def test_a_reload_while_a_list_is_read_weighs_the_listed_pods_by_the_new_policy(policy):
+    """The list is reduced to records outside the lock (pages stream in); a reload landing in
+    between must not leave pods weighted by the old policy for their whole life."""
+    profiles = {name: p.model_dump(mode="json", exclude_none=True) for name, p in policy.spec.profiles.items()}
+    profiles["a100-mig-1g.10gb"]["gpuEquivalent"] = 0.5
+    heavier = policy_with(profiles=profiles)
+    book = UsageBook(policy)
+
+    def pages():
+        yield managed("kpo_mig_1g_xcom", policy, "a")
+        book.set_policy(heavier)   # the reload thread, mid-list
+        yield managed("kpo_mig_1g_xcom", policy, "b")
+
+    book.replace_all(pages())
+    assert book.usage()["vision"]["gpuEquivalent"] == D("1.0")   # 2 slices x 0.5, not 0.125 + 0.5

@@ -102,9 +102,9 @@ class UsageBook:
         uid = metadata(pod).get("uid")
         if not isinstance(uid, str) or not uid:
             return
-        record = None if event == "DELETED" else pod_record(pod, self._policy)
         stamped = _stamped(pod)
-        with self._lock:
+        with self._lock:   # the record under the policy in force: a reload may be under way
+            record = None if event == "DELETED" else pod_record(pod, self._policy)
             self._forget(uid)
             if stamped:
                 self._seen.setdefault(uid, resource_version(pod))
@@ -118,16 +118,19 @@ class UsageBook:
         each pod is reduced to its record as it comes, so the list is never held whole."""
         records: dict[str, PodRecord] = {}
         seen: dict[str, int] = {}
+        policy = self._policy
         for pod in pods:
             uid = metadata(pod).get("uid")
             if not isinstance(uid, str) or not uid:
                 continue
             if _stamped(pod):
                 seen[uid] = resource_version(pod)
-            record = pod_record(pod, self._policy)
+            record = pod_record(pod, policy)
             if record is not None:
                 records[uid] = record
         with self._lock:
+            if self._policy is not policy:   # reloaded while the list was read: weigh as set_policy does
+                records = {uid: reweigh(record, self._policy) for uid, record in records.items()}
             for uid in set(self._seen) - set(seen):
                 self._remember_gone(uid)
             self._seen = {**{u: v for u, v in self._seen.items() if u in self._gone}, **seen}

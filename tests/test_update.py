@@ -64,7 +64,7 @@ REFUSED = [
 @pytest.mark.parametrize("description, make, labels, notes, words", REFUSED, ids=[r[0] for r in REFUSED])
 def test_an_accounting_fact_cannot_change(description, make, labels, notes, words, policy):
     old = make()
-    decision = decide_update(old, relabelled(old, labels, notes), "ml-jobs", policy)
+    decision = decide_update(old, relabelled(old, labels, notes), policy)
     assert not decision.allowed and decision.reason == "accounting-fixed"
     assert words in decision.message
     assert "relaunch the task" in decision.message
@@ -83,12 +83,12 @@ ALLOWED = [
 @pytest.mark.parametrize("description, make, labels, notes", ALLOWED, ids=[a[0] for a in ALLOWED])
 def test_other_updates_pass(description, make, labels, notes, policy):
     old = make()
-    assert decide_update(old, relabelled(old, labels, notes), "ml-jobs", policy).allowed
+    assert decide_update(old, relabelled(old, labels, notes), policy).allowed
 
 
 def test_every_change_is_named_in_one_denial(policy):
     old = managed_pod()
-    decision = decide_update(old, relabelled(old, {"gpu.platform/managed": None, "team": "x"}), "ml-jobs", policy)
+    decision = decide_update(old, relabelled(old, {"gpu.platform/managed": None, "team": "x"}), policy)
     assert [v.message.split(" (")[0] for v in decision.violations] == [
         "this update removes label gpu.platform/managed", "this update changes label team"]
 
@@ -103,7 +103,7 @@ def test_a_label_map_that_is_not_a_mapping_reads_as_empty(policy):
     old = managed_pod()
     new = copy.deepcopy(old)
     new["metadata"]["labels"] = ["not", "a", "map"]
-    assert "removes label gpu.platform/managed" in decide_update(old, new, "ml-jobs", policy).message
+    assert "removes label gpu.platform/managed" in decide_update(old, new, policy).message
 
 
 # --- red team: a toleration added by UPDATE must not take a pod holding no GPU onto a GPU node ---
@@ -117,37 +117,37 @@ def tolerating(pod: dict[str, Any], *tolerations: dict[str, Any]) -> dict[str, A
 
 
 def test_a_toleration_added_to_a_cpu_pod_that_lets_it_reach_a_gpu_node_is_refused(policy):
-    decision = decide_update(cpu_pod(), tolerating(cpu_pod(), GPU_TOLERATION), "ml-jobs", policy)
+    decision = decide_update(cpu_pod(), tolerating(cpu_pod(), GPU_TOLERATION), policy)
     assert not decision.allowed
     assert "can reach a GPU node through toleration {key: nvidia.com/gpu" in decision.message
-    keyless = decide_update(cpu_pod(), tolerating(cpu_pod(), {"operator": "Exists"}), "ml-jobs", policy)
+    keyless = decide_update(cpu_pod(), tolerating(cpu_pod(), {"operator": "Exists"}), policy)
     assert not keyless.allowed
 
 
 def test_in_void_mode_an_added_gpu_toleration_needs_void_already_there():
     void_policy = policy_with(gpuReachingPods="void")
-    refused = decide_update(cpu_pod(), tolerating(cpu_pod(), GPU_TOLERATION), "ml-jobs", void_policy)
+    refused = decide_update(cpu_pod(), tolerating(cpu_pod(), GPU_TOLERATION), void_policy)
     assert not refused.allowed and "must carry env NVIDIA_VISIBLE_DEVICES=void" in refused.message
     voided = cpu_pod()
     for c in voided["spec"]["containers"]:
         c["env"] = [*(c.get("env") or []), {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
-    assert decide_update(voided, tolerating(voided, GPU_TOLERATION), "ml-jobs", void_policy).allowed
+    assert decide_update(voided, tolerating(voided, GPU_TOLERATION), void_policy).allowed
     # void does not stop a privileged container or a hostPath of / on a GPU node
     privileged = copy.deepcopy(voided)
     privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
-    refused = decide_update(privileged, tolerating(privileged, GPU_TOLERATION), "ml-jobs", void_policy)
+    refused = decide_update(privileged, tolerating(privileged, GPU_TOLERATION), void_policy)
     assert not refused.allowed and "privileged: true in a pod that can reach a GPU node" in refused.message
     host = copy.deepcopy(voided)
     host["spec"]["volumes"] = [{"name": "root", "hostPath": {"path": "/"}}]
-    refused = decide_update(host, tolerating(host, GPU_TOLERATION), "ml-jobs", void_policy)
+    refused = decide_update(host, tolerating(host, GPU_TOLERATION), void_policy)
     assert not refused.allowed and "mounts hostPath '/'" in refused.message
 
 
 def test_harmless_toleration_updates_pass(policy):
     other = {"key": "pool", "operator": "Equal", "value": "batch", "effect": "NoSchedule"}
-    assert decide_update(cpu_pod(), tolerating(cpu_pod(), other), "ml-jobs", policy).allowed
+    assert decide_update(cpu_pod(), tolerating(cpu_pod(), other), policy).allowed
     not_ready = {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
                  "tolerationSeconds": 300}
-    assert decide_update(cpu_pod(), tolerating(cpu_pod(), not_ready), "ml-jobs", policy).allowed
+    assert decide_update(cpu_pod(), tolerating(cpu_pod(), not_ready), policy).allowed
     # A managed pod holds its GPUs and is voided already: more tolerations change nothing.
-    assert decide_update(managed_pod(), tolerating(managed_pod(), GPU_TOLERATION), "ml-jobs", policy).allowed
+    assert decide_update(managed_pod(), tolerating(managed_pod(), GPU_TOLERATION), policy).allowed

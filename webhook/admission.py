@@ -44,9 +44,7 @@ def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict],
     ``ephemeral`` on the pod; UPDATE of ``pods`` (no subresource): ``on_update`` on the old and
     the new pod, for a step that judges updates; anything else: allow untouched."""
     if request.operation == "UPDATE" and request.subresource == EPHEMERAL:
-        if request.object is None:
-            return Decision.deny([Violation("no-object", "an ephemeral containers update without the pod in "
-                                                         "request.object cannot be judged")], code=400)
+        assert request.object is not None  # parse_review refuses an UPDATE without both pods
         return _judged(request, policy, ephemeral, request.object)
     if request.operation == "UPDATE" and not request.subresource and on_update is not None:
         assert request.object is not None and request.old_object is not None  # parse_review guarantees both
@@ -104,7 +102,7 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
         return decision
 
     return _guarded(request, policy, decide, lambda pod: decide_ephemeral_validation(pod, policy),
-                    lambda old, new: decide_update(old, new, request.namespace, policy))
+                    lambda old, new: decide_update(old, new, policy))
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

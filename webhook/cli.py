@@ -69,9 +69,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     policy = _policy(args.policy)
-    for path in (args.tls_cert, args.tls_key, *([args.client_ca] if args.client_ca else [])):
+    for path in (args.tls_cert, args.tls_key):
         if not Path(path).is_file():
             _fail(f"TLS file {path} does not exist (make one with: gpu-webhook certs generate)")
+    if args.client_ca and not Path(args.client_ca).is_file():
+        _fail(f"client CA file {args.client_ca} does not exist (the CA of the API server's client certificate: "
+              f"gpu-webhook certs generate --client; certs/README.md)")
     logging.getLogger("gpu_webhook").info(
         "serving policy %s (%d profiles, %d tenants, enforcement %s) on https://%s:%d; quota counts %s",
         policy.metadata.name, len(policy.spec.profiles), len(policy.spec.tenants), policy.spec.enforcement,

@@ -18,18 +18,16 @@ from typing import Any
 
 import yaml
 
-from .mutate import MANAGED_LABEL
+from .mutate import MANAGED_LABEL, STAMP_PREFIX
 from .policy import GPU_RESOURCE_PREFIX, Policy
 from .rules import DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
 
-__all__ = ["EXEMPT_LABEL", "STAMP_PREFIX", "WEBHOOK_NAMESPACE", "configurations", "mutating_expression", "render",
+__all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "configurations", "mutating_expression", "render",
            "validating_expression"]
 
 #: A namespace carrying this label is never sent (the GPU operator, monitoring agents that
 #: tolerate every taint). A tenant with the ``edit`` role cannot label its namespace.
 EXEMPT_LABEL = "gpu.platform/exempt"
-#: The accounting stamps and every other label the platform owns start with this.
-STAMP_PREFIX = "gpu.platform/"
 WEBHOOK_NAMESPACE = "gpu-webhook"
 _SYSTEM_NAMESPACES = ("kube-system", WEBHOOK_NAMESPACE)
 #: The last path element of the device-request roots: every spelling that cleans to a path under

@@ -35,17 +35,20 @@ from .tenancy import resolve_tenant
 if TYPE_CHECKING:
     from .review import UserInfo
 
-__all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "TENANT_LABEL", "VALIDATOR_NAME",
+__all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
            "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
            "validator_container", "void_ops"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
-MANAGED_LABEL = "gpu.platform/managed"
-TENANT_LABEL = "gpu.platform/tenant"
+#: Every label under this prefix is the platform's own: the webhook stamps them, and after
+#: admission no update may touch one (webhook/update.py).
+STAMP_PREFIX = "gpu.platform/"
+MANAGED_LABEL = STAMP_PREFIX + "managed"
+TENANT_LABEL = STAMP_PREFIX + "tenant"
 #: Stamped even when the policy reads the profile/count from other label keys, so accounting
 #: (kube-state-metrics ``kube_pod_labels``, ``gpu-webhook usage``) always finds them here.
-PROFILE_LABEL = "gpu.platform/profile"
-COUNT_LABEL = "gpu.platform/count"
+PROFILE_LABEL = STAMP_PREFIX + "profile"
+COUNT_LABEL = STAMP_PREFIX + "count"
 
 #: Small, fixed resources for the validator: it loads NVML and libcuda, nothing else.
 _VALIDATOR_CPU_MEMORY = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}

@@ -23,20 +23,18 @@ owner references. Status updates and deletions are no UPDATE of ``pods`` at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .decision import Decision, Violation
-from .mutate import MANAGED_LABEL
+from .mutate import MANAGED_LABEL, STAMP_PREFIX
 from .pod import annotations, gpu_containers, labels
 from .policy import Policy
 from .rules import gpu_reach, security_violations
 from .validate import reaching_violations
 
-__all__ = ["STAMP_PREFIX", "decide_update", "fixed_label_keys"]
+__all__ = ["decide_update", "fixed_label_keys"]
 
-#: Every label under this prefix is the webhook's own: no update may touch one, on any pod.
-STAMP_PREFIX = "gpu.platform/"
 _DAG_ID = "dag_id"
 _ABSENT = object()
 
@@ -54,7 +52,7 @@ def _shown(value: Any) -> str:
     return "absent" if value is _ABSENT else repr(value)
 
 
-def _changes(kind: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterator[str]) -> list[Violation]:
+def _changes(kind: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str]) -> list[Violation]:
     found = []
     for key in sorted(set(keys)):
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
@@ -81,19 +79,14 @@ def _new_reach(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy) -
     return security_violations(new, policy, gpu_pod=False, reaching=True) + reaching_violations(new, policy, added)
 
 
-def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], namespace: str, policy: Policy) -> Decision:
-    """Allow an UPDATE of a pod unless it changes a fact its GPU accounting rests on.
-
-    ``namespace`` is unused today (a pod cannot change namespace); it keeps the signature of
-    the other decisions.
-    """
-    del namespace
+def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy) -> Decision:
+    """Allow an UPDATE of a pod unless it changes a fact its GPU accounting rests on."""
     old_labels, new_labels = labels(old), labels(new)
     stamps = (k for k in (*old_labels, *new_labels) if k.startswith(STAMP_PREFIX))
     problems = _changes("label", old_labels, new_labels, stamps)
     if old_labels.get(MANAGED_LABEL) == "true":
-        problems += _changes("label", old_labels, new_labels, iter(fixed_label_keys(policy)))
-        problems += _changes("annotation", annotations(old), annotations(new), iter((_DAG_ID,)))
+        problems += _changes("label", old_labels, new_labels, fixed_label_keys(policy))
+        problems += _changes("annotation", annotations(old), annotations(new), (_DAG_ID,))
     problems += _new_reach(old, new, policy)
     if problems:
         return Decision.deny(problems)

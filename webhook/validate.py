@@ -161,8 +161,8 @@ def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decis
     gpu_pod = scope is not Scope.UNLABELLED or bool(gpu_containers(pod))
     routes = [] if gpu_pod else gpu_reach(pod, policy)
     problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
-    if scope is Scope.MANAGED or gpu_pod:
-        problems += _unvoided(pod, None, ("ephemeralContainers",), "holds a GPU")
+    if gpu_pod:
+        problems += _unvoided(pod, None, ("ephemeralContainers",), "is labelled for a GPU or holds one")
     elif routes:
         problems += reaching_violations(pod, policy, routes, ("ephemeralContainers",))
     return Decision.deny(problems) if problems else Decision.allow("ephemeral-admitted")

@@ -285,3 +285,16 @@ def test_a_reload_while_a_list_is_read_weighs_the_listed_pods_by_the_new_policy(
 
     book.replace_all(pages())
     assert book.usage()["vision"]["gpuEquivalent"] == D("1.0")   # 2 slices x 0.5, not 0.125 + 0.5
+
+
+@pytest.mark.parametrize("value, number", [
+    pytest.param("42", 42, id="digits are a version"),
+    pytest.param("", 0, id="empty is none"),
+    pytest.param(None, 0, id="absent is none"),
+    pytest.param("\u00b2", 0, id="a superscript digit is none (str.isdigit accepts it, int raises)"),
+    pytest.param("4\u0662", 0, id="non-ASCII digits are none"),
+])
+def test_a_resource_version_is_read_as_ascii_digits_only(value, number):
+    from webhook.tracker import version_number
+
+    assert version_number(value) == number

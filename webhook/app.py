@@ -94,8 +94,9 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
     content_type, declared = _content_headers(scope)
     if content_type != _JSON:
         raise BadReview(415, f"Content-Type must be {_JSON}, got {content_type or 'none'!r}")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise BadReview(413 if declared.isdigit() else 400,
+    digits = declared is not None and declared.isascii() and declared.isdigit()
+    if declared is not None and (not digits or int(declared) > MAX_BODY_BYTES):
+        raise BadReview(413 if digits else 400,
                         f"the body must be at most {MAX_BODY_BYTES} bytes (Content-Length {declared})")
     chunks, size, more = [], 0, True
     while more:

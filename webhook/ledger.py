@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 from .decision import Decision, Violation
 from .quota import ResourceList, add, exceeded_lines, format_quantity
-from .tracker import UsageBook, resource_version
+from .tracker import UsageBook, resource_version, version_number
 
 __all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
            "QuotaReserver", "identity_problem"]
@@ -140,9 +140,7 @@ def _reserved(reservations: Mapping[str, Any]) -> ResourceList:
 def _decode(current: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
     data = (current or {}).get("data") or {}
     reservations = json.loads(data.get(_KEY) or "{}")
-    pruned = str(data.get(_PRUNED) or "0")
-    return ({uid: r for uid, r in reservations.items() if isinstance(r, dict)},
-            int(pruned) if pruned.isdigit() else 0)
+    return ({uid: r for uid, r in reservations.items() if isinstance(r, dict)}, version_number(data.get(_PRUNED)))
 
 
 @dataclass

@@ -39,7 +39,7 @@ from .pod import labels, metadata
 from .policy import Policy
 from .quota import PodRecord, ResourceList, add, pod_record, reweigh
 
-__all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "resource_version"]
+__all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "resource_version", "version_number"]
 
 log = logging.getLogger("gpu_webhook.tracker")
 
@@ -58,10 +58,15 @@ _PAGE = 20
 _GONE_SECONDS = 600
 
 
+def version_number(value: Any) -> int:
+    """A resourceVersion as an integer (KEP-5504), 0 when absent or not a number. ASCII digits
+    only: ``str.isdigit`` also accepts characters such as ``'²'``, on which ``int`` raises."""
+    return int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else 0
+
+
 def resource_version(obj: Mapping[str, Any]) -> int:
-    """The object's resourceVersion as an integer (KEP-5504), 0 when absent or not a number."""
-    value = metadata(obj).get("resourceVersion")
-    return int(value) if isinstance(value, str) and value.isdigit() else 0
+    """The object's resourceVersion as an integer (:func:`version_number`)."""
+    return version_number(metadata(obj).get("resourceVersion"))
 
 
 def _subtract(a: Mapping[str, Any], b: Mapping[str, Any]) -> ResourceList:
@@ -251,7 +256,7 @@ class PodWatch:
         found: dict[str, str] = {}
         self.book.replace_all(self._pages(found))
         version = found["version"]
-        self._advance(int(version) if version.isdigit() else 0)
+        self._advance(version_number(version))
         self.synced.set()
         return version
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import jsonpatch
 
 from benchmarks.core import CPU_CASE, GPU_CASE, ROOT, case, review_bytes
-from webhook.mutate import decide_mutation
-from webhook.policy import load_policy
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.policy import load_policy
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -109,7 +109,7 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8, warm_up: int = 
     mutated = jsonpatch.apply_patch(gpu["pod"], list(decide_mutation(gpu["pod"], gpu["namespace"], policy).patch))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        cli = [sys.executable, "-m", "webhook.cli"]
+        cli = [sys.executable, "-m", "airflow_gpu_webhook.cli.main"]
         subprocess.run([*cli, "certs", "generate", "--out", str(tmp), "--service", "b", "--namespace", "b"], check=True,
                        capture_output=True)
         tls = ["--ssl-certfile", str(tmp / "tls.crt"), "--ssl-keyfile", str(tmp / "tls.key")]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from webhook.policy import Policy, load_policy, parse_policy
+from airflow_gpu_webhook.core.policy import Policy, load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "airflow"

@@ -42,7 +42,7 @@ class WebhookServer:
         self.certs = certs or tmp / "certs"
         self.port = free_port()
         self.log = tmp / "serve.log"
-        cli = [sys.executable, "-m", "webhook.cli"]
+        cli = [sys.executable, "-m", "airflow_gpu_webhook.cli.main"]
         if certs is None:
             subprocess.run([*cli, "certs", "generate", "--out", str(self.certs), "--service", "gpu-webhook",
                             "--namespace", "gpu-webhook", *(["--client"] if client_ca is True else [])],

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
 from routes import ROUTES
-from webhook import admission
-from webhook.admission import mutate, review_chain, validate
-from webhook.mutate import decide_ephemeral_mutation, decide_mutation
-from webhook.validate import decide_ephemeral_validation, decide_validation
-from webhook.review import parse_review
+from airflow_gpu_webhook.server import admission
+from airflow_gpu_webhook.server.admission import mutate, review_chain, validate
+from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
+from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
+from airflow_gpu_webhook.server.review import parse_review
 
 
 def request_for(case_id: str, **changes):

@@ -69,7 +69,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Every step's import errors and loaded DAG ids per file, and the log of the whole run."""
     if importlib.util.find_spec("airflow") is None:
         pytest.fail("apache-airflow is not installed in this environment: pip install -e '.[e2e]'")
-    if not any(ep.value == "webhook.airflow_policy" for ep in entry_points(group="airflow.policy")):
+    if not any(ep.value == "airflow_gpu_webhook.airflow.policy" for ep in entry_points(group="airflow.policy")):
         pytest.fail("the airflow.policy entry point is not registered: pip install -e . (again) after editing "
                     "pyproject.toml")
     tmp = tmp_path_factory.mktemp("airflow")
@@ -98,7 +98,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_the_check_is_registered_by_the_airflow_policy_entry_point(parsed):
     assert "gpu_webhook" in parsed["plugins"]
-    assert parsed["task_policy"] == ["webhook.airflow_policy"]
+    assert parsed["task_policy"] == ["airflow_gpu_webhook.airflow.policy"]
 
 
 @pytest.mark.parametrize("dag_file, message", [

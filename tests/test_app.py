@@ -18,9 +18,9 @@ import pytest
 
 from conftest import admission_review, airflow_fixture
 from serve import WebhookServer
-from webhook.app import MAX_BODY_BYTES
-from webhook.certs import generate_client
-from webhook.cli import GRACEFUL_SHUTDOWN_SECONDS
+from airflow_gpu_webhook.server.app import MAX_BODY_BYTES
+from airflow_gpu_webhook.cli.certs import generate_client
+from airflow_gpu_webhook.cli.main import GRACEFUL_SHUTDOWN_SECONDS
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from conftest import POLICY_FILE, admission_review, airflow_fixture
 
 
 def gpu_webhook(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "webhook.cli", *args], input=stdin, capture_output=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "airflow_gpu_webhook.cli.main", *args], input=stdin, capture_output=True, timeout=60)
 
 
 def review_input(case_id: str, tmp_path, **changes) -> str:
@@ -155,7 +155,7 @@ def test_policy_conditions_prints_the_shipped_webhook_configurations():
     pytest.param([], False, id="no quota tracking (nothing to reserve): quiet"),
 ])
 def test_serve_warns_when_anyone_who_reaches_its_port_could_reserve_quota(args, warned):
-    from webhook.cli import _parser, exposure_warning
+    from airflow_gpu_webhook.cli.main import _parser, exposure_warning
 
     parsed = _parser().parse_args(["serve", "--policy", "p", "--tls-cert", "c", "--tls-key", "k", *args])
     warning = exposure_warning(parsed)

@@ -32,7 +32,7 @@ import pytest
 
 from conftest import POLICY_FILE, ROOT, admission_review, airflow_fixture
 from serve import free_port
-from webhook import __version__
+from airflow_gpu_webhook import __version__
 
 BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 USER = "10001:10001"

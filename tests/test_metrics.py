@@ -12,12 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import airflow_fixture, policy_with
 from serve import WebhookServer
-from webhook.app import Runtime
-from webhook.decision import Decision, Violation
-from webhook.ledger import ROUND_RESULTS
-from webhook.metrics import WebhookMetrics, ksm_name
-from webhook.mutate import decide_mutation
-from webhook.validate import decide_validation
+from airflow_gpu_webhook.server.app import Runtime
+from airflow_gpu_webhook.core.decision import Decision, Violation
+from airflow_gpu_webhook.cluster.ledger import ROUND_RESULTS
+from airflow_gpu_webhook.server.metrics import WebhookMetrics, ksm_name
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.validate import decide_validation
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:
@@ -189,7 +189,7 @@ def test_ledger_rounds_count_from_zero_by_how_they_ended():
 
 
 def test_pruned_reservations_count_from_zero_by_how_they_left():
-    from webhook.ledger import PRUNE_KINDS
+    from airflow_gpu_webhook.cluster.ledger import PRUNE_KINDS
 
     metrics = WebhookMetrics()
     pruned = metrics.ledger_pruned_counter(PRUNE_KINDS)

@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from webhook.app import Runtime
-from webhook.decision import Decision
-from webhook.policy import load_policy
+from airflow_gpu_webhook.server.app import Runtime
+from airflow_gpu_webhook.core.decision import Decision
+from airflow_gpu_webhook.core.policy import load_policy
 
 MONITORING = ROOT / "manifests" / "monitoring"
 BUILD_PROMTOOL = ROOT / "testbed" / "build-promtool.sh"

@@ -6,8 +6,8 @@ import jsonpatch
 import pytest
 
 from conftest import airflow_fixture
-from webhook.mutate import decide_mutation
-from webhook.nodes import NodeBook, NodeOffer, capacity_verdict, tolerates
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.nodes import NodeBook, NodeOffer, capacity_verdict, tolerates
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonpatch
 import pytest
 
-from webhook.patch import insert_at, pointer, replace_at, set_entries
+from airflow_gpu_webhook.core.patch import insert_at, pointer, replace_at, set_entries
 
 
 @pytest.mark.parametrize("parts, expected", [

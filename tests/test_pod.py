@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from conftest import airflow_fixture
-from webhook.pod import airflow_dag_id, container_gpu_resources, gpu_quantity, is_airflow_pod, safe_label_value
+from airflow_gpu_webhook.core.pod import airflow_dag_id, container_gpu_resources, gpu_quantity, is_airflow_pod, safe_label_value
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
@@ -89,7 +89,7 @@ def test_label_values_are_always_valid_and_distinct_inputs_stay_distinct(value):
 
 
 def test_only_short_quantity_strings_are_cached_so_a_hostile_pod_cannot_fill_the_cache():
-    from webhook.pod import _count_text
+    from airflow_gpu_webhook.core.pod import _count_text
 
     _count_text.cache_clear()
     assert gpu_quantity("2") == 2 and gpu_quantity("2") == 2

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import POLICY_FILE
-from webhook.policy import PolicyError, load_policy, parse_policy, policy_schema
+from airflow_gpu_webhook.core.policy import PolicyError, load_policy, parse_policy, policy_schema
 
 REFERENCE = yaml.safe_load(POLICY_FILE.read_text())
 

@@ -8,8 +8,8 @@ import jsonpatch
 import pytest
 
 from conftest import airflow_fixture
-from webhook.mutate import decide_mutation
-from webhook.quota import exceeded_lines, format_quantity, pod_charge, pod_gpu_request, usage_from_pods
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.quota import exceeded_lines, format_quantity, pod_charge, pod_gpu_request, usage_from_pods
 
 
 def _pod(containers=(), init=()):

@@ -14,8 +14,8 @@ import yaml
 
 from conftest import POLICY_FILE, airflow_fixture
 from serve import WebhookServer
-from webhook.certs import generate, generate_client
-from webhook.reload import FileWatch, certificate_reloader, policy_reloader
+from airflow_gpu_webhook.cli.certs import generate, generate_client
+from airflow_gpu_webhook.server.reload import FileWatch, certificate_reloader, policy_reloader
 
 
 def test_a_watch_fires_on_new_content_only(tmp_path):
@@ -157,7 +157,7 @@ def test_a_rotated_certificate_is_served_without_a_restart_and_open_connections_
     before = _served_certificate(server)
     kept_alive = server.client
     assert kept_alive.get("/healthz").status_code == 200        # a connection opened before rotation
-    subprocess.run([sys.executable, "-m", "webhook.cli", "certs", "generate", "--out", str(server.certs),
+    subprocess.run([sys.executable, "-m", "airflow_gpu_webhook.cli.main", "certs", "generate", "--out", str(server.certs),
                     "--service", "gpu-webhook", "--namespace", "gpu-webhook", "--force"], check=True,
                    capture_output=True)
     _wait(lambda: _served_certificate(server) != before)

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from conftest import admission_review, airflow_fixture
-from webhook.decision import Decision, Violation
-from webhook.review import ANONYMOUS, BadReview, UserInfo, parse_review, review_response
+from airflow_gpu_webhook.core.decision import Decision, Violation
+from airflow_gpu_webhook.server.review import ANONYMOUS, BadReview, UserInfo, parse_review, review_response
 
 
 def _review(**request_changes) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import airflow_fixture, policy_with
-from webhook.rules import gpu_reach, security_violations
+from airflow_gpu_webhook.core.rules import gpu_reach, security_violations
 
 
 def _with(case_id, change):

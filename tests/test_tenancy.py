@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import airflow_fixture, policy_with
-from webhook.review import UserInfo
-from webhook.tenancy import airflow_label_value, dag_id_conflict, describe_tenants, resolve_tenant
+from airflow_gpu_webhook.server.review import UserInfo
+from airflow_gpu_webhook.core.tenancy import airflow_label_value, dag_id_conflict, describe_tenants, resolve_tenant
 
 CASES = [
     ("a namespace match", "kpo_h100_count2", "ml-jobs", "vision"),

@@ -14,8 +14,8 @@ import jsonpatch
 import pytest
 
 from conftest import airflow_fixture, policy_with
-from webhook.mutate import decide_mutation
-from webhook.tracker import PodWatch, UsageBook
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.cluster.tracker import PodWatch, UsageBook
 
 
 def managed(case_id: str, policy, uid: str, phase: str = "Running") -> dict:
@@ -295,6 +295,6 @@ def test_a_reload_while_a_list_is_read_weighs_the_listed_pods_by_the_new_policy(
     pytest.param("4\u0662", 0, id="non-ASCII digits are none"),
 ])
 def test_a_resource_version_is_read_as_ascii_digits_only(value, number):
-    from webhook.tracker import version_number
+    from airflow_gpu_webhook.cluster.tracker import version_number
 
     assert version_number(value) == number

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import airflow_fixture, policy_with
-from webhook.update import decide_update, fixed_label_keys
+from airflow_gpu_webhook.core.update import decide_update, fixed_label_keys
 
 
 def managed_pod() -> dict[str, Any]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from test_tracker import managed
-from webhook.tracker import UsageBook
-from webhook.usage_report import usage_table
+from airflow_gpu_webhook.cluster.tracker import UsageBook
+from airflow_gpu_webhook.cluster.usage_report import usage_table
 
 
 def test_the_table_shows_each_line_used_of_limit_and_the_holders(policy):

@@ -9,8 +9,8 @@ import jsonpatch
 import pytest
 
 from conftest import airflow_fixture, policy_with
-from webhook.mutate import decide_mutation
-from webhook.validate import decide_validation
+from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.validate import decide_validation
 
 D = Decimal
 
@@ -184,7 +184,7 @@ EPHEMERAL = [
 
 @pytest.mark.parametrize("description, case_id, debug, allowed, reason, words", EPHEMERAL, ids=[e[0] for e in EPHEMERAL])
 def test_ephemeral_containers_are_judged_by_the_same_rules(description, case_id, debug, allowed, reason, words, policy):
-    from webhook.validate import decide_ephemeral_validation
+    from airflow_gpu_webhook.core.validate import decide_ephemeral_validation
 
     pod = final_pod(case_id, policy) if case_id != "kpo_cpu_plain" else airflow_fixture(case_id)["pod"]
     pod["spec"]["ephemeralContainers"] = [debug]
@@ -211,8 +211,8 @@ DEBUGGED = [
 
 @pytest.mark.parametrize("description, make, changes", DEBUGGED, ids=[d[0] for d in DEBUGGED])
 def test_a_plain_debug_container_the_mutation_saw_is_admitted_on(description, make, changes):
-    from webhook.mutate import decide_ephemeral_mutation
-    from webhook.validate import decide_ephemeral_validation
+    from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation
+    from airflow_gpu_webhook.core.validate import decide_ephemeral_validation
 
     policy = policy_with(**changes)
     pod = make(policy)
@@ -257,7 +257,7 @@ def test_every_violation_is_reported_in_one_denial(policy):
 
 
 def test_a_pod_no_node_can_hold_is_refused_and_a_fitting_one_admitted(policy):
-    from webhook.nodes import NodeOffer
+    from airflow_gpu_webhook.core.nodes import NodeOffer
 
     four_gpu_h100 = NodeOffer("h100-0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                               ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},),

@@ -1,4 +1,4 @@
-"""The checks and their order (webhook.validator.checks), over fake NVML and CUDA layers."""
+"""The checks and their order (airflow_gpu_webhook.validator.checks), over fake NVML and CUDA layers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from webhook.validator.checks import (
+from airflow_gpu_webhook.validator.checks import (
     Passed,
     Request,
     allocated_units,
@@ -18,8 +18,8 @@ from webhook.validator.checks import (
     parse_resource,
     validate,
 )
-from webhook.validator.facts import GpuFacts, HealthFacts, LayerError
-from webhook.validator.fakes import (
+from airflow_gpu_webhook.validator.facts import GpuFacts, HealthFacts, LayerError
+from airflow_gpu_webhook.validator.fakes import (
     FakeCuda,
     FakeNvml,
     cuda_info_for,
@@ -28,8 +28,8 @@ from webhook.validator.fakes import (
     mig_gpu,
     mig_uuid,
 )
-from webhook.validator.report import CHECKS, Failure
-from webhook.validator.versions import parse_version
+from airflow_gpu_webhook.validator.report import CHECKS, Failure
+from airflow_gpu_webhook.validator.versions import parse_version
 
 
 def request(resource="nvidia.com/gpu", count=1, driver="535.104.05", cuda="12.2"):

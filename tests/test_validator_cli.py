@@ -1,4 +1,4 @@
-"""`gpu-webhook validate-driver` as a command (webhook.validator.cli): arguments, outputs, exit codes."""
+"""`gpu-webhook validate-driver` as a command (airflow_gpu_webhook.validator.cli): arguments, outputs, exit codes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from webhook.validator.cli import main
-from webhook.validator.facts import HealthFacts, LayerError
-from webhook.validator.fakes import FakeCuda, FakeNvml, healthy_gpu, mig_gpu
+from airflow_gpu_webhook.validator.cli import main
+from airflow_gpu_webhook.validator.facts import HealthFacts, LayerError
+from airflow_gpu_webhook.validator.fakes import FakeCuda, FakeNvml, healthy_gpu, mig_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--min-driver-version", "535.104.05", "--min-cuda-version", "12.2"]
@@ -167,8 +167,8 @@ def _subprocess(args, **kwargs):
 
 def test_importing_the_package_loads_no_gpu_library():
     code = (
-        "import sys; import webhook.validator, webhook.validator.cli, webhook.validator.checks, "
-        "webhook.validator.fakes; "
+        "import sys; import airflow_gpu_webhook.validator, airflow_gpu_webhook.validator.cli, airflow_gpu_webhook.validator.checks, "
+        "airflow_gpu_webhook.validator.fakes; "
         "bad = [m for m in ('pynvml', 'torch', 'cupy') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -179,7 +179,7 @@ def test_importing_the_package_loads_no_gpu_library():
 def test_python_dash_m_runs_the_validator(tmp_path):
     """As the init container runs it; on a machine with no GPU this is the real 'NVML missing'."""
     log = tmp_path / "log"
-    result = _subprocess(["-m", "webhook.validator", *ARGS, "--json", "--termination-log", str(log)])
+    result = _subprocess(["-m", "airflow_gpu_webhook.validator", *ARGS, "--json", "--termination-log", str(log)])
     report = json.loads(result.stdout)
     assert result.returncode == report["exit_code"]
     if report["ok"]:

@@ -1,4 +1,4 @@
-"""RealCuda's ctypes sequence (webhook.validator.cuda), over a fake libcuda."""
+"""RealCuda's ctypes sequence (airflow_gpu_webhook.validator.cuda), over a fake libcuda."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import ctypes
 
 import pytest
 
-from webhook.validator.cuda import RealCuda, format_uuid
-from webhook.validator.facts import LayerError
+from airflow_gpu_webhook.validator.cuda import RealCuda, format_uuid
+from airflow_gpu_webhook.validator.facts import LayerError
 
 CUDA_SUCCESS, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_NO_DEVICE = 0, 2, 100
 NAMES = {CUDA_ERROR_OUT_OF_MEMORY: b"CUDA_ERROR_OUT_OF_MEMORY", CUDA_ERROR_NO_DEVICE: b"CUDA_ERROR_NO_DEVICE"}

@@ -33,9 +33,9 @@ def installed():
     except pynvml.NVMLError as error:
         pytest.skip(f"{NO_GPU} (NVML did not initialise: {error})")
     try:
-        from webhook.validator.checks import allocated_units
-        from webhook.validator.nvml import RealNvml
-        from webhook.validator.versions import cuda_version_from_int
+        from airflow_gpu_webhook.validator.checks import allocated_units
+        from airflow_gpu_webhook.validator.nvml import RealNvml
+        from airflow_gpu_webhook.validator.versions import cuda_version_from_int
 
         driver = pynvml.nvmlSystemGetDriverVersion()
         driver = driver.decode() if isinstance(driver, bytes) else driver
@@ -53,7 +53,7 @@ def validate(tmp_path, *args):
     log = tmp_path / "termination-log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
-        [sys.executable, "-m", "webhook.validator", *args, "--json", "--termination-log", str(log), "--timeout", "60"],
+        [sys.executable, "-m", "airflow_gpu_webhook.validator", *args, "--json", "--termination-log", str(log), "--timeout", "60"],
         capture_output=True,
         text=True,
         env=env,

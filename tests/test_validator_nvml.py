@@ -1,4 +1,4 @@
-"""RealNvml's translation of NVML answers into facts (webhook.validator.nvml), over a fake pynvml."""
+"""RealNvml's translation of NVML answers into facts (airflow_gpu_webhook.validator.nvml), over a fake pynvml."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from webhook.validator.facts import LayerError
-from webhook.validator.nvml import RealNvml
+from airflow_gpu_webhook.validator.facts import LayerError
+from airflow_gpu_webhook.validator.nvml import RealNvml
 
 SUCCESS = 0
 INVALID_ARGUMENT, NOT_SUPPORTED, NO_PERMISSION, NOT_FOUND = 2, 3, 4, 6

@@ -1,4 +1,4 @@
-"""The three renderings of a report (webhook.validator.report)."""
+"""The three renderings of a report (airflow_gpu_webhook.validator.report)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from webhook.validator.checks import Request, validate
-from webhook.validator.facts import LayerError
-from webhook.validator.fakes import FakeCuda, FakeNvml
-from webhook.validator.report import (
+from airflow_gpu_webhook.validator.checks import Request, validate
+from airflow_gpu_webhook.validator.facts import LayerError
+from airflow_gpu_webhook.validator.fakes import FakeCuda, FakeNvml
+from airflow_gpu_webhook.validator.report import (
     CHECKS,
     EXIT_CODES,
     TERMINATION_LOG_LIMIT,
@@ -19,7 +19,7 @@ from webhook.validator.report import (
     one_line,
     to_dict,
 )
-from webhook.validator.versions import parse_version
+from airflow_gpu_webhook.validator.versions import parse_version
 
 
 def run(nvml=None, cuda=None, resource="nvidia.com/gpu", count=1, driver="535", node=None):

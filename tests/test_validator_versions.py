@@ -1,4 +1,4 @@
-"""Version parsing and numeric comparison (webhook.validator.versions)."""
+"""Version parsing and numeric comparison (airflow_gpu_webhook.validator.versions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook.validator.versions import VersionError, cuda_version_from_int, parse_version
+from airflow_gpu_webhook.validator.versions import VersionError, cuda_version_from_int, parse_version
 
 
 @pytest.mark.parametrize(

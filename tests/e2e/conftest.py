@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from conftest import POLICY_FILE, ROOT, airflow_fixture
 from serve import WebhookServer
-from webhook.certs import ca_bundle, inject_ca_bundle, load_documents
+from airflow_gpu_webhook.cli.certs import ca_bundle, inject_ca_bundle, load_documents
 
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
 

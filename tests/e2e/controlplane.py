@@ -342,7 +342,7 @@ class ControlPlane:
         The pair and its CA come from the webhook's own ``certs generate --client`` code; webhooks
         served here with ``--client-ca`` ``self.webhook_client / "client-ca.crt"`` accept only this
         API server."""
-        from webhook.certs import generate_client
+        from airflow_gpu_webhook.cli.certs import generate_client
 
         files = generate_client(self.webhook_client)
         kubeconfig = self.dir / "webhook-client.kubeconfig"

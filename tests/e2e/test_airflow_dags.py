@@ -17,7 +17,7 @@ and from Airflow's own metadata DB and task logs:
 - a quota-breaking task (5 x H100, tenant vision allows 4) and an unknown-profile task fail in
   Airflow, with the webhook's denial in the task's log, and no pod was created for them.
 
-The parse-time cluster policy (webhook.airflow_policy) stays off (AIRFLOW__GPU_WEBHOOK__POLICY_FILE
+The parse-time cluster policy (airflow_gpu_webhook.airflow.policy) stays off (AIRFLOW__GPU_WEBHOOK__POLICY_FILE
 unset), so the bad tasks reach the API server: what refuses them here is the webhook at run time.
 All tasks are independent and run in ONE DAG run (one `airflow dags test`); each test function
 asserts on one task from the module-scoped result. A component that cannot start fails the tests.

@@ -22,9 +22,9 @@ from kubernetes.client.rest import ApiException
 
 from conftest import POLICY_FILE
 from routes import ROUTES, base_container
-from webhook.certs import ca_bundle, generate, inject_ca_bundle
-from webhook.conditions import configurations
-from webhook.policy import load_policy
+from airflow_gpu_webhook.cli.certs import ca_bundle, generate, inject_ca_bundle
+from airflow_gpu_webhook.cli.conditions import configurations
+from airflow_gpu_webhook.core.policy import load_policy
 
 from .conftest import RegisteredWebhook, StubWebhook, airflow_pod, tenant_user
 

@@ -235,7 +235,7 @@ def test_only_the_api_server_can_have_a_pod_judged_or_quota_reserved(controlplan
     """serve --client-ca with the testbed API server's client CA and --track-usage: a forged review
     from a client without a certificate, or with a valid one from another CA, reserves nothing;
     the API server's own certificate (the control) does."""
-    from webhook.certs import generate_client
+    from airflow_gpu_webhook.cli.certs import generate_client
 
     foreign = generate_client(tmp_path / "foreign").cert.with_suffix("")
     args = ("--track-usage", "--kubeconfig", str(controlplane.kubeconfig), "--ledger-namespace", namespace)

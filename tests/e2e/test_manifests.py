@@ -180,7 +180,7 @@ def test_the_self_managed_overlay_carries_the_certs_from_certs_generate(controlp
     manifests = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, manifests, symlinks=True, ignore=shutil.ignore_patterns("*.crt", "*.key"))
     certs = manifests / "overlays" / "self-managed" / "certs"
-    subprocess.run([sys.executable, "-m", "webhook.cli", "certs", "generate", "--out", str(certs),
+    subprocess.run([sys.executable, "-m", "airflow_gpu_webhook.cli.main", "certs", "generate", "--out", str(certs),
                     "--service", "gpu-webhook", "--namespace", NAMESPACE], check=True, capture_output=True)
     objs = render(controlplane, manifests / "overlays" / "self-managed")
     assert {o["kind"] for o in objs} == BASE_KINDS | {"Secret"}
@@ -217,7 +217,7 @@ def test_the_client_ca_component_makes_the_webhook_require_the_api_servers_certi
     manifests = tmp_path / "manifests"
     shutil.copytree(MANIFESTS, manifests, symlinks=True, ignore=shutil.ignore_patterns("*.crt", "*.key"))
     certs = manifests / "overlays" / "self-managed" / "certs"
-    subprocess.run([sys.executable, "-m", "webhook.cli", "certs", "generate", "--client", "--out", str(certs),
+    subprocess.run([sys.executable, "-m", "airflow_gpu_webhook.cli.main", "certs", "generate", "--client", "--out", str(certs),
                     "--service", "gpu-webhook", "--namespace", NAMESPACE], check=True, capture_output=True)
     shutil.copy(certs / "client-ca.crt", manifests / "components" / "client-ca" / "certs")
     overlay = tmp_path / "manifests" / "overlays" / "mine"
@@ -309,9 +309,9 @@ def test_the_service_account_lists_and_watches_pods_in_every_namespace(controlpl
 
 def test_the_service_account_keeps_the_quota_ledger_with_the_webhooks_own_code(controlplane, as_service_account) -> None:
     """The ledger's real read-check-write rounds, as the ServiceAccount, in the ledger namespace."""
-    from webhook.ledger import Ledger
-    from webhook.policy import load_policy
-    from webhook.tracker import UsageBook
+    from airflow_gpu_webhook.cluster.ledger import Ledger
+    from airflow_gpu_webhook.core.policy import load_policy
+    from airflow_gpu_webhook.cluster.tracker import UsageBook
 
     policy = load_policy(POLICY_FILE)
     ledger = Ledger(client.CoreV1Api(as_service_account), LEDGER_NAMESPACE, UsageBook(policy), deadline=10)

@@ -28,9 +28,9 @@ from kubernetes.client.rest import ApiException
 
 from conftest import POLICY_FILE, ROOT, admission_review
 from serve import WebhookServer
-from webhook.admission import mutate
-from webhook.policy import load_policy
-from webhook.review import parse_review
+from airflow_gpu_webhook.server.admission import mutate
+from airflow_gpu_webhook.core.policy import load_policy
+from airflow_gpu_webhook.server.review import parse_review
 
 from .conftest import RegisteredWebhook, airflow_pod, registered_webhook, service_account_client, tenant_user
 

@@ -58,7 +58,7 @@ def test_quota_counts_running_pods_and_a_finished_pod_frees_its_share(tracked_we
     deadline = time.monotonic() + 15
     while _denial(tracked_webhook, replacement := f"after-{uuid.uuid4().hex[:6]}") is not None:
         assert time.monotonic() < deadline, "the finished pod's GPU was never freed"
-    table = subprocess.run([sys.executable, "-m", "webhook.cli", "usage", "--policy", str(POLICY_FILE),
+    table = subprocess.run([sys.executable, "-m", "airflow_gpu_webhook.cli.main", "usage", "--policy", str(POLICY_FILE),
                             "--kubeconfig", str(controlplane.kubeconfig), "--tenant", "forecasting"],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0, table.stderr

@@ -17,8 +17,8 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for `gpu-webhook validate-driver`; see `webhook.validator.cli.main`."""
-    from webhook.validator.cli import main as _main
+    """Entry point for `gpu-webhook validate-driver`; see `airflow_gpu_webhook.validator.cli.main`."""
+    from .cli import main as _main
 
     return _main(argv)
 

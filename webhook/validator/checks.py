@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from webhook.validator.cuda import CudaLayer
-from webhook.validator.facts import CudaDeviceInfo, GpuFacts, LayerError, normalise_profile
-from webhook.validator.nvml import NvmlLayer
-from webhook.validator.report import CheckRecord, Failure, Report, cuda_device_dict
-from webhook.validator.versions import Version, VersionError, cuda_version_from_int, parse_version
+from .cuda import CudaLayer
+from .facts import CudaDeviceInfo, GpuFacts, LayerError, normalise_profile
+from .nvml import NvmlLayer
+from .report import CheckRecord, Failure, Report, cuda_device_dict
+from .versions import Version, VersionError, cuda_version_from_int, parse_version
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_PREFIX = "nvidia.com/mig-"

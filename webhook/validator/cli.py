@@ -24,11 +24,11 @@ import threading
 import time
 from typing import Callable, Sequence, TextIO
 
-from webhook.validator.checks import Request, parse_resource, validate
-from webhook.validator.cuda import CudaLayer, RealCuda
-from webhook.validator.nvml import NvmlLayer, RealNvml
-from webhook.validator.report import EXIT_TIMEOUT, Failure, Report, human_text, one_line, to_json
-from webhook.validator.versions import Version, VersionError, parse_version
+from .checks import Request, parse_resource, validate
+from .cuda import CudaLayer, RealCuda
+from .nvml import NvmlLayer, RealNvml
+from .report import EXIT_TIMEOUT, Failure, Report, human_text, one_line, to_json
+from .versions import Version, VersionError, parse_version
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_TIMEOUT = 60.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any, Callable, Protocol
 
-from webhook.validator.facts import CudaDeviceInfo, LayerError
+from .facts import CudaDeviceInfo, LayerError
 
 LIBCUDA = "libcuda.so.1"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
-from webhook.validator.facts import CudaDeviceInfo, GpuFacts, HealthFacts, LayerError, MigDeviceFacts
+from .facts import CudaDeviceInfo, GpuFacts, HealthFacts, LayerError, MigDeviceFacts
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
 A100_NAME = "NVIDIA A100-SXM4-80GB"

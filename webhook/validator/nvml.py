@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from webhook.validator.facts import GpuFacts, HealthFacts, LayerError, MigDeviceFacts, mig_profile_from_name
+from .facts import GpuFacts, HealthFacts, LayerError, MigDeviceFacts, mig_profile_from_name
 
 
 class NvmlLayer(Protocol):

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook.validator.facts import CudaDeviceInfo, GpuFacts
+from .facts import CudaDeviceInfo, GpuFacts
 
 #: The checks, in the order they run.
 CHECKS = ("nvml", "driver", "cuda-version", "devices", "health", "cuda-smoke")

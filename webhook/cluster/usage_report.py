@@ -1,6 +1,6 @@
 """`gpu-webhook usage`: each tenant's quota lines, what is used, and the pods holding it.
 
-Pure formatting over a :class:`~webhook.tracker.UsageBook`; the CLI fills the book from one
+Pure formatting over a :class:`~airflow_gpu_webhook.cluster.tracker.UsageBook`; the CLI fills the book from one
 list of the cluster's managed pods.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 
-from .policy import Policy
-from .quota import format_quantity
+from ..core.policy import Policy
+from ..core.quota import format_quantity
 from .tracker import UsageBook
 
 __all__ = ["usage_table"]

@@ -1,7 +1,7 @@
 """The validating step for an UPDATE of a pod, pure: the accounting facts stay as admitted.
 
 A pod's GPU charge is decided once, at CREATE, and stamped on it (``gpu.platform/*`` labels,
-webhook/mutate.py). A namespace user with the default ``edit`` role may patch any label of a
+webhook/core/mutate.py). A namespace user with the default ``edit`` role may patch any label of a
 running pod, so without this step one ``kubectl label`` would move a pod's charge to another
 tenant or out of the books. Refused on UPDATE:
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import orjson
 
-from .decision import Decision
+from ..core.decision import Decision
 
 __all__ = ["ANONYMOUS", "AdmissionRequest", "BadReview", "UserInfo", "parse_review", "review_response"]
 

@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 import orjson
 import yaml
 
-from . import __version__
-from .cluster import DEFAULT_LEDGER_NAMESPACE
-from .ledger import DEFAULT_GRACE
-from .policy import PolicyError, load_policy, policy_schema
+from .. import __version__
+from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
+from ..cluster.ledger import DEFAULT_GRACE
+from ..core.policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
 
@@ -63,9 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .app import Runtime, create_app, with_client_certificate
-    from .cluster import track_usage
-    from .reload import certificate_reloader, policy_reloader
+    from ..server.app import Runtime, create_app, with_client_certificate
+    from ..cluster.wiring import track_usage
+    from ..server.reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     policy = _policy(args.policy)
@@ -146,10 +146,10 @@ def _cluster_pods(source: str | None) -> list[dict[str, Any]]:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from .admission import review_chain
-    from .pod import metadata
-    from .quota import usage_from_pods
-    from .review import BadReview, parse_review, review_response
+    from ..server.admission import review_chain
+    from ..core.pod import metadata
+    from ..core.quota import usage_from_pods
+    from ..server.review import BadReview, parse_review, review_response
 
     policy = _policy(args.policy)
     source = args.file
@@ -173,9 +173,9 @@ def _read_bytes(source: str) -> bytes:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from .cluster import kube_client
-    from .tracker import PodWatch, UsageBook
-    from .usage_report import usage_table
+    from ..cluster.wiring import kube_client
+    from ..cluster.tracker import PodWatch, UsageBook
+    from ..cluster.usage_report import usage_table
 
     policy = _policy(args.policy)
     if args.tenant and args.tenant not in policy.spec.tenants:
@@ -248,7 +248,7 @@ def _certs_inject(args: argparse.Namespace) -> int:
 
 
 def _validate_driver(argv: list[str]) -> int:
-    from .validator.cli import run_as_program
+    from ..validator.cli import run_as_program
 
     run_as_program(argv)  # exits itself: hard after a timeout, as a hung driver call may never return
     return 0

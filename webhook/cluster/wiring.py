@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .policy import Policy
+from ..core.policy import Policy
 
 __all__ = ["DEFAULT_LEDGER_NAMESPACE", "kube_client", "track_usage"]
 
@@ -34,7 +34,7 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, gra
     from kubernetes import client
 
     from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
-    from .nodes import NodeBook
+    from ..core.nodes import NodeBook
     from .tracker import PodWatch, UsageBook
 
     api = kube_client(kubeconfig)

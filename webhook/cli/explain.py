@@ -24,13 +24,13 @@ from typing import Any
 
 import jsonpatch
 
-from .decision import Decision
-from .mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
-from .plan import GpuPlan, plan_gpu
-from .policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
-from .quota import ResourceList, exceeded_lines, format_quantity, pod_charge
-from .review import UserInfo
-from .tenancy import airflow_label_value, service_account_user
+from ..core.decision import Decision
+from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
+from ..core.plan import GpuPlan, plan_gpu
+from ..core.policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
+from ..core.quota import ResourceList, exceeded_lines, format_quantity, pod_charge
+from ..server.review import UserInfo
+from ..core.tenancy import airflow_label_value, service_account_user
 
 __all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]
 

@@ -18,7 +18,7 @@ from .pod import airflow_dag_id, annotations, labels
 from .policy import Policy, TenantMatch
 
 if TYPE_CHECKING:
-    from .review import UserInfo
+    from ..server.review import UserInfo
 
 __all__ = ["airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant", "service_account_user"]
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of the webhook's decisions, on a registry owned by the app (no globals).
 
 Labels are bounded: step, outcome and reason are small fixed sets, profile and tenant are names
-from the policy (or ``unknown`` / ``none``, see :mod:`webhook.decision`); no pod, namespace or
+from the policy (or ``unknown`` / ``none``, see :mod:`airflow_gpu_webhook.core.decision`); no pod, namespace or
 dag_id labels (those belong to kube-state-metrics, joined through the stamped pod labels; see
 docs/observability.md and manifests/monitoring/).
 
@@ -23,9 +23,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from .decision import Decision
-from .policy import Policy
-from .quota import ResourceList
+from ..core.decision import Decision
+from ..core.policy import Policy
+from ..core.quota import ResourceList
 
 __all__ = ["CONTENT_TYPE_LATEST", "NONE", "WebhookMetrics", "ksm_name"]
 

@@ -24,7 +24,7 @@ from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
 if TYPE_CHECKING:
-    from .review import UserInfo
+    from ..server.review import UserInfo
 
 __all__ = ["decide_ephemeral_validation", "decide_validation", "reaching_violations"]
 
@@ -44,7 +44,7 @@ def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
 def reaching_violations(pod: Mapping[str, Any], policy: Policy, routes: list[str],
                         fields: tuple[str, ...] | None = None) -> list[Violation]:
     """A pod without a GPU that can reach a GPU node: denied, or every container ``void``
-    (also used for an UPDATE that adds a toleration, webhook/update.py)."""
+    (also used for an UPDATE that adds a toleration, webhook/core/update.py)."""
     if policy.spec.gpuReachingPods == "deny" and fields is None:
         return [Violation("gpu-reaching-pod",
                           f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "

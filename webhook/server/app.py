@@ -25,11 +25,11 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .admission import Usage, mutate, validate
-from .decision import Decision
+from ..core.decision import Decision
 from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
-from .nodes import NodeOffer
-from .pod import metadata
-from .policy import Policy
+from ..core.nodes import NodeOffer
+from ..core.pod import metadata
+from ..core.policy import Policy
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
 __all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app",

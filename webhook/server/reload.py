@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .policy import Policy, PolicyError, load_policy
+from ..core.policy import Policy, PolicyError, load_policy
 
 __all__ = ["DEFAULT_INTERVAL", "FileWatch", "certificate_reloader", "policy_reloader"]
 

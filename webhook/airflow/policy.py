@@ -103,9 +103,9 @@ def _denial(task_pod: _TaskPod, policy: Any) -> str:
     """The webhook's denial message for the pod, less what only run time can tell ("" if none)."""
     import jsonpatch
 
-    from .decision import Decision
-    from .mutate import decide_mutation
-    from .validate import decide_validation
+    from ..core.decision import Decision
+    from ..core.mutate import decide_mutation
+    from ..core.validate import decide_validation
 
     pod, namespace = task_pod.pod, task_pod.namespace
     decision = decide_mutation(pod, namespace, policy)
@@ -130,7 +130,7 @@ def _configured_policy() -> Any:
         return None
     from airflow.exceptions import AirflowClusterPolicyError
 
-    from .policy import PolicyError
+    from ..core.policy import PolicyError
 
     try:
         return _load(path, _mtime(path))
@@ -155,7 +155,7 @@ def _mtime(path: str) -> int | None:
 @lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int | None) -> Any:
     """Parse once per (file, mtime): a DAG processor checks thousands of tasks against it."""
-    from .policy import load_policy
+    from ..core.policy import load_policy
 
     return load_policy(path)
 

@@ -1,6 +1,6 @@
 """The mutating step, pure: a managed pod -> the JSON patch that gives it its GPU profile.
 
-For a managed pod (see :mod:`webhook.plan`) the patch
+For a managed pod (see :mod:`airflow_gpu_webhook.core.plan`) the patch
 - puts ``count`` units of the profile's resource in limits and requests of the target
   container only, replacing any GPU resource set there by hand (with a warning);
 - merges the profile's tolerations and nodeSelector into the pod's (a nodeSelector key the
@@ -33,7 +33,7 @@ from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violation
 from .tenancy import resolve_tenant
 
 if TYPE_CHECKING:
-    from .review import UserInfo
+    from ..server.review import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
            "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
@@ -41,7 +41,7 @@ __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TEN
 
 VALIDATOR_NAME = "gpu-driver-validation"
 #: Every label under this prefix is the platform's own: the webhook stamps them, and after
-#: admission no update may touch one (webhook/update.py).
+#: admission no update may touch one (webhook/core/update.py).
 STAMP_PREFIX = "gpu.platform/"
 MANAGED_LABEL = STAMP_PREFIX + "managed"
 TENANT_LABEL = STAMP_PREFIX + "tenant"
@@ -282,7 +282,7 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
 def decide_ephemeral_mutation(pod: Mapping[str, Any], policy: Policy) -> Decision:
     """``void`` on the ephemeral containers of a labelled, GPU or GPU-reaching pod (they never
     hold a GPU: the API server refuses resources on them); every other pod passes untouched.
-    The same pods as :func:`webhook.validate.decide_ephemeral_validation` checks."""
+    The same pods as :func:`airflow_gpu_webhook.core.validate.decide_ephemeral_validation` checks."""
     if scope_of(pod, policy) is Scope.UNLABELLED and not gpu_containers(pod) and not gpu_reach(pod, policy):
         return Decision.allow("cannot-reach-gpu")
     ops = void_ops(pod, None, ("ephemeralContainers",))

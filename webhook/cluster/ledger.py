@@ -47,8 +47,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-from .decision import Decision, Violation
-from .quota import ResourceList, add, exceeded_lines, format_quantity
+from ..core.decision import Decision, Violation
+from ..core.quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook, resource_version, version_number
 
 __all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
@@ -87,7 +87,7 @@ class LedgerUnavailable(Exception):
 
 
 class WatchProgress(Protocol):
-    """What the ledger needs of this replica's pod watch (a :class:`~webhook.tracker.PodWatch`)."""
+    """What the ledger needs of this replica's pod watch (a :class:`~airflow_gpu_webhook.cluster.tracker.PodWatch`)."""
 
     def wait_reached(self, version: int, timeout: float) -> bool: ...
 
@@ -304,8 +304,8 @@ class QuotaReserver:
     async def __call__(self, review: Any, decision: Decision, policy: Any) -> Decision:
         import asyncio
 
-        from .pod import metadata
-        from .quota import pod_charge, touches_quota
+        from ..core.pod import metadata
+        from ..core.quota import pod_charge, touches_quota
 
         if decision.reason == "quota-exceeded":
             return self._with_holders(decision)

@@ -16,14 +16,14 @@ from dataclasses import replace
 
 import jsonpatch
 
-from .decision import Decision, Violation
-from .mutate import decide_ephemeral_mutation, decide_mutation
-from .nodes import NodeOffer
-from .policy import Policy
-from .quota import ResourceList
+from ..core.decision import Decision, Violation
+from ..core.mutate import decide_ephemeral_mutation, decide_mutation
+from ..core.nodes import NodeOffer
+from ..core.policy import Policy
+from ..core.quota import ResourceList
 from .review import AdmissionRequest
-from .update import decide_update
-from .validate import decide_ephemeral_validation, decide_validation
+from ..core.update import decide_update
+from ..core.validate import decide_ephemeral_validation, decide_validation
 
 __all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
 

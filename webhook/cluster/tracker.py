@@ -2,7 +2,7 @@
 
 Two parts, as controller-runtime splits a cache from its informer:
 - :class:`UsageBook`, pure: pod events in, per-tenant usage out. It keeps one small fixed
-  :class:`~webhook.quota.PodRecord` per charged pod, computed from the pod's accounting stamps
+  :class:`~airflow_gpu_webhook.core.quota.PodRecord` per charged pod, computed from the pod's accounting stamps
   (never its labels dict: a pod with a megabyte of labels costs what any other pod costs), and
   per-tenant sums updated per event, so an admission reads usage in O(1), whatever the
   cluster's size. A pod stops counting when it is deleted or reaches Succeeded/Failed. A new
@@ -22,7 +22,7 @@ https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-versions).
 versions are ever compared here. A version that is not an integer reads as 0 (never ahead).
 
 Between an admission and its pod appearing in the watch there is a window in which another
-replica (or a burst) can over-admit; the quota ledger (webhook/ledger.py) closes it, not this module.
+replica (or a burst) can over-admit; the quota ledger (webhook/cluster/ledger.py) closes it, not this module.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from .mutate import MANAGED_LABEL, TENANT_LABEL
-from .pod import labels, metadata
-from .policy import Policy
-from .quota import PodRecord, ResourceList, add, pod_record, reweigh
+from ..core.mutate import MANAGED_LABEL, TENANT_LABEL
+from ..core.pod import labels, metadata
+from ..core.policy import Policy
+from ..core.quota import PodRecord, ResourceList, add, pod_record, reweigh
 
 __all__ = ["MANAGED_SELECTOR", "PodWatch", "UsageBook", "resource_version", "version_number"]
 

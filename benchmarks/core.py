@@ -16,11 +16,11 @@ from pathlib import Path
 import jsonpatch
 import orjson
 
-from airflow_gpu_webhook.server.admission import mutate
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
-from airflow_gpu_webhook.server.review import parse_review, review_response
 from airflow_gpu_webhook.core.validate import decide_validation
+from airflow_gpu_webhook.server.admission import mutate
+from airflow_gpu_webhook.server.review import parse_review, review_response
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU_CASE, CPU_CASE = "kpo_mig_1g_xcom", "kpo_cpu_plain"

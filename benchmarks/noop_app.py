@@ -6,10 +6,9 @@ unjudged. Its ratio to the bare endpoint is the most any decision could reach on
 the distance from it to the real webhook is the decision's own price.
 """
 
-from airflow_gpu_webhook.server.app import AdmissionEndpoints, Runtime, create_app
 from airflow_gpu_webhook.core.decision import Decision
 from airflow_gpu_webhook.core.policy import load_policy
-
+from airflow_gpu_webhook.server.app import AdmissionEndpoints, Runtime, create_app
 from benchmarks.core import ROOT
 
 app = create_app(Runtime(policy=load_policy(ROOT / "manifests" / "policy.yaml")))

@@ -36,8 +36,9 @@ from benchmarks.core import ROOT, case, review_bytes
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from serve import WebhookServer  # noqa: E402
 from tests.e2e.controlplane import ControlPlane, build  # noqa: E402
+
+from serve import WebhookServer  # noqa: E402
 
 NAMESPACE = "ml-jobs"
 
@@ -156,7 +157,8 @@ def run(pods: int, requests: int) -> str:
              "| p50 ratio | p99 ratio |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, (p50, p99) in rows["before"].items():
         a50, a99 = rows["after"][name]
-        lines.append(f"| {name} | {p50:.2f} / {p99:.2f} | {a50:.2f} / {a99:.2f} | {a50 / p50:.2f}x | {a99 / p99:.2f}x |")
+        lines.append(f"| {name} | {p50:.2f} / {p99:.2f} | {a50:.2f} / {a99:.2f} | {a50 / p50:.2f}x "
+                     f"| {a99 / p99:.2f}x |")
     return "\n".join(lines)
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import jsonpatch
 
-from benchmarks.core import CPU_CASE, GPU_CASE, ROOT, case, review_bytes
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
+from benchmarks.core import CPU_CASE, GPU_CASE, ROOT, case, review_bytes
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -63,7 +63,8 @@ def _wait(port: int, ca: Path, process: subprocess.Popen, limit: float = 30) -> 
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), 1) as raw, context.wrap_socket(raw, server_hostname="localhost"):
+            with socket.create_connection(("127.0.0.1", port), 1) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost"):
                 return
         except OSError:
             time.sleep(0.1)

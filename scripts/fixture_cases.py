@@ -76,7 +76,8 @@ CASES = [
     },
     {
         "id": "kpo_existing_scheduling",
-        "description": "KPO, a100-80gb, with the author's own init container, toleration, nodeSelector and node affinity",
+        "description": "KPO, a100-80gb, with the author's own init container, toleration, nodeSelector and "
+                       "node affinity",
         "kind": "kpo",
         "namespace": "ml-jobs",
         "dag_id": "train_segmentation",
@@ -329,7 +330,8 @@ CASES = [
     },
     {
         "id": "executor_mapped_gpu",
-        "description": "KubernetesExecutor worker of a mapped task (map_index 3), pod_override labels h100-80gb count 1",
+        "description": "KubernetesExecutor worker of a mapped task (map_index 3), pod_override labels "
+                       "h100-80gb count 1",
         "kind": "executor",
         "namespace": "airflow",
         "dag_id": "team_vision__etl",

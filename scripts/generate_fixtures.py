@@ -32,28 +32,27 @@ from pathlib import Path
 from kubernetes.client import ApiClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fixture_cases import BASE_WORKER_POD, CASES, HAND_MADE, KPO_DEFAULTS  # noqa: E402
-
-from airflow.dag_processing.bundles.local import LocalDagBundle  # noqa: E402
-from airflow.executors.workloads import BundleInfo, ExecuteTask  # noqa: E402
-from airflow.executors.workloads.task import TaskInstanceDTO  # noqa: E402
-from airflow.models.dagrun import DagRun as DagRunModel  # noqa: E402
-from airflow.providers.cncf.kubernetes import kubernetes_helper_functions  # noqa: E402
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator  # noqa: E402
-from airflow.providers.cncf.kubernetes.pod_generator import (  # noqa: E402
+from airflow.dag_processing.bundles.local import LocalDagBundle
+from airflow.executors.workloads import BundleInfo, ExecuteTask
+from airflow.executors.workloads.task import TaskInstanceDTO
+from airflow.models.dagrun import DagRun as DagRunModel
+from airflow.providers.cncf.kubernetes import kubernetes_helper_functions
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.pod_generator import (
     PodGenerator,
     workload_to_command_args,
 )
-from airflow.sdk import DAG  # noqa: E402
-from airflow.sdk.api.datamodels._generated import (  # noqa: E402
+from airflow.sdk import DAG
+from airflow.sdk.api.datamodels._generated import (
     DagRun,
     TaskInstance,
     TIRunContext,
 )
-from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance  # noqa: E402
-from airflow.serialization.serialized_objects import BaseSerialization  # noqa: E402
-from airflow.utils.helpers import log_filename_template_renderer  # noqa: E402
-from airflow.utils.types import DagRunType  # noqa: E402
+from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+from airflow.serialization.serialized_objects import BaseSerialization
+from airflow.utils.helpers import log_filename_template_renderer
+from airflow.utils.types import DagRunType
+from fixture_cases import BASE_WORKER_POD, CASES, HAND_MADE, KPO_DEFAULTS
 
 REPO = Path(__file__).resolve().parent.parent
 VERSIONS = {
@@ -63,8 +62,8 @@ VERSIONS = {
 
 # One scheduled run for every case. Airflow 3's default "@daily" timetable (cron trigger)
 # gives logical_date == run_after and a zero-length data interval.
-START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-LOGICAL_DATE = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+LOGICAL_DATE = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 RUN_ID = DagRunModel.generate_run_id(
     run_type=DagRunType.SCHEDULED, logical_date=LOGICAL_DATE, run_after=LOGICAL_DATE
 )

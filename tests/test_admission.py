@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
-from routes import ROUTES
-from airflow_gpu_webhook.server import admission
-from airflow_gpu_webhook.server.admission import mutate, review_chain, validate
 from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
 from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
+from airflow_gpu_webhook.server import admission
+from airflow_gpu_webhook.server.admission import mutate, review_chain, validate
 from airflow_gpu_webhook.server.review import parse_review
+
+from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
+from routes import ROUTES
 
 
 def request_for(case_id: str, **changes):
@@ -203,9 +204,7 @@ def _put(doc, path, value):
             node.setdefault(part, {}) if isinstance(node, dict) else None)
         if node is None:
             return
-    if isinstance(node, dict):
-        node[path[-1]] = value
-    elif isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node):
+    if isinstance(node, dict) or (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
         node[path[-1]] = value
 
 

@@ -16,11 +16,12 @@ import httpx
 import orjson
 import pytest
 
-from conftest import admission_review, airflow_fixture
-from serve import WebhookServer
-from airflow_gpu_webhook.server.app import MAX_BODY_BYTES
 from airflow_gpu_webhook.cli.certs import generate_client
 from airflow_gpu_webhook.cli.main import GRACEFUL_SHUTDOWN_SECONDS
+from airflow_gpu_webhook.server.app import MAX_BODY_BYTES
+
+from conftest import admission_review, airflow_fixture
+from serve import WebhookServer
 
 
 @pytest.fixture(scope="module")

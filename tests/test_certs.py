@@ -10,7 +10,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from airflow_gpu_webhook.cli.certs import SERVING_DAYS, ca_bundle, generate, generate_client, inject_ca_bundle, load_documents
+from airflow_gpu_webhook.cli.certs import (
+    SERVING_DAYS,
+    ca_bundle,
+    generate,
+    generate_client,
+    inject_ca_bundle,
+    load_documents,
+)
 
 from conftest import ROOT
 

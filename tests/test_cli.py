@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonpatch
 import pytest
@@ -32,7 +33,7 @@ def test_review_prints_the_admission_response_with_the_patch(tmp_path):
 
 
 def test_review_of_a_denied_pod_exits_zero_with_the_message_from_stdin(tmp_path):
-    body = open(review_input("kpo_unknown_profile", tmp_path), "rb").read()
+    body = Path(review_input("kpo_unknown_profile", tmp_path)).read_bytes()
     done = gpu_webhook("review", "--policy", str(POLICY_FILE), stdin=body)
     assert done.returncode == 0
     status = json.loads(done.stdout)["response"]["status"]

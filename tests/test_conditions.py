@@ -15,12 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, policy_with
 from airflow_gpu_webhook.cli.conditions import mutating_expression, render, validating_expression
 from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
 from airflow_gpu_webhook.core.rules import DEVICE_REQUEST_ROOTS, GPU_POD_FORBIDDEN_ENV, TOOLKIT_ENV
 from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
+
+from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, policy_with
 
 SHIPPED = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 _ENV = celpy.Environment()

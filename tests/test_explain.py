@@ -6,9 +6,10 @@ import jsonpatch
 import pytest
 import yaml
 
-from conftest import POLICY_FILE, airflow_fixture
 from airflow_gpu_webhook.cli.explain import POLICY_ENV, ExplainError, explain, run_explain
 from airflow_gpu_webhook.core.mutate import decide_mutation
+
+from conftest import POLICY_FILE, airflow_fixture
 
 KNOWN = "a100-80gb, h100-80gb, a100-mig-1g.10gb, a100-mig-2g.20gb, a100-mig-3g.40gb"
 INDENT = " " * 12

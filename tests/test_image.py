@@ -30,9 +30,10 @@ import httpx
 import orjson
 import pytest
 
+from airflow_gpu_webhook import __version__
+
 from conftest import POLICY_FILE, ROOT, admission_review, airflow_fixture
 from serve import free_port
-from airflow_gpu_webhook import __version__
 
 BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 USER = "10001:10001"

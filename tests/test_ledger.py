@@ -266,8 +266,8 @@ def test_an_unavailable_ledger_denies_with_a_retryable_503(api, policy):
 def test_dry_runs_and_pods_not_admitted_reserve_nothing(api, policy):
     import asyncio
 
-    from airflow_gpu_webhook.core.decision import Decision
     from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+    from airflow_gpu_webhook.core.decision import Decision
 
     reserver = QuotaReserver(_ledger(api, policy))
     admitted = Decision.allow("admitted", tenant="forecasting")
@@ -288,8 +288,8 @@ def _review(pod: dict, namespace: str = "airflow") -> SimpleNamespace:
 def test_a_forged_review_is_refused_before_any_ledger_write(api, policy):
     import asyncio
 
-    from airflow_gpu_webhook.core.decision import Decision
     from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+    from airflow_gpu_webhook.core.decision import Decision
 
     pod = _pod(policy, _uid(1), 1, name="x" * 300_000)
     decision = asyncio.run(QuotaReserver(_ledger(api, policy))(_review(pod), Decision.allow("admitted",
@@ -302,9 +302,10 @@ def test_a_forged_review_is_refused_before_any_ledger_write(api, policy):
 def test_a_pod_whose_charge_touches_no_quota_line_takes_no_ledger_round(api, policy):
     import asyncio
 
-    from conftest import policy_with
-    from airflow_gpu_webhook.core.decision import Decision
     from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+    from airflow_gpu_webhook.core.decision import Decision
+
+    from conftest import policy_with
 
     tenants = {name: t.model_dump(mode="json", exclude_none=True) for name, t in policy.spec.tenants.items()}
     tenants["forecasting"]["quota"] = {"nvidia.com/mig-1g.10gb": 4}

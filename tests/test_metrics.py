@@ -10,14 +10,15 @@ import jsonpatch
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import airflow_fixture, policy_with
-from serve import WebhookServer
-from airflow_gpu_webhook.server.app import Runtime
-from airflow_gpu_webhook.core.decision import Decision, Violation
 from airflow_gpu_webhook.cluster.ledger import ROUND_RESULTS
-from airflow_gpu_webhook.server.metrics import WebhookMetrics, ksm_name
+from airflow_gpu_webhook.core.decision import Decision, Violation
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.validate import decide_validation
+from airflow_gpu_webhook.server.app import Runtime
+from airflow_gpu_webhook.server.metrics import WebhookMetrics, ksm_name
+
+from conftest import airflow_fixture, policy_with
+from serve import WebhookServer
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT
-from airflow_gpu_webhook.server.app import Runtime
 from airflow_gpu_webhook.core.decision import Decision
 from airflow_gpu_webhook.core.policy import load_policy
+from airflow_gpu_webhook.server.app import Runtime
+
+from conftest import ROOT
 
 MONITORING = ROOT / "manifests" / "monitoring"
 BUILD_PROMTOOL = ROOT / "testbed" / "build-promtool.sh"
@@ -49,7 +50,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)                # matchers, ranges
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
-    for number, name, call in re.findall(r"(\d[\w.]*)|([A-Za-z_:][\w:]*)(\s*\()?", text):
+    for _number, name, call in re.findall(r"(\d[\w.]*)|([A-Za-z_:][\w:]*)(\s*\()?", text):
         if name and not call and name.lower() not in _KEYWORDS:
             names.add(name)
     return names

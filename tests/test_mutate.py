@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import POLICY_FILE, airflow_fixture, airflow_fixture_ids
 from airflow_gpu_webhook.core.mutate import VALIDATOR_NAME, decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
+
+from conftest import POLICY_FILE, airflow_fixture, airflow_fixture_ids
 
 A100_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 VOID_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}

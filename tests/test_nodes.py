@@ -5,9 +5,10 @@ from __future__ import annotations
 import jsonpatch
 import pytest
 
-from conftest import airflow_fixture
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.nodes import NodeBook, NodeOffer, capacity_verdict, tolerates
+
+from conftest import airflow_fixture
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 

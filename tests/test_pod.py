@@ -6,8 +6,15 @@ from decimal import Decimal
 
 import pytest
 
+from airflow_gpu_webhook.core.pod import (
+    airflow_dag_id,
+    container_gpu_resources,
+    gpu_quantity,
+    is_airflow_pod,
+    safe_label_value,
+)
+
 from conftest import airflow_fixture
-from airflow_gpu_webhook.core.pod import airflow_dag_id, container_gpu_resources, gpu_quantity, is_airflow_pod, safe_label_value
 
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 

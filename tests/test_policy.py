@@ -10,8 +10,9 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import POLICY_FILE
 from airflow_gpu_webhook.core.policy import PolicyError, load_policy, parse_policy, policy_schema
+
+from conftest import POLICY_FILE
 
 REFERENCE = yaml.safe_load(POLICY_FILE.read_text())
 

@@ -7,9 +7,10 @@ from decimal import Decimal as D
 import jsonpatch
 import pytest
 
-from conftest import airflow_fixture
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.quota import exceeded_lines, format_quantity, pod_charge, pod_gpu_request, usage_from_pods
+
+from conftest import airflow_fixture
 
 
 def _pod(containers=(), init=()):

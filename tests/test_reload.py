@@ -12,10 +12,11 @@ import time
 import pytest
 import yaml
 
-from conftest import POLICY_FILE, airflow_fixture
-from serve import WebhookServer
 from airflow_gpu_webhook.cli.certs import generate, generate_client
 from airflow_gpu_webhook.server.reload import FileWatch, certificate_reloader, policy_reloader
+
+from conftest import POLICY_FILE, airflow_fixture
+from serve import WebhookServer
 
 
 def test_a_watch_fires_on_new_content_only(tmp_path):

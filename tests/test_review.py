@@ -8,9 +8,10 @@ import json
 import orjson
 import pytest
 
-from conftest import admission_review, airflow_fixture
 from airflow_gpu_webhook.core.decision import Decision, Violation
 from airflow_gpu_webhook.server.review import ANONYMOUS, BadReview, UserInfo, parse_review, review_response
+
+from conftest import admission_review, airflow_fixture
 
 
 def _review(**request_changes) -> bytes:

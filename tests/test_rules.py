@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import airflow_fixture, policy_with
 from airflow_gpu_webhook.core.rules import gpu_reach, security_violations
+
+from conftest import airflow_fixture, policy_with
 
 
 def _with(case_id, change):

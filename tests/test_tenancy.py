@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import airflow_fixture, policy_with
-from airflow_gpu_webhook.server.review import UserInfo
 from airflow_gpu_webhook.core.tenancy import airflow_label_value, dag_id_conflict, describe_tenants, resolve_tenant
+from airflow_gpu_webhook.server.review import UserInfo
+
+from conftest import airflow_fixture, policy_with
 
 CASES = [
     ("a namespace match", "kpo_h100_count2", "ml-jobs", "vision"),

@@ -13,9 +13,10 @@ from types import SimpleNamespace
 import jsonpatch
 import pytest
 
-from conftest import airflow_fixture, policy_with
-from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.cluster.tracker import PodWatch, UsageBook
+from airflow_gpu_webhook.core.mutate import decide_mutation
+
+from conftest import airflow_fixture, policy_with
 
 
 def managed(case_id: str, policy, uid: str, phase: str = "Running") -> dict:

@@ -4,12 +4,15 @@ later updates pass."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
-from conftest import airflow_fixture, policy_with
 from airflow_gpu_webhook.core.update import decide_update, fixed_label_keys
+
+from conftest import airflow_fixture, policy_with
 
 
 def managed_pod() -> dict[str, Any]:
@@ -25,7 +28,8 @@ def cpu_pod() -> dict[str, Any]:
     return copy.deepcopy(airflow_fixture("kpo_cpu_plain")["pod"])
 
 
-def relabelled(pod: dict[str, Any], labels: dict[str, str | None] = {}, notes: dict[str, str | None] = {}) -> dict:
+def relabelled(pod: dict[str, Any], labels: Mapping[str, str | None] = MappingProxyType({}),
+               notes: Mapping[str, str | None] = MappingProxyType({})) -> dict:
     """``pod`` with labels/annotations set (None: removed), as a merge patch would leave it."""
     new = copy.deepcopy(pod)
     for field, changes in (("labels", labels), ("annotations", notes)):

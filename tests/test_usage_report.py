@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from test_tracker import managed
+
 from airflow_gpu_webhook.cluster.tracker import UsageBook
 from airflow_gpu_webhook.cluster.usage_report import usage_table
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import jsonpatch
 import pytest
 
-from conftest import airflow_fixture, policy_with
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.validate import decide_validation
+
+from conftest import airflow_fixture, policy_with
 
 D = Decimal
 

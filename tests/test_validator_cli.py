@@ -128,7 +128,7 @@ def test_an_unwritable_termination_log_does_not_change_the_verdict(path):
 )
 def test_bad_arguments_exit_2_without_touching_the_gpu(argv, capsys):
     nvml, cuda = FakeNvml(), FakeCuda()
-    code, out, _ = invoke(argv, nvml, cuda)
+    code, _, _ = invoke(argv, nvml, cuda)
     assert code == 2
     assert "usage: gpu-webhook validate-driver" in capsys.readouterr().err
     assert not nvml.shut_down and cuda.calls == []

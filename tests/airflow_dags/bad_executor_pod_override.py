@@ -1,7 +1,6 @@
 """Import error: a KubernetesExecutor pod_override with too many GPUs and NVIDIA_VISIBLE_DEVICES."""
-from kubernetes.client import models as k8s
-
 from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
 
 with DAG("team_vision__finetune", schedule=None):
 

@@ -1,8 +1,7 @@
 """Import error: a hostPath volume hands /dev/nvidia0 to the pod."""
-from kubernetes.client import models as k8s
-
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
+from kubernetes.client import models as k8s
 
 with DAG("bad_host_path", schedule=None):
     KubernetesPodOperator(task_id="train", image="trainer", namespace="ml-jobs",

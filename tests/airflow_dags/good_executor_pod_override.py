@@ -1,7 +1,6 @@
 """Loads: a KubernetesExecutor task whose pod_override asks for a MIG slice (tenant vision by dag_id)."""
-from kubernetes.client import models as k8s
-
 from airflow.sdk import DAG, task
+from kubernetes.client import models as k8s
 
 with DAG("team_vision__embed", schedule=None):
 

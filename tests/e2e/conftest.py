@@ -19,11 +19,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE, ROOT, airflow_fixture
-from serve import WebhookServer
 from airflow_gpu_webhook.cli.certs import ca_bundle, inject_ca_bundle, load_documents
 
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
+from conftest import POLICY_FILE, ROOT, airflow_fixture
+from serve import WebhookServer
 
 WEBHOOK_CONFIGURATIONS = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 #: Namespaces the reference policy's tenants match on (plus one that fits no tenant).
@@ -234,7 +234,7 @@ class StubWebhook:
         reviews: list[dict[str, Any]] = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 reviews.append(review)
                 body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {

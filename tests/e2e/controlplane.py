@@ -365,7 +365,7 @@ class ControlPlane:
             try:
                 popen = subprocess.Popen(
                     [str(self.bin_dir / name), *args], stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                    cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
+                    cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent,  # PR_SET_PDEATHSIG needs preexec_fn
                 )
             except OSError as e:
                 raise ControlPlaneError(name, f"could not be executed from {self.bin_dir}: {e}") from e

@@ -20,11 +20,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE
-from serve import WebhookServer, free_port
-
 from .conftest import TENANT_NAMESPACES, RegisteredWebhook, airflow_pod
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane
+from conftest import POLICY_FILE
+from serve import WebhookServer, free_port
 
 NAMESPACE, CASE, QUOTA = "airflow", "kpo_nightly_a100", 5   # tenant forecasting: namespace airflow, nightly_*
 

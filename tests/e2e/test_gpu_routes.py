@@ -20,13 +20,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE
-from routes import ROUTES, base_container
 from airflow_gpu_webhook.cli.certs import ca_bundle, generate, inject_ca_bundle
 from airflow_gpu_webhook.cli.conditions import configurations
 from airflow_gpu_webhook.core.policy import load_policy
 
 from .conftest import RegisteredWebhook, StubWebhook, airflow_pod, tenant_user
+from conftest import POLICY_FILE
+from routes import ROUTES, base_container
 
 pytestmark = pytest.mark.e2e
 

@@ -31,11 +31,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE, admission_review
-from serve import WebhookServer
-
 from .conftest import RegisteredWebhook, airflow_pod, registered_webhook, tenant_user
 from .controlplane import ControlPlane
+from conftest import POLICY_FILE, admission_review
+from serve import WebhookServer
 
 pytestmark = pytest.mark.e2e
 

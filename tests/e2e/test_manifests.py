@@ -32,10 +32,9 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
+from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane
 from conftest import POLICY_FILE, ROOT, airflow_fixture
 from serve import WebhookServer
-
-from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane
 
 pytestmark = pytest.mark.e2e
 
@@ -270,7 +269,7 @@ def test_serve_runs_as_the_service_account_and_charges_quota_through_the_ledger(
     with WebhookServer(tmp_path / "serve", extra_args=args) as server:   # ready = the watch synced
         case = airflow_fixture("kpo_h100_count2")
         pod = {**case["pod"], "metadata": {**case["pod"]["metadata"], "uid": str(uuid.uuid4())}}
-        mutated, validated = server.chain(pod, case["namespace"])
+        _, validated = server.chain(pod, case["namespace"])
         assert validated is not None and validated["allowed"] is True, validated
     ledger = client.CoreV1Api(as_service_account).read_namespaced_config_map("gpu-webhook-ledger-vision",
                                                                              LEDGER_NAMESPACE)
@@ -310,8 +309,8 @@ def test_the_service_account_lists_and_watches_pods_in_every_namespace(controlpl
 def test_the_service_account_keeps_the_quota_ledger_with_the_webhooks_own_code(controlplane, as_service_account) -> None:
     """The ledger's real read-check-write rounds, as the ServiceAccount, in the ledger namespace."""
     from airflow_gpu_webhook.cluster.ledger import Ledger
-    from airflow_gpu_webhook.core.policy import load_policy
     from airflow_gpu_webhook.cluster.tracker import UsageBook
+    from airflow_gpu_webhook.core.policy import load_policy
 
     policy = load_policy(POLICY_FILE)
     ledger = Ledger(client.CoreV1Api(as_service_account), LEDGER_NAMESPACE, UsageBook(policy), deadline=10)

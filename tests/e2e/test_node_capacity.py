@@ -13,10 +13,9 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE
-
 from .conftest import RegisteredWebhook, airflow_pod, registered_webhook
 from .controlplane import KWOK_NODE_ANNOTATION, ControlPlane
+from conftest import POLICY_FILE
 
 pytestmark = pytest.mark.e2e
 

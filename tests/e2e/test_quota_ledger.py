@@ -21,8 +21,21 @@ import pytest
 
 from .conftest import airflow_pod
 from .controlplane import ControlPlane
-from .quota_cluster import (CASE, GRACE, NAMESPACE, QUOTA, Replicas, burst_client, create, finish, ledger_rounds,
-                            burst, running, serving, wait_quota_free)
+from .quota_cluster import (
+    CASE,
+    GRACE,
+    NAMESPACE,
+    QUOTA,
+    Replicas,
+    burst,
+    burst_client,
+    create,
+    finish,
+    ledger_rounds,
+    running,
+    serving,
+    wait_quota_free,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +49,7 @@ def test_a_burst_of_100_creates_over_two_replicas_admits_exactly_the_quota(repli
     core = burst_client(controlplane)
     names = [f"burst-{uuid.uuid4().hex[:8]}" for _ in range(100)]
     with ThreadPoolExecutor(max_workers=25) as pool:
-        outcomes = dict(zip(names, pool.map(lambda n: create(core, n), names)))
+        outcomes = dict(zip(names, pool.map(lambda n: create(core, n), names), strict=True))
     admitted = [n for n, outcome in outcomes.items() if outcome == "admitted"]
     try:
         assert len(admitted) == QUOTA, {o for o in outcomes.values() if o != "admitted"}

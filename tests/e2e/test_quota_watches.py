@@ -27,11 +27,23 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-
 from .conftest import StubWebhook, airflow_pod, denying, tenant_user
 from .controlplane import ControlPlane
-from .quota_cluster import (CASE, GRACE, NAMESPACE, QUOTA, Replicas, WatchProxy, burst, burst_client, create,
-                            finish, ledger_rounds, serving, wait_quota_free)
+from .quota_cluster import (
+    CASE,
+    GRACE,
+    NAMESPACE,
+    QUOTA,
+    Replicas,
+    WatchProxy,
+    burst,
+    burst_client,
+    create,
+    finish,
+    ledger_rounds,
+    serving,
+    wait_quota_free,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -8,15 +8,14 @@ loudly the day the hole is closed. docs/security.md describes the routes and the
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import base64
-import ssl
 
 import httpx
 import jsonpatch
@@ -26,13 +25,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE, ROOT, admission_review
-from serve import WebhookServer
-from airflow_gpu_webhook.server.admission import mutate
 from airflow_gpu_webhook.core.policy import load_policy
+from airflow_gpu_webhook.server.admission import mutate
 from airflow_gpu_webhook.server.review import parse_review
 
 from .conftest import RegisteredWebhook, airflow_pod, registered_webhook, service_account_client, tenant_user
+from conftest import POLICY_FILE, ROOT, admission_review
+from serve import WebhookServer
 
 pytestmark = pytest.mark.e2e
 

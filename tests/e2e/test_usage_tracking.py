@@ -13,10 +13,9 @@ import uuid
 import pytest
 from kubernetes.client.rest import ApiException
 
-from conftest import POLICY_FILE
-
 from .conftest import RegisteredWebhook, airflow_pod
 from .controlplane import COMPLETE_AFTER_LABEL
+from conftest import POLICY_FILE
 
 pytestmark = pytest.mark.e2e
 

@@ -136,7 +136,7 @@ def generate(out: Path, service: str, namespace: str, extra_dns: list[str] | Non
     files = CertFiles(out / "ca.crt", out / "ca.key", out / "tls.crt", out / "tls.key")
     _refuse_overwrite(files, force, "update the webhook configurations' caBundle")
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = _ca(now)
     dns = list(dict.fromkeys(service_names(service, namespace) + ["localhost"] + (extra_dns or [])))
     ips = list(dict.fromkeys(["127.0.0.1", "::1"] + (extra_ips or [])))
@@ -155,7 +155,7 @@ def generate_client(out: Path, common_name: str = APISERVER_CLIENT_NAME, force: 
                       out / "apiserver-client.key")
     _refuse_overwrite(files, force, "give the API server the new client pair")
     out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = _ca(now, "airflow-gpu-webhook client CA")
     return _write_pair(files, ca_key, ca_cert, *_leaf(ca_key, ca_cert, common_name, ExtendedKeyUsageOID.CLIENT_AUTH,
                                                        now))

@@ -7,7 +7,8 @@ would count against the tenant. So the answer cannot drift from what the webhook
 
     $ gpu-webhook explain h100-80gb --count 2 --namespace ml-jobs
     profile h100-80gb: 2 x nvidia.com/gpu (maxCount 8; one unit weighs 1 in gpuEquivalent)
-    resources   container base: limits and requests nvidia.com/gpu: 2 (every other container: NVIDIA_VISIBLE_DEVICES=void)
+    resources   container base: limits and requests nvidia.com/gpu: 2 (every other container:
+                NVIDIA_VISIBLE_DEVICES=void)
     ...
 
 Exit codes (:func:`run_explain`): 0 explained, 1 the webhook would refuse such a task (unknown
@@ -29,8 +30,8 @@ from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABE
 from ..core.plan import GpuPlan, plan_gpu
 from ..core.policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
 from ..core.quota import ResourceList, exceeded_lines, format_quantity, pod_charge
-from ..server.review import UserInfo
 from ..core.tenancy import airflow_label_value, service_account_user
+from ..server.review import UserInfo
 
 __all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]
 

@@ -18,8 +18,8 @@ import orjson
 import yaml
 
 from .. import __version__
-from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
 from ..cluster.ledger import DEFAULT_GRACE
+from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
 from ..core.policy import PolicyError, load_policy, policy_schema
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
@@ -63,8 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..server.app import Runtime, create_app, with_client_certificate
     from ..cluster.wiring import track_usage
+    from ..server.app import Runtime, create_app, with_client_certificate
     from ..server.reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -146,9 +146,9 @@ def _cluster_pods(source: str | None) -> list[dict[str, Any]]:
 
 
 def _review(args: argparse.Namespace) -> int:
-    from ..server.admission import review_chain
     from ..core.pod import metadata
     from ..core.quota import usage_from_pods
+    from ..server.admission import review_chain
     from ..server.review import BadReview, parse_review, review_response
 
     policy = _policy(args.policy)
@@ -173,9 +173,9 @@ def _read_bytes(source: str) -> bytes:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    from ..cluster.wiring import kube_client
     from ..cluster.tracker import PodWatch, UsageBook
     from ..cluster.usage_report import usage_table
+    from ..cluster.wiring import kube_client
 
     policy = _policy(args.policy)
     if args.tenant and args.tenant not in policy.spec.tenants:
@@ -273,7 +273,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="charge quota against the cluster's running GPU pods (list+watch; /readyz waits for it)")
     serve.add_argument("--kubeconfig", help="kubeconfig for --track-usage (default: in-cluster, else ~/.kube/config)")
     serve.add_argument("--ledger-namespace", default=DEFAULT_LEDGER_NAMESPACE,
-                       help=f"where the quota ledger ConfigMaps live (default {DEFAULT_LEDGER_NAMESPACE}, as the manifests)")
+                       help=f"where the quota ledger ConfigMaps live (default {DEFAULT_LEDGER_NAMESPACE}, "
+                            "as the manifests)")
     serve.add_argument("--reservation-grace", type=float, default=DEFAULT_GRACE,
                        help=f"seconds before a quota reservation whose pod no watch has seen is checked with a "
                             f"GET and dropped if the pod was never created (default {DEFAULT_GRACE:g}; must exceed "

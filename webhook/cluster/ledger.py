@@ -109,6 +109,10 @@ class _Caught:
         """Nothing to restart."""
 
 
+#: Stateless, so one is shared by every ledger used without a watch.
+CAUGHT_UP = _Caught()
+
+
 def _shown(value: str, limit: int = 80) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
@@ -150,7 +154,7 @@ class Ledger:
     core: Any
     namespace: str
     book: UsageBook
-    watch: WatchProgress = _Caught()
+    watch: WatchProgress = CAUGHT_UP
     grace: float = DEFAULT_GRACE
     deadline: float = 3.0   # under the webhook's timeoutSeconds (5 s)
     clock: Callable[[], float] = time.time
@@ -184,7 +188,8 @@ class Ledger:
                 return decision
         return Decision.deny([Violation("ledger-unavailable",
                                         f"gpu-webhook could not record the GPU quota reservation of tenant {tenant} in "
-                                        f"time ({attempts} attempts); this is temporary: retry")], code=503, tenant=tenant)
+                                        f"time ({attempts} attempts); this is temporary: retry")],
+                        code=503, tenant=tenant)
 
     def _confirm(self, reservations: dict[str, Any], now: float) -> tuple[dict[str, str], int]:
         """Which reservations may leave the ledger ({uid: kind}), and the highest version at

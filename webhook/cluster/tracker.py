@@ -9,8 +9,8 @@ Two parts, as controller-runtime splits a cache from its informer:
   policy re-weighs the kept records once; their tenant stays what the stamp says.
 - :class:`PodWatch`, the I/O: a paged list, then a watch from the list's resourceVersion
   (label-selected to pods stamped ``gpu.platform/managed=true`` and ``gpu.platform/tenant``),
-  re-list on 410 Gone or a broken stream, on a thread. Raw JSON, never typed models. ``synced`` is set when a list completes and
-  **cleared on any watch failure** until the next list completes, so ``/readyz`` turns 503
+  re-list on 410 Gone or a broken stream, on a thread. Raw JSON, never typed models. ``synced`` is set
+  when a list completes and **cleared on any watch failure** until the next list completes, so ``/readyz`` turns 503
   and quota-bound pods get a retryable 503 instead of a guess. ``reached`` is the
   resourceVersion the watch has applied (events and BOOKMARKs), and :meth:`PodWatch.wait_reached`
   waits, bounded, until it passes a given version.
@@ -189,7 +189,8 @@ class PodWatch:
     """List+watch over the API server into a book (``apply`` per event, ``replace_all`` per list),
     on a thread: managed pods into a :class:`UsageBook` by default, or nodes into a NodeBook."""
 
-    def __init__(self, api_client: Any, book: Any, selector: str = MANAGED_SELECTOR, path: str = "/api/v1/pods") -> None:
+    def __init__(self, api_client: Any, book: Any, selector: str = MANAGED_SELECTOR,
+                 path: str = "/api/v1/pods") -> None:
         self.api = api_client
         self.book = book
         self.selector = selector

@@ -33,8 +33,8 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, gra
     """
     from kubernetes import client
 
-    from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
     from ..core.nodes import NodeBook
+    from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
     from .tracker import PodWatch, UsageBook
 
     api = kube_client(kubeconfig)

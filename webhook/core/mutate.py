@@ -26,8 +26,18 @@ from typing import TYPE_CHECKING, Any
 from .decision import UNKNOWN, Decision, Violation
 from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
-                  labels, metadata, safe_label_value, spec)
+from .pod import (
+    CONTAINER_FIELDS,
+    all_containers,
+    as_dict,
+    container_gpu_resources,
+    gpu_containers,
+    gpu_quantity,
+    labels,
+    metadata,
+    safe_label_value,
+    spec,
+)
 from .policy import GPU_RESOURCE_PREFIX, Policy
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
@@ -161,7 +171,7 @@ def _contains(actual: Any, desired: Any) -> bool:
         if desired and all(isinstance(d, dict) for d in desired):
             rest = iter(actual)
             return all(any(_contains(a, d) for a in rest) for d in desired)
-        return len(actual) == len(desired) and all(_contains(a, d) for a, d in zip(actual, desired))
+        return len(actual) == len(desired) and all(_contains(a, d) for a, d in zip(actual, desired, strict=True))
     return False
 
 

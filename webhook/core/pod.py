@@ -130,7 +130,7 @@ def _count_text(text: str) -> Decimal | None:
 
 #: Nine digits: far more devices than any node has, and a bound on what is ever parsed.
 MAX_QUANTITY_DIGITS = 9
-_CANONICAL_COUNT = re.compile(r"0|[1-9][0-9]{0,%d}" % (MAX_QUANTITY_DIGITS - 1), re.ASCII)
+_CANONICAL_COUNT = re.compile(rf"0|[1-9][0-9]{{0,{MAX_QUANTITY_DIGITS - 1}}}", re.ASCII)
 
 
 def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:

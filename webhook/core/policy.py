@@ -146,7 +146,8 @@ class TenantMatch(_Strict):
     dagIdPrefix: str | None = None
     #: ``<namespace>/<name>`` of the ServiceAccount that creates the pod (an Airflow deployment's worker
     #: or scheduler account): the requester's username is then ``system:serviceaccount:<namespace>:<name>``.
-    serviceAccount: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    serviceAccount: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     #: The requester's exact username, as the API server authenticated it.
     username: str | None = Field(default=None, min_length=1)
     #: A group the requester belongs to.

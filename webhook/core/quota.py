@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from .pod import GpuContainer, airflow_dag_id, as_dict, gpu_containers, gpu_quantity, labels, metadata, safe_label_value
 from .mutate import MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL
+from .pod import GpuContainer, airflow_dag_id, as_dict, gpu_containers, gpu_quantity, labels, metadata, safe_label_value
 from .policy import GPU_EQUIVALENT, Policy, Profile
 
 __all__ = [

@@ -21,9 +21,9 @@ from ..core.mutate import decide_ephemeral_mutation, decide_mutation
 from ..core.nodes import NodeOffer
 from ..core.policy import Policy
 from ..core.quota import ResourceList
-from .review import AdmissionRequest
 from ..core.update import decide_update
 from ..core.validate import decide_ephemeral_validation, decide_validation
+from .review import AdmissionRequest
 
 __all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
 
@@ -60,7 +60,7 @@ def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict],
 def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Decision], *pods: dict) -> Decision:
     try:
         decision = decide(*pods)
-    except Exception:  # noqa: BLE001 - the API server must get an answer carrying the uid
+    except Exception:  # the API server must get an answer carrying the uid
         log.exception("decision failed uid=%s namespace=%s", request.uid, request.namespace)
         return Decision.error(f"gpu-webhook failed to judge this pod (uid {request.uid}); "
                               f"see the webhook's log")

@@ -24,12 +24,12 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .admission import Usage, mutate, validate
 from ..core.decision import Decision
-from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from ..core.nodes import NodeOffer
 from ..core.pod import metadata
 from ..core.policy import Policy
+from .admission import Usage, mutate, validate
+from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
 __all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app",
@@ -181,7 +181,7 @@ class AdmissionEndpoints:
     async def _reserve(self, review: AdmissionRequest, decision: Decision) -> Decision:
         try:
             return await self.runtime.reserve(review, decision, self.runtime.policy)
-        except Exception:  # noqa: BLE001 - an answer carrying the uid, never an allow by accident
+        except Exception:  # an answer carrying the uid, never an allow by accident
             log.exception("quota reservation failed uid=%s", review.uid)
             return Decision.error(f"gpu-webhook failed to record the quota reservation (uid {review.uid}); retry")
 
@@ -201,7 +201,8 @@ def with_client_certificate(protocol: type) -> type:
             tls = transport.get_extra_info("ssl_object")
             self.app_state = {**self.app_state, CLIENT_CERTIFICATE: bool(tls is not None and tls.getpeercert())}
 
-    ClientCertificateProtocol.__name__ = ClientCertificateProtocol.__qualname__ = f"ClientCertificate{protocol.__name__}"
+    name = f"ClientCertificate{protocol.__name__}"
+    ClientCertificateProtocol.__name__ = ClientCertificateProtocol.__qualname__ = name
     return ClientCertificateProtocol
 
 

@@ -74,7 +74,7 @@ class FileWatch:
             await asyncio.sleep(self.interval)
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - one bad poll must not end reloading for good
+            except Exception:  # one bad poll must not end reloading for good
                 log.exception("file watch of %s failed; polling goes on", ", ".join(map(str, self.paths)))
                 self.on_error()
 

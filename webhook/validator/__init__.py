@@ -13,7 +13,7 @@ check runs, so the package imports on machines without a GPU (CI, the webhook it
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .cuda import CudaLayer
 from .facts import CudaDeviceInfo, GpuFacts, LayerError, normalise_profile
@@ -99,7 +100,8 @@ def check_cuda_version(reported: int, minimum: Version) -> Outcome:
     try:
         found = cuda_version_from_int(reported)
     except VersionError:
-        return Failure("cuda-version", "nvml-error", f"NVML reported a CUDA driver version that is not valid: {reported!r}")
+        return Failure("cuda-version", "nvml-error",
+                       f"NVML reported a CUDA driver version that is not valid: {reported!r}")
     if found < minimum:
         return Failure(
             "cuda-version",
@@ -121,7 +123,8 @@ class Unit:
     gpu_index: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "uuid": self.uuid, "name": self.name, "profile": self.profile, "gpu_index": self.gpu_index}
+        return {"kind": self.kind, "uuid": self.uuid, "name": self.name, "profile": self.profile,
+                "gpu_index": self.gpu_index}
 
     def label(self) -> str:
         what = f"MIG {self.profile or '(unknown profile)'}" if self.kind == "mig" else f"whole GPU {self.name or '?'}"
@@ -211,7 +214,8 @@ def check_health(gpus: list[GpuFacts]) -> Outcome:
             return Failure(
                 "health",
                 "ecc-uncorrectable",
-                f"{who} has {h.volatile_uncorrected_ecc} volatile uncorrectable ECC error(s) since the last driver reload",
+                f"{who} has {h.volatile_uncorrected_ecc} volatile uncorrectable ECC error(s) since the last driver "
+                "reload",
                 ("memory on this GPU returned corrupt data; drain the node and reset the GPU",),
             )
         if h.retired_pages_pending:
@@ -232,7 +236,8 @@ def check_health(gpus: list[GpuFacts]) -> Outcome:
                 "row-remap-pending",
                 f"{who} has a memory row remap pending: the GPU needs a reset before it is safe to use",
             )
-        ecc = "ECC n/a" if h.ecc_enabled is None else ("ECC off" if not h.ecc_enabled else f"ECC on, {h.volatile_uncorrected_ecc or 0} uncorrectable")
+        ecc = "ECC n/a" if h.ecc_enabled is None else (
+            "ECC off" if not h.ecc_enabled else f"ECC on, {h.volatile_uncorrected_ecc or 0} uncorrectable")
         remap = "row remap n/a" if h.row_remap_failure is None else "row remap ok"
         pages = "page retirement n/a" if h.retired_pages_pending is None else "no pages pending"
         notes.append(f"{who}: {ecc}, {remap}, {pages}")
@@ -245,7 +250,7 @@ def first_difference(sent: bytes, received: bytes) -> int | None:
     """Offset of the first byte that differs (or where one is shorter); None if equal."""
     if sent == received:
         return None
-    for offset, (a, b) in enumerate(zip(sent, received)):
+    for offset, (a, b) in enumerate(zip(sent, received, strict=False)):
         if a != b:
             return offset
     return min(len(sent), len(received))
@@ -262,7 +267,9 @@ def match_uuid(info: CudaDeviceInfo, gpus: list[GpuFacts]) -> str | None:
 
 def check_cuda_count(cuda_count: int, units: list[Unit]) -> Failure | None:
     if cuda_count == 0:
-        return Failure("cuda-smoke", "cuda-device-count", "cuInit succeeded but CUDA sees no device (is CUDA_VISIBLE_DEVICES set to an empty or wrong value?)")
+        return Failure("cuda-smoke", "cuda-device-count",
+                       "cuInit succeeded but CUDA sees no device (is CUDA_VISIBLE_DEVICES set to an empty or wrong "
+                       "value?)")
     whole = [u for u in units if u.kind == "gpu"]
     if whole and len(units) == len(whole) and cuda_count < len(whole):
         return Failure(

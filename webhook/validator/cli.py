@@ -22,7 +22,8 @@ import os
 import sys
 import threading
 import time
-from typing import Callable, Sequence, TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from .checks import Request, parse_resource, validate
 from .cuda import CudaLayer, RealCuda
@@ -160,7 +161,8 @@ def run_with_deadline(
         snapshot.total_seconds = clock() - started
         return snapshot
     if errors:
-        report.failure = Failure(report.running or "startup", "internal-error", f"{type(errors[0]).__name__}: {errors[0]}")
+        report.failure = Failure(report.running or "startup", "internal-error",
+                                 f"{type(errors[0]).__name__}: {errors[0]}")
     return report
 
 

@@ -12,7 +12,8 @@ of any CUDA toolkit; only the driver's own library is used, exactly as a framewo
 from __future__ import annotations
 
 import ctypes
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .facts import CudaDeviceInfo, LayerError
 
@@ -130,7 +131,8 @@ class RealCuda:
             self._check("cuCtxPushCurrent", self._fn("cuCtxPushCurrent_v2")(context))
             try:
                 pointer = ctypes.c_uint64()
-                self._check(f"cuMemAlloc({size} bytes)", self._fn("cuMemAlloc_v2")(ctypes.byref(pointer), ctypes.c_size_t(size)))
+                self._check(f"cuMemAlloc({size} bytes)",
+                            self._fn("cuMemAlloc_v2")(ctypes.byref(pointer), ctypes.c_size_t(size)))
                 try:
                     source = ctypes.create_string_buffer(payload, size)
                     self._check("cuMemcpyHtoD", self._fn("cuMemcpyHtoD_v2")(pointer, source, ctypes.c_size_t(size)))

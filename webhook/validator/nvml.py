@@ -9,7 +9,8 @@ translation itself, or replace the whole layer with a fake `NvmlLayer`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .facts import GpuFacts, HealthFacts, LayerError, MigDeviceFacts, mig_profile_from_name
 
@@ -106,7 +107,7 @@ class RealNvml:
     def init(self) -> None:
         if self._nvml is None:
             try:
-                import pynvml  # noqa: PLC0415 - lazy on purpose: no GPU libraries at import time
+                import pynvml  # lazy on purpose: no GPU libraries at import time
             except ImportError as error:
                 raise LayerError(
                     "nvml-missing", f"the Python package nvidia-ml-py (pynvml) is not installed: {error}"
@@ -124,7 +125,8 @@ class RealNvml:
             lost = self._lost(error)
             if lost is not None:
                 raise LayerError(lost.code, f"NVML initialisation failed: {lost.detail}") from error
-            hint = " (the NVIDIA kernel driver is not loaded)" if self._is(error, "NVML_ERROR_DRIVER_NOT_LOADED") else ""
+            not_loaded = self._is(error, "NVML_ERROR_DRIVER_NOT_LOADED")
+            hint = " (the NVIDIA kernel driver is not loaded)" if not_loaded else ""
             raise LayerError("nvml-init-failed", f"NVML initialisation failed: {error}{hint}") from error
         except OSError as error:  # a broken libnvidia-ml surfaces as OSError from ctypes
             raise LayerError("nvml-missing", f"libnvidia-ml.so.1 could not be loaded: {error}") from error
@@ -132,7 +134,7 @@ class RealNvml:
 
     def shutdown(self) -> None:
         if self._initialised:
-            try:
+            try:  # noqa: SIM105 - the except line says why it passes
                 self._nvml.nvmlShutdown()
             except Exception:  # noqa: BLE001 - shutting down must never change the outcome
                 pass
@@ -187,7 +189,8 @@ class RealNvml:
         maximum = int(self._call("nvmlDeviceGetMaxMigDeviceCount", nvml.nvmlDeviceGetMaxMigDeviceCount, handle))
         for slot in range(maximum):
             try:
-                mig = self._call("nvmlDeviceGetMigDeviceHandleByIndex", nvml.nvmlDeviceGetMigDeviceHandleByIndex, handle, slot)
+                mig = self._call("nvmlDeviceGetMigDeviceHandleByIndex", nvml.nvmlDeviceGetMigDeviceHandleByIndex,
+                                 handle, slot)
             except LayerError as error:
                 cause = error.__cause__
                 if cause is not None and self._is(

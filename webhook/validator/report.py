@@ -197,14 +197,16 @@ def human_text(report: Report) -> str:
         lines.append(f"node: {report.node}")
     req = report.request
     lines.append(
-        "request: resource={resource} count={count} min-driver={min_driver_version} min-cuda={min_cuda_version}".format(**req)
+        "request: resource={resource} count={count} min-driver={min_driver_version} "
+        "min-cuda={min_cuda_version}".format(**req)
     )
     lines.append("checks:")
     done = {c.name: c for c in report.checks}
     for name in CHECKS:
         record = done.get(name)
         if record is None:
-            state = "TIMEOUT" if report.running == name and report.failure and report.failure.code == "timeout" else "not run"
+            timed_out = report.running == name and report.failure and report.failure.code == "timeout"
+            state = "TIMEOUT" if timed_out else "not run"
             lines.append(f"  {name:<13} {state}")
         else:
             lines.append(f"  {name:<13} {record.status.upper():<5} {record.seconds * 1000:9.1f} ms  {record.detail}")

@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8443
 CERTS  ?= dev-certs
 
-.PHONY: venv run test bench fixtures image image-deps clean
+.PHONY: venv run lint test bench fixtures image image-deps clean
 
 $(BIN)/gpu-webhook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ image-deps:
 image: venv image-deps
 	scripts/build-image.sh
 
-test: venv image-deps
+# The static layer, seconds: lint (ruff check; never ruff format) and types (mypy; settings in
+# pyproject.toml: strict on webhook/core/ and webhook/validator/).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint image-deps
 	$(BIN)/python -m pytest
 
 bench: venv
@@ -42,4 +48,4 @@ fixtures:
 	scripts/generate-fixtures.sh
 
 clean:
-	rm -rf $(VENV) $(CERTS) dist .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CERTS) dist .pytest_cache .hypothesis .mypy_cache .ruff_cache

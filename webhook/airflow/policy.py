@@ -162,7 +162,7 @@ def _load(path: str, mtime_ns: int | None) -> Any:
 
 # --- which tasks make pods ----------------------------------------------------------------------
 
-def _operator_class(task: Any) -> type:
+def _operator_class(task: Any) -> type[Any]:
     """The operator's class; a mapped task (``.partial().expand()``) names it ``operator_class``."""
     return task.operator_class if hasattr(task, "partial_kwargs") else type(task)
 

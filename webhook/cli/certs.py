@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def _ca(now: dt.datetime, common_name: str = "airflow-gpu-webhook CA") -> tuple[
 
 def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str,
           usage: x509.ObjectIdentifier, now: dt.datetime,
-          san: list[x509.GeneralName] | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          san: Sequence[x509.GeneralName] | None = None) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A certificate signed by the CA, for serving (``SERVER_AUTH``) or as a client (``CLIENT_AUTH``)."""
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (_builder(_name(common_name), ca_cert.subject, key, SERVING_DAYS, now)

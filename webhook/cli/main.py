@@ -97,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         # refuse connections without one (app.py), while the kubelet's probes need none.
         ssl_cert_reqs=ssl.CERT_OPTIONAL if args.client_ca else ssl.CERT_NONE, ssl_ca_certs=args.client_ca)
     config.load()  # builds config.ssl: the SSLContext the certificate reloader loads new pairs into
+    assert config.ssl is not None  # always built: --tls-cert and --tls-key are required
     if args.client_ca:
         config.http_protocol_class = with_client_certificate(config.http_protocol_class)
     watches = [] if args.reload_interval <= 0 else [

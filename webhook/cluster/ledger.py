@@ -251,7 +251,7 @@ class Ledger:
             return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], tenant=tenant)
         reservations[uid] = {"charge": {k: format_quantity(v) for k, v in charge.items()}, "at": round(now, 3),
                              "pod": pod}
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": name, "namespace": self.namespace,
                              "labels": {"app.kubernetes.io/name": "gpu-webhook", "gpu.platform/ledger": "true"}},
                 "data": {_KEY: json.dumps(reservations, sort_keys=True),

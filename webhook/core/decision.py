@@ -11,14 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
-__all__ = ["UNKNOWN", "Decision", "Violation"]
+__all__ = ["UNKNOWN", "Decision", "Violation", "Whose"]
 
 Patch = tuple[dict[str, Any], ...]
 
 #: The profile or tenant of a managed pod that names no profile or fits no tenant of the policy.
 UNKNOWN = "unknown"
+
+
+class Whose(TypedDict):
+    """A decision's metric labels, passed on as ``Decision.deny(..., **whose)``."""
+
+    profile: str
+    tenant: str
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .decision import UNKNOWN, Decision, Violation
+from .decision import UNKNOWN, Decision, Violation, Whose
 from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (
@@ -43,7 +43,7 @@ from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violation
 from .tenancy import resolve_tenant
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
            "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
@@ -253,7 +253,7 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple
 
 
 def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy,
-                     requester: UserInfo | None = None) -> dict[str, str]:
+                     requester: UserInfo | None = None) -> Whose:
     """The metric labels of a managed pod that got no plan: its profile and tenant where they
     name ones of the policy, else ``unknown`` (never the pod's own text: bounded cardinality).
 

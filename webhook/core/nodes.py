@@ -51,7 +51,7 @@ def _tolerates_one(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> b
     return toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get("value", "")
 
 
-def tolerates(tolerations: list[Mapping[str, Any]], taints: tuple[Mapping[str, Any], ...]) -> bool:
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taints: tuple[Mapping[str, Any], ...]) -> bool:
     """Every NoSchedule/NoExecute taint is tolerated (the scheduler's rule)."""
     return all(any(_tolerates_one(t, taint) for t in tolerations) for taint in taints)
 

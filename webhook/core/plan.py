@@ -20,7 +20,7 @@ from .policy import Policy, Profile
 from .tenancy import dag_id_conflict, describe_tenants, resolve_tenant
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["GpuPlan", "Scope", "plan_gpu", "scope_of"]
 
@@ -105,8 +105,8 @@ def plan_gpu(pod: Mapping[str, Any], namespace: str, policy: Policy,
     count = 1 if isinstance(chosen, Violation) else _count(pod_labels.get(policy.spec.labels.count), *chosen, policy)
     target = _target_index(pod, policy)
     tenant = _tenant(pod, namespace, policy, requester)
-    problems = [p for p in (chosen, count, target, tenant) if isinstance(p, Violation)]
-    if problems or isinstance(chosen, Violation):
-        return problems
+    if (isinstance(chosen, Violation) or isinstance(count, Violation) or isinstance(target, Violation)
+            or isinstance(tenant, Violation)):
+        return [p for p in (chosen, count, target, tenant) if isinstance(p, Violation)]
     name, profile = chosen
-    return GpuPlan(name, profile, count, tenant, target)  # each is a value here, not a Violation
+    return GpuPlan(name, profile, count, tenant, target)

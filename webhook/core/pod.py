@@ -7,8 +7,6 @@ The pod is decoded JSON, so every mapping is a ``dict``: the checks say ``isinst
 several times cheaper on the hot path than the ``Mapping`` ABC.
 """
 
-from __future__ import annotations
-
 import hashlib
 import re
 from collections.abc import Iterator, Mapping

@@ -11,16 +11,23 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from .decision import Violation
-from .pod import airflow_dag_id, annotations, labels
+from .pod import airflow_dag_id, labels
+from .pod import annotations as pod_annotations
 from .policy import Policy, TenantMatch
 
-if TYPE_CHECKING:
-    from ..server.review import UserInfo
+__all__ = ["UserInfo", "airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant",
+           "service_account_user"]
 
-__all__ = ["airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant", "service_account_user"]
+
+class UserInfo(NamedTuple):
+    """Who asked the API server for the change (``request.userInfo``), as Kubernetes authenticated
+    it: the one part of a review a pod's author cannot write (docs/security.md)."""
+
+    username: str = ""
+    groups: tuple[str, ...] = ()
 
 _DAG_ID = "dag_id"
 _AIRFLOW_MAX_LABEL = 63
@@ -46,7 +53,7 @@ def dag_id_conflict(pod: Mapping[str, Any]) -> Violation | None:
     hand (KubernetesPodOperator ``annotations=``, an executor ``pod_override``) would otherwise
     choose the tenant, as the annotation wins for long ids.
     """
-    note = annotations(pod).get(_DAG_ID)
+    note = pod_annotations(pod).get(_DAG_ID)
     if note is None:
         return None
     label = labels(pod).get(_DAG_ID)

@@ -28,7 +28,8 @@ from typing import Any
 
 from .decision import Decision, Violation
 from .mutate import MANAGED_LABEL, STAMP_PREFIX
-from .pod import annotations, gpu_containers, labels
+from .pod import annotations as pod_annotations
+from .pod import gpu_containers, labels
 from .policy import Policy
 from .rules import gpu_reach, security_violations
 from .validate import reaching_violations
@@ -86,7 +87,7 @@ def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy
     problems = _changes("label", old_labels, new_labels, stamps)
     if old_labels.get(MANAGED_LABEL) == "true":
         problems += _changes("label", old_labels, new_labels, fixed_label_keys(policy))
-        problems += _changes("annotation", annotations(old), annotations(new), (_DAG_ID,))
+        problems += _changes("annotation", pod_annotations(old), pod_annotations(new), (_DAG_ID,))
     problems += _new_reach(old, new, policy)
     if problems:
         return Decision.deny(problems)

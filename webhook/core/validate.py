@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .decision import Decision, Violation
+from .decision import Decision, Violation, Whose
 from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels, void_ops
 from .nodes import NodeOffer, capacity_verdict
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
@@ -24,7 +24,7 @@ from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["decide_ephemeral_validation", "decide_validation", "reaching_violations"]
 
@@ -137,7 +137,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
-    whose = {"profile": plan.profile_name, "tenant": plan.tenant}
+    whose: Whose = {"profile": plan.profile_name, "tenant": plan.tenant}
     problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
     warnings: tuple[str, ...] = ()
     if nodes is not None and not problems:

@@ -49,6 +49,10 @@ def _no_usage() -> Usage | None:
     return {}
 
 
+#: Records an admitted pod's charge in the shared quota ledger (serve --track-usage): the decision to answer.
+Reserve = Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]]
+
+
 @dataclass
 class Runtime:
     """What the server decides with, built once in ``serve`` and passed in (no module globals).
@@ -64,7 +68,7 @@ class Runtime:
     #: The cluster's nodes and whether the node watch has synced; (None, True): no capacity check.
     nodes: Callable[[], tuple[Sequence[NodeOffer] | None, bool]] = lambda: (None, True)
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
-    reserve: Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]] | None = None
+    reserve: Reserve | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
     #: ``serve --client-ca``: the admission routes judge only connections with a verified client certificate.
     client_certificate_required: bool = False
@@ -170,23 +174,23 @@ class AdmissionEndpoints:
             await _send_json(send, orjson.dumps({"error": bad.message, "status": bad.status}), bad.status)
             return
         decision = decide(review)
-        if step == "validate" and self.runtime.reserve is not None:
-            decision = await self._reserve(review, decision)
+        if step == "validate" and (reserve := self.runtime.reserve) is not None:
+            decision = await self._reserve(reserve, review, decision)
         body = orjson.dumps(review_response(review.uid, decision))
         seconds = time.perf_counter() - started
         self.runtime.metrics.observe(step, decision, seconds)
         _log_decision(step, review, decision, seconds)
         await _send_json(send, body)
 
-    async def _reserve(self, review: AdmissionRequest, decision: Decision) -> Decision:
+    async def _reserve(self, reserve: Reserve, review: AdmissionRequest, decision: Decision) -> Decision:
         try:
-            return await self.runtime.reserve(review, decision, self.runtime.policy)
+            return await reserve(review, decision, self.runtime.policy)
         except Exception:  # an answer carrying the uid, never an allow by accident
             log.exception("quota reservation failed uid=%s", review.uid)
             return Decision.error(f"gpu-webhook failed to record the quota reservation (uid {review.uid}); retry")
 
 
-def with_client_certificate(protocol: type) -> type:
+def with_client_certificate(protocol: type[Any]) -> type[Any]:
     """``protocol`` (uvicorn's HTTP protocol class), also telling the app whether the connection
     presented a verified client certificate: in ``scope["state"][CLIENT_CERTIFICATE]``.
 
@@ -195,11 +199,12 @@ def with_client_certificate(protocol: type) -> type:
     certificate is known there, once per connection.
     """
 
-    class ClientCertificateProtocol(protocol):  # type: ignore[misc, valid-type]
+    class ClientCertificateProtocol(protocol):
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             tls = transport.get_extra_info("ssl_object")
-            self.app_state = {**self.app_state, CLIENT_CERTIFICATE: bool(tls is not None and tls.getpeercert())}
+            verified = bool(tls is not None and tls.getpeercert())
+            self.app_state: dict[str, Any] = {**self.app_state, CLIENT_CERTIFICATE: verified}
 
     name = f"ClientCertificate{protocol.__name__}"
     ClientCertificateProtocol.__name__ = ClientCertificateProtocol.__qualname__ = name

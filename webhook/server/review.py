@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypedDict
 import orjson
 
 from ..core.decision import Decision
+from ..core.tenancy import UserInfo
 
 __all__ = ["ANONYMOUS", "AdmissionRequest", "BadReview", "UserInfo", "parse_review", "review_response"]
 
@@ -28,14 +29,6 @@ class BadReview(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class UserInfo(NamedTuple):
-    """Who asked the API server for the change (``request.userInfo``), as Kubernetes authenticated
-    it: the one part of a review a pod's author cannot write (docs/security.md)."""
-
-    username: str = ""
-    groups: tuple[str, ...] = ()
 
 
 #: The requester of a review that carries no ``userInfo`` (offline reviews, old tests).

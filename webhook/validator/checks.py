@@ -137,7 +137,7 @@ def allocated_units(gpus: list[GpuFacts]) -> list[Unit]:
     This is how the device plugin counts too: with the "single" MIG strategy a
     `nvidia.com/gpu` unit is a MIG device, with "mixed" it is `nvidia.com/mig-<profile>`.
     """
-    units = []
+    units: list[Unit] = []
     for gpu in gpus:
         if gpu.mig_enabled:
             units.extend(Unit("mig", m.uuid, m.name, m.profile, gpu.index) for m in gpu.mig_devices)

@@ -46,7 +46,7 @@ class RealNvml:
     """NvmlLayer over pynvml. `module` is the pynvml module (a fake in tests)."""
 
     def __init__(self, module: Any | None = None) -> None:
-        self._nvml = module
+        self._nvml: Any = module  # the pynvml module (untyped) or a fake; None until init()
         self._initialised = False
 
     # -- error translation -------------------------------------------------------------------

@@ -187,15 +187,16 @@ def test_no_python_file_of_the_repository_imports_the_folder_name():
 
 # -- at runtime: what importing really loads ---------------------------------------------------
 
-_PROBE = "import importlib, json, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n" \
-         "print(json.dumps(sorted(sys.modules)))"
+def loaded_after_running(code: str) -> set[str]:
+    """Every module a fresh interpreter holds after running ``code`` (a SystemExit is fine)."""
+    probe = f"import json, sys\ntry:\n    exec({code!r})\nexcept SystemExit:\n    pass\n" \
+            "print(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(json.loads(done.stderr.splitlines()[-1]))
 
 
 def loaded_after_importing(modules: list[str]) -> set[str]:
-    """Every module a fresh interpreter holds after importing ``modules``."""
-    done = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True, text=True, check=True,
-                          cwd=ROOT)
-    return set(json.loads(done.stdout))
+    return loaded_after_running("\n".join(f"import {name}" for name in modules))
 
 
 def forbidden_for_core(loaded: set[str]) -> list[str]:
@@ -216,3 +217,32 @@ def test_the_runtime_probe_sees_transitive_imports():
     # server/app.py imports fastapi, which imports starlette: neither is named by the probe
     flagged = forbidden_for_core(loaded_after_importing([f"{PACKAGE}.server.app"]))
     assert {"fastapi", "starlette", f"{PACKAGE}.server.app"} <= set(flagged)
+
+
+# -- import time: what is deferred stays deferred (benchmarks/imports.py measures it) -----------
+
+_BUILT_MODELS = f"""
+from pydantic import BaseModel
+from {PACKAGE}.core import policy
+print(sorted(n for n, v in vars(policy).items()
+             if isinstance(v, type) and issubclass(v, BaseModel) and v.__pydantic_complete__))
+"""
+
+
+@pytest.mark.parametrize(("first", "built", "yaml_loaded"), [
+    ("", "[]", False),
+    (f"from {PACKAGE}.core.policy import load_policy; load_policy('manifests/policy.yaml')", "Policy", True),
+], ids=["importing the core builds no policy validator and reads no yaml",
+        "the first policy load pays for both"])
+def test_the_policy_models_are_built_on_first_load(first, built, yaml_loaded):
+    code = f"import sys\nimport {PACKAGE}.core.validate\n{first}\n{_BUILT_MODELS}\nprint('yaml' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    models, has_yaml = done.stdout.splitlines()[-2:]
+    assert built in models and has_yaml == str(yaml_loaded)
+
+
+def test_gpu_webhook_help_loads_neither_the_core_nor_its_libraries():
+    loaded = loaded_after_running(f"from {PACKAGE}.cli.main import main\nmain(['--help'])")
+    assert f"{PACKAGE}.cli.main" in loaded
+    assert sorted(n for n in loaded if n.split(".")[0] in {"pydantic", "yaml", "orjson", "kubernetes", "fastapi"}
+                  or part_of(n) in {"core", "server"}) == []

@@ -12,15 +12,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-import orjson
-import yaml
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
-from ..cluster.ledger import DEFAULT_GRACE
-from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
-from ..core.policy import PolicyError, load_policy, policy_schema
+from ..cluster.wiring import DEFAULT_GRACE, DEFAULT_LEDGER_NAMESPACE
+
+if TYPE_CHECKING:
+    from ..core.policy import Policy
+
+# Each command imports what it needs when it runs (orjson, yaml, the core, the server...), so
+# `gpu-webhook --help` and the init container's validate-driver load none of it.
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
 
@@ -36,7 +37,9 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(USAGE_ERROR)
 
 
-def _policy(path: str):
+def _policy(path: str) -> Policy:
+    from ..core.policy import PolicyError, load_policy
+
     try:
         return load_policy(path)
     except PolicyError as err:
@@ -127,6 +130,8 @@ async def _serve_until_stopped(server, watches) -> None:
 
 
 def _read_json(source: str, what: str) -> Any:
+    import orjson
+
     try:
         data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
         return orjson.loads(data)
@@ -198,6 +203,8 @@ def _policy_check(args: argparse.Namespace) -> int:
 
 
 def _policy_schema(_: argparse.Namespace) -> int:
+    from ..core.policy import policy_schema
+
     print(json.dumps(policy_schema(), indent=2))
     return 0
 
@@ -227,6 +234,8 @@ def _certs_generate(args: argparse.Namespace) -> int:
 
 
 def _certs_inject(args: argparse.Namespace) -> int:
+    import yaml
+
     from .certs import ca_bundle, inject_ca_bundle, load_documents
 
     try:

@@ -50,17 +50,13 @@ from typing import Any, Protocol
 from ..core.decision import Decision, Violation
 from ..core.quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook, resource_version, version_number
+from .wiring import DEFAULT_GRACE
 
 __all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
            "QuotaReserver", "identity_problem"]
 
 log = logging.getLogger("gpu_webhook.ledger")
 
-#: Seconds a reservation whose pod no watch has seen is kept before a direct GET may prune it
-#: as a ghost. The API server stores a pod right after the last validating webhook answers;
-#: webhooks have at most a few seconds each (ours: 5 s timeout), so 10 s covers one slow
-#: webhook after ours with room to spare, and a ghost costs its tenant at most that long.
-DEFAULT_GRACE = 10.0
 #: How long a round waits for this replica's watch to reach the ledger's ``prunedThrough``.
 WATCH_WAIT = 1.0
 #: How long the watch may stay behind ``prunedThrough`` before it is restarted (a fresh list is

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..core.policy import Policy
+if TYPE_CHECKING:
+    from ..core.policy import Policy
 
-__all__ = ["DEFAULT_LEDGER_NAMESPACE", "kube_client", "track_usage"]
+__all__ = ["DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "kube_client", "track_usage"]
+
+# The defaults of serve's flags live here, in a module that imports nothing at the top (the
+# core, kubernetes: inside the functions), so that `gpu-webhook --help` stays cheap.
 
 #: Where the manifests put the ledger, apart from the webhook's own namespace (docs/quota.md).
 DEFAULT_LEDGER_NAMESPACE = "gpu-webhook-ledger"
+#: Seconds a reservation whose pod no watch has seen is kept before a direct GET may prune it
+#: as a ghost. The API server stores a pod right after the last validating webhook answers;
+#: webhooks have at most a few seconds each (ours: 5 s timeout), so 10 s covers one slow
+#: webhook after ours with room to spare, and a ghost costs its tenant at most that long.
+DEFAULT_GRACE = 10.0
 
 
 def kube_client(kubeconfig: str | None) -> Any:

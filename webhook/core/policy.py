@@ -20,7 +20,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
@@ -53,7 +52,9 @@ PositiveQuantity = Annotated[Decimal, Field(gt=0)]
 class _Strict(BaseModel):
     """Base of every policy model: immutable, and unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: each model's validator is built when first used (the first policy loaded),
+    # not at import; importing the core is then cheap for what never loads a policy.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class LabelNames(_Strict):
@@ -201,7 +202,7 @@ class Tenant(_Strict):
 class PolicySpec(_Strict):
     """Everything the webhook decides from. Field order follows the reference file."""
 
-    labels: LabelNames = LabelNames()
+    labels: LabelNames = LabelNames.model_construct()  # the defaults, unvalidated: no build at import
     airflowPodsOnly: bool = True
     unlabelledGpuPods: Literal["deny", "allow"] = "deny"
     #: ``warn`` turns every denial into an AdmissionReview warning (a safe roll-out mode).
@@ -297,6 +298,8 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file (YAML or JSON)."""
+    import yaml  # here, not at the top: a third of what importing this module cost
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -298,7 +298,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file (YAML or JSON)."""
-    import yaml  # here, not at the top: a third of what importing this module cost
+    import yaml  # here, not at the top: only reading a file needs it, not every importer of the core
 
     path = Path(path)
     try:

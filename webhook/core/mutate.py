@@ -20,11 +20,11 @@ Every other pod passes untouched.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from .decision import UNKNOWN, Decision, Violation
-from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
+from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
                   labels, metadata, safe_label_value, spec)
@@ -89,7 +89,7 @@ def _toleration_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
         return []
     if not isinstance(current, list):
         return [add(pointer("spec", "tolerations"), list(missing))]
-    return [add(pointer("spec", "tolerations", "-"), t) for t in missing]
+    return [insert(pointer("spec", "tolerations", "-"), t) for t in missing]
 
 
 def _normal(toleration: Any) -> dict[str, Any]:
@@ -184,9 +184,9 @@ def _is_validator(actual: Any, desired: dict[str, Any]) -> bool:
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
     """Exactly one validator, first; user init containers keep their order after it.
 
-    A validator already first is replaced in place when stale (``replace``, never ``add``,
-    which would insert a second one); validators anywhere else are removed, last first, so
-    the indexes of the ones still to remove do not move.
+    A validator already first is replaced in place when stale (``replace``, never ``insert``,
+    which would put a second one beside it); validators anywhere else are removed, last first,
+    so the indexes of the ones still to remove do not move.
     """
     current = spec(pod).get("initContainers")
     if not isinstance(current, list) or not current:
@@ -196,8 +196,8 @@ def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list
     ops = [remove(pointer("spec", "initContainers", i)) for i in reversed(ours) if i != 0 or not first]
     if first:
         stale = not _is_validator(current[0], desired)
-        return ops + ([replace_at(pointer("spec", "initContainers", 0), desired)] if stale else [])
-    return ops + [insert_at(pointer("spec", "initContainers", 0), desired)]
+        return ops + ([replace(pointer("spec", "initContainers", 0), desired)] if stale else [])
+    return ops + [insert(pointer("spec", "initContainers", 0), desired)]
 
 
 def needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
@@ -218,7 +218,7 @@ def void_ops(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...]
         if not isinstance(env, list):
             ops.append(add(pointer("spec", field, index, "env"), [{"name": VISIBLE_DEVICES, "value": VOID}]))
         elif not any(is_void(e) for e in env):
-            ops.append(add(pointer("spec", field, index, "env", "-"), {"name": VISIBLE_DEVICES, "value": VOID}))
+            ops.append(insert(pointer("spec", field, index, "env", "-"), {"name": VISIBLE_DEVICES, "value": VOID}))
     return ops
 
 
@@ -273,7 +273,7 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     ops, warnings, conflicts = mutation_ops(pod, plan, policy)
     if problems or conflicts:
         # The patch rides along so that enforcement "warn" can still apply it.
-        return replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
+        return dataclasses.replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
                        patch=tuple(ops), warnings=tuple(warnings))
     return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings),
                           profile=plan.profile_name, tenant=plan.tenant)

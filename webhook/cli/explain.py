@@ -24,7 +24,7 @@ from typing import Any
 
 import jsonpatch
 
-from ..core.decision import Decision
+from ..core.decision import Decision, Reason
 from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
 from ..core.plan import GpuPlan, plan_gpu
 from ..core.policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
@@ -74,7 +74,7 @@ def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy, requester:
     if isinstance(plan, GpuPlan):
         return plan
     unknown = namespace is None or (requester is None and policy.reads_requester)
-    problems = [v for v in plan if not unknown or v.reason != "no-tenant"]
+    problems = [v for v in plan if not unknown or v.reason != Reason.NO_TENANT]
     if problems:
         raise ExplainError(Decision.deny(problems).message)
     labels = pod["metadata"]["labels"]

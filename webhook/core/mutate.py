@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from .decision import UNKNOWN, Decision, Violation
+from .decision import UNKNOWN, Decision, Reason, Violation
 from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
@@ -104,7 +104,7 @@ def _normal(toleration: Any) -> dict[str, Any]:
 def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], list[Violation]]:
     current = spec(pod).get("nodeSelector")
     conflicts = [
-        Violation("node-selector-conflict",
+        Violation(Reason.NODE_SELECTOR_CONFLICT,
                   f"nodeSelector {key} is {current[key]!r} on the pod but profile {plan.profile_name} "
                   f"needs {value!r}; remove it from the pod or choose a profile for that hardware")
         for key, value in plan.profile.nodeSelector.items()
@@ -264,8 +264,8 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if scope is not Scope.MANAGED:
         if policy.spec.gpuReachingPods == "void" and not gpu_containers(pod) and gpu_reach(pod, policy):
             ops = void_ops(pod, None)
-            return Decision.allow("voided" if ops else "already-voided", tuple(ops))
-        return Decision.allow(scope.value)
+            return Decision.allow(Reason.VOIDED if ops else Reason.ALREADY_VOIDED, tuple(ops))
+        return Decision.allow(scope.reason)
     problems = security_violations(pod, policy, gpu_pod=True)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
@@ -275,7 +275,7 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
         # The patch rides along so that enforcement "warn" can still apply it.
         return dataclasses.replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
                        patch=tuple(ops), warnings=tuple(warnings))
-    return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings),
+    return Decision.allow(Reason.MUTATED if ops else Reason.ALREADY_MUTATED, tuple(ops), tuple(warnings),
                           profile=plan.profile_name, tenant=plan.tenant)
 
 
@@ -284,6 +284,6 @@ def decide_ephemeral_mutation(pod: Mapping[str, Any], policy: Policy) -> Decisio
     hold a GPU: the API server refuses resources on them); every other pod passes untouched.
     The same pods as :func:`airflow_gpu_webhook.core.validate.decide_ephemeral_validation` checks."""
     if scope_of(pod, policy) is Scope.UNLABELLED and not gpu_containers(pod) and not gpu_reach(pod, policy):
-        return Decision.allow("cannot-reach-gpu")
+        return Decision.allow(Reason.CANNOT_REACH_GPU)
     ops = void_ops(pod, None, ("ephemeralContainers",))
-    return Decision.allow("voided" if ops else "already-voided", tuple(ops))
+    return Decision.allow(Reason.VOIDED if ops else Reason.ALREADY_VOIDED, tuple(ops))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import as_dict, as_list, gpu_quantity, metadata, spec
 
 __all__ = ["NodeBook", "NodeOffer", "capacity_verdict", "tolerates"]
@@ -72,7 +72,7 @@ def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: 
                       f"a {count} x {resource} node to be added")
     instead = (f"the largest offers {largest}" if pool else
                "no node matches that selector and tolerations at all")
-    return Violation("no-node-fits", f"no node offers {count} x {resource} with {where}; {instead}; "
+    return Violation(Reason.NO_NODE_FITS, f"no node offers {count} x {resource} with {where}; {instead}; "
                                      f"ask for fewer or another profile"), None
 
 

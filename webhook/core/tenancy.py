@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import airflow_dag_id, annotations, labels
 from .policy import Policy, TenantMatch
 
@@ -52,7 +52,7 @@ def dag_id_conflict(pod: Mapping[str, Any]) -> Violation | None:
     label = labels(pod).get(_DAG_ID)
     if isinstance(note, str) and isinstance(label, str) and airflow_label_value(note) == label:
         return None
-    return Violation("dag-id-mismatch",
+    return Violation(Reason.DAG_ID_MISMATCH,
                      f"annotation dag_id {note!r} and label dag_id {label!r} name different DAGs (Airflow sets "
                      f"the label to {airflow_label_value(note) if isinstance(note, str) else '?'!r} for that "
                      f"annotation), and the DAG id picks the GPU tenant; do not set dag_id in the task's labels or "

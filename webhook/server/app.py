@@ -130,7 +130,7 @@ def _log_decision(step: str, review: AdmissionRequest, decision: Decision, secon
     pod_meta = metadata(review.object or {})
     log.log(level, "step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
              review.namespace, pod_meta.get("name") or pod_meta.get("generateName") or "-", decision.allowed,
-             decision.reason, review.dry_run, seconds * 1000,
+             decision.label, review.dry_run, seconds * 1000,
              f" message={decision.message!r}" if decision.message else "")
 
 

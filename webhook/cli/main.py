@@ -20,7 +20,7 @@ import yaml
 from .. import __version__
 from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
 from ..cluster.ledger import DEFAULT_GRACE
-from ..core.policy import PolicyError, load_policy, policy_schema
+from ..core.policy import Policy, PolicyError, load_policy, policy_schema
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
 
@@ -63,8 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from ..cluster.wiring import kube_client, track_usage
     from ..server.app import Runtime, create_app, with_client_certificate
-    from ..cluster.wiring import track_usage
+    from ..server.metrics import WebhookMetrics
     from ..server.reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -81,9 +82,21 @@ def _serve(args: argparse.Namespace) -> int:
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
     if warning := exposure_warning(args):
         logging.getLogger("gpu_webhook").warning(warning)
-    runtime = Runtime(policy=policy, client_certificate_required=bool(args.client_ca))
-    apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_grace) \
-        if args.track_usage else (lambda new: setattr(runtime, "policy", new))
+    metrics = WebhookMetrics()
+    tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
+                           args.reservation_grace) if args.track_usage else None
+    if tracking is None:
+        runtime = Runtime(policy, metrics=metrics, client_certificate_required=bool(args.client_ca))
+    else:
+        runtime = Runtime(policy, usage=tracking.usage, ready=tracking.ready, nodes=tracking.nodes,
+                          reserve=tracking.reserve, metrics=metrics,
+                          client_certificate_required=bool(args.client_ca))
+
+    def apply_policy(new: Policy) -> None:
+        if tracking is not None:
+            tracking.apply_policy(new)   # the book first: usage is re-weighed before the runtime judges by it
+        runtime.policy = new
+
     config = uvicorn.Config(
         create_app(runtime), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,

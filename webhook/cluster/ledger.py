@@ -45,11 +45,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.decision import Decision, Reason, Violation
+from ..core.policy import Policy
 from ..core.quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook, resource_version, version_number
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
 
 __all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
            "QuotaReserver", "identity_problem"]
@@ -95,6 +99,19 @@ class WatchProgress(Protocol):
 
     @property
     def reached(self) -> int: ...
+
+
+class ReviewedPod(Protocol):
+    """What a reservation reads of the admission request (the server's ``AdmissionRequest``)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def object(self) -> dict[str, Any] | None: ...
 
 
 class _Caught:
@@ -147,7 +164,7 @@ def _decode(current: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
 class Ledger:
     """Reservations in ConfigMaps of ``namespace``, through a kubernetes ``CoreV1Api``."""
 
-    core: Any
+    core: CoreV1Api
     namespace: str
     book: UsageBook
     watch: WatchProgress = _Caught()
@@ -301,7 +318,7 @@ class QuotaReserver:
         self.ledger = ledger
         self._locks: dict[str, Any] = {}
 
-    async def __call__(self, review: Any, decision: Decision, policy: Any) -> Decision:
+    async def __call__(self, review: ReviewedPod, decision: Decision, policy: Policy) -> Decision:
         import asyncio
 
         from ..core.pod import metadata

@@ -12,7 +12,7 @@ webhook only warns: it never denies on a guess.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +97,7 @@ class NodeBook:
                 self._nodes[offer.name] = offer
             self._snapshot = tuple(self._nodes.values())
 
-    def replace_all(self, nodes: list[Mapping[str, Any]]) -> None:
+    def replace_all(self, nodes: Iterable[Mapping[str, Any]]) -> None:
         offers = [NodeOffer.from_node(n) for n in nodes]
         with self._lock:
             self._nodes = {o.name: o for o in offers}

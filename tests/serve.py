@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,13 +19,7 @@ import jsonpatch
 import orjson
 
 from conftest import POLICY_FILE, admission_review
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (for a server the test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from e2e.ports import free_port
 
 
 class WebhookServer:

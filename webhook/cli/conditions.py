@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from ..core.mutate import MANAGED_LABEL, STAMP_PREFIX
-from ..core.policy import GPU_RESOURCE_PREFIX, Policy
+from ..core.names import GPU_RESOURCE_PREFIX
+from ..core.policy import Policy
 from ..core.rules import DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
 
 __all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "configurations", "mutating_expression", "render",

@@ -27,7 +27,8 @@ import jsonpatch
 from ..core.decision import Decision, Reason
 from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
 from ..core.plan import GpuPlan, plan_gpu
-from ..core.policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
+from ..core.names import GPU_RESOURCE_PREFIX
+from ..core.policy import Policy, PolicyError, load_policy
 from ..core.quota import ResourceList, exceeded_lines, format_quantity, pod_charge
 from ..server.review import UserInfo
 from ..core.tenancy import airflow_label_value, service_account_user

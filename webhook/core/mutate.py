@@ -28,7 +28,8 @@ from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
                   labels, metadata, safe_label_value, spec)
-from .policy import GPU_RESOURCE_PREFIX, Policy
+from .names import GPU_RESOURCE_PREFIX
+from .policy import Policy
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from .policy import GPU_RESOURCE_PREFIX
+from .names import GPU_RESOURCE_PREFIX
 
 __all__ = [
     "AIRFLOW_ORIGIN_LABELS",

@@ -23,10 +23,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .names import GPU_RESOURCE_PREFIX, VERSION, is_gpu_resource
+
 __all__ = [
     "API_VERSION",
     "GPU_EQUIVALENT",
-    "GPU_RESOURCE_PREFIX",
     "Policy",
     "PolicyError",
     "Profile",
@@ -38,14 +39,12 @@ __all__ = [
 ]
 
 API_VERSION = "gpu.platform/v1alpha1"
-GPU_RESOURCE_PREFIX = "nvidia.com/"
 #: The quota line that weighs every GPU resource together, in whole-GPU units.
 GPU_EQUIVALENT = "gpuEquivalent"
 
-_GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.me)?)$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_VERSION = r"^[0-9]+(\.[0-9]+)*$"
+_VERSION = f"^{VERSION.pattern}$"   # the validator parses the same syntax (core/names.py)
 
 PositiveQuantity = Annotated[Decimal, Field(gt=0)]
 
@@ -112,7 +111,7 @@ class Profile(_Strict):
     @field_validator("resource")
     @classmethod
     def _gpu_resource(cls, value: str) -> str:
-        if not _GPU_RESOURCE.match(value):
+        if not is_gpu_resource(value):
             raise ValueError(
                 f"{value!r} is not an NVIDIA GPU resource "
                 "(nvidia.com/gpu or a MIG name such as nvidia.com/mig-1g.10gb)")
@@ -192,7 +191,7 @@ class Tenant(_Strict):
     @classmethod
     def _quota_lines(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
         for line in value:
-            if line != GPU_EQUIVALENT and not _GPU_RESOURCE.match(line):
+            if line != GPU_EQUIVALENT and not is_gpu_resource(line):
                 raise ValueError(f"quota line {line!r} is neither {GPU_EQUIVALENT} nor an NVIDIA GPU resource")
         return value
 

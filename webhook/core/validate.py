@@ -19,7 +19,8 @@ from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, u
 from .nodes import NodeOffer, capacity_verdict
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels
-from .policy import GPU_RESOURCE_PREFIX, Policy
+from .names import GPU_RESOURCE_PREFIX
+from .policy import Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 

@@ -19,7 +19,7 @@ from airflow_gpu_webhook.validator.checks import (
     validate,
 )
 from airflow_gpu_webhook.validator.facts import GpuFacts, HealthFacts, LayerError
-from airflow_gpu_webhook.validator.fakes import (
+from validator_fakes import (
     FakeCuda,
     FakeNvml,
     cuda_info_for,

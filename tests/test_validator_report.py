@@ -8,7 +8,7 @@ import pytest
 
 from airflow_gpu_webhook.validator.checks import Request, validate
 from airflow_gpu_webhook.validator.facts import LayerError
-from airflow_gpu_webhook.validator.fakes import FakeCuda, FakeNvml
+from validator_fakes import FakeCuda, FakeNvml
 from airflow_gpu_webhook.validator.report import (
     CHECKS,
     EXIT_CODES,

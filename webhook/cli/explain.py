@@ -30,7 +30,7 @@ from ..core.plan import GpuPlan, plan_gpu
 from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.policy import Policy, PolicyError, load_policy
 from ..core.quota import ResourceList, exceeded_lines, format_quantity, pod_charge
-from ..server.review import UserInfo
+from ..core.tenancy import UserInfo
 from ..core.tenancy import airflow_label_value, service_account_user
 
 __all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]

@@ -18,9 +18,11 @@ import orjson
 import yaml
 
 from .. import __version__
-from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
 from ..cluster.ledger import DEFAULT_GRACE
+from ..cluster.usage_report import TOP_HOLDERS
+from ..cluster.wiring import DEFAULT_LEDGER_NAMESPACE
 from ..core.policy import Policy, PolicyError, load_policy, policy_schema
+from ..server.reload import DEFAULT_INTERVAL
 
 __all__ = ["GRACEFUL_SHUTDOWN_SECONDS", "exposure_warning", "main"]
 
@@ -291,8 +293,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"seconds before a quota reservation whose pod no watch has seen is checked with a "
                             f"GET and dropped if the pod was never created (default {DEFAULT_GRACE:g}; must exceed "
                             f"the time other validating webhooks take after this one)")
-    serve.add_argument("--reload-interval", type=float, default=5.0,
-                       help="seconds between checks of the policy and certificate files for changes (0: never)")
+    serve.add_argument("--reload-interval", type=float, default=DEFAULT_INTERVAL,
+                       help=f"seconds between checks of the policy and certificate files for changes (default "
+                            f"{DEFAULT_INTERVAL:g}; 0: never)")
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser("review", help="judge an AdmissionReview offline (mutation, then validation)")
@@ -304,7 +307,8 @@ def _parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="each tenant's quota lines, usage and top holders, from the cluster")
     usage.add_argument("--policy", required=True)
     usage.add_argument("--tenant", help="only this tenant")
-    usage.add_argument("--top", type=int, default=5, help="how many holders to list per tenant (default 5)")
+    usage.add_argument("--top", type=int, default=TOP_HOLDERS,
+                       help=f"how many holders to list per tenant (default {TOP_HOLDERS})")
     usage.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
     usage.set_defaults(run=_usage)
 

@@ -13,14 +13,18 @@ from ..core.policy import Policy
 from ..core.quota import format_quantity
 from .tracker import UsageBook
 
-__all__ = ["usage_table"]
+__all__ = ["TOP_HOLDERS", "usage_table"]
 
 
 def _charge_text(charge: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{line} {format_quantity(q)}" for line, q in charge.items())
 
 
-def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top: int = 5) -> str:
+#: How many of a tenant's largest holders ``gpu-webhook usage`` lists by default.
+TOP_HOLDERS = 5
+
+
+def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top: int = TOP_HOLDERS) -> str:
     """One block per tenant: its quota lines (used / limit) and its ``top`` largest holders."""
     usage = book.usage()
     names = [tenant] if tenant else list(policy.spec.tenants)

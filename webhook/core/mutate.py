@@ -34,11 +34,10 @@ from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violation
 from .tenancy import resolve_tenant
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
-           "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
-           "validator_container", "void_ops"]
+           "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "unplanned_labels", "void_ops"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
 #: Every label under this prefix is the platform's own: the webhook stamps them, and after
@@ -116,7 +115,7 @@ def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], lis
     return set_entries(("spec", "nodeSelector"), current, plan.profile.nodeSelector), []
 
 
-def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
+def _validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
     """The driver-validation init container: same GPUs as the task, the policy's minimums."""
     check = policy.spec.driverValidation
     resource, count = plan.profile.resource, str(plan.count)
@@ -201,7 +200,7 @@ def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list
     return ops + [insert(pointer("spec", "initContainers", 0), desired)]
 
 
-def needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
+def _needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
     """Whether a container must carry ``void``: all but the target and the validator."""
     name = container.get("name")
     return not ((field == "containers" and name == target) or (field == "initContainers" and name == VALIDATOR_NAME))
@@ -213,7 +212,7 @@ def void_ops(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...]
     the patch applies them before the validator is inserted."""
     ops = []
     for field, index, container in all_containers(pod, CONTAINER_FIELDS):
-        if (fields is not None and field not in fields) or not needs_void(field, container, target):
+        if (fields is not None and field not in fields) or not _needs_void(field, container, target):
             continue
         env = container.get("env")
         if not isinstance(env, list):
@@ -239,7 +238,7 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple
     resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
     selector_ops, conflicts = _node_selector(pod, plan)
     ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + void_ops(pod, policy.spec.targetContainer)
-           + _init_container_ops(pod, validator_container(plan, policy)) + _label_ops(pod, plan))
+           + _init_container_ops(pod, _validator_container(plan, policy)) + _label_ops(pod, plan))
     return ops, warnings, conflicts
 
 

@@ -20,7 +20,7 @@ from .policy import Policy, Profile
 from .tenancy import dag_id_conflict, describe_tenants, resolve_tenant
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["GpuPlan", "Scope", "plan_gpu", "scope_of"]
 

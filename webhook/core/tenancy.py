@@ -11,16 +11,28 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from .decision import Reason, Violation
 from .pod import airflow_dag_id, annotations, labels
 from .policy import Policy, TenantMatch
 
-if TYPE_CHECKING:
-    from ..server.review import UserInfo
+__all__ = ["ANONYMOUS", "UserInfo", "airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant",
+           "service_account_user"]
 
-__all__ = ["airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant", "service_account_user"]
+
+class UserInfo(NamedTuple):
+    """Who asked the API server for the change (``request.userInfo``), as Kubernetes authenticated
+    it: the one part of a review a pod's author cannot write (docs/security.md). Read off the
+    wire by webhook/server/review.py; defined here, where tenancy reads it, so core imports
+    nothing of server."""
+
+    username: str = ""
+    groups: tuple[str, ...] = ()
+
+
+#: The requester of a review that carries no ``userInfo`` (offline reviews, old tests).
+ANONYMOUS = UserInfo()
 
 _DAG_ID = "dag_id"
 _AIRFLOW_MAX_LABEL = 63

@@ -25,7 +25,7 @@ from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
 if TYPE_CHECKING:
-    from ..server.review import UserInfo
+    from .tenancy import UserInfo
 
 __all__ = ["decide_ephemeral_validation", "decide_validation", "reaching_violations"]
 

@@ -50,7 +50,7 @@ def explain(policy: Policy, profile: str, count: str | int = "1", *, namespace: 
     and so does ``requester`` None (who creates the pod, for tenants matched on it)."""
     pod = _airflow_pod(policy, profile, str(count), dag_id, labels or {})
     plan = _plan(pod, namespace, policy, requester)
-    ops, _, _ = mutation_ops(pod, plan, policy)
+    ops = mutation_ops(pod, plan, policy).ops
     patched = jsonpatch.apply_patch(pod, ops)
     lines = [_headline(plan, policy), *_resources(patched, plan), *_placement(patched),
              *_validation(patched), _labels(patched, plan), *_quota(patched, plan, namespace, policy)]

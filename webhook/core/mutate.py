@@ -21,14 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .decision import UNKNOWN, Decision, Reason, Violation
 from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import (CONTAINER_FIELDS, all_containers, as_dict, container_gpu_resources, gpu_containers, gpu_quantity,
-                  labels, metadata, safe_label_value, spec)
-from .names import GPU_RESOURCE_PREFIX
+from .pod import (CONTAINER_FIELDS, all_containers, container_gpu_resources, gpu_containers, gpu_entries,
+                  gpu_quantity, labels, metadata, safe_label_value, spec)
 from .policy import Policy
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from .tenancy import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
-           "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "unplanned_labels", "void_ops"]
+           "Mutation", "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "unplanned_labels", "void_ops"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
 #: Every label under this prefix is the platform's own: the webhook stamps them, and after
@@ -173,12 +172,11 @@ def _is_validator(actual: Any, desired: dict[str, Any]) -> bool:
     holding its GPUs for the pod's whole life."""
     if not isinstance(actual, dict) or not _contains(actual, desired) or actual.get("restartPolicy") is not None:
         return False
-    resources, wanted = as_dict(actual.get("resources")), desired["resources"]
 
-    def gpus(section: Mapping[str, Any]) -> set[str]:
-        return {n for n in section if isinstance(n, str) and n.startswith(GPU_RESOURCE_PREFIX)}
+    def gpus(container: Mapping[str, Any]) -> set[tuple[str, str]]:
+        return {(section, name) for section, name, _ in gpu_entries(container)}
 
-    return all(gpus(as_dict(resources.get(s))) == gpus(wanted[s]) for s in ("limits", "requests"))
+    return gpus(actual) == gpus(desired)
 
 
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
@@ -232,14 +230,26 @@ def _label_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
     return set_entries(("metadata", "labels"), metadata(pod).get("labels"), wanted)
 
 
-def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple[list[Op], list[str], list[Violation]]:
+class Mutation(NamedTuple):
+    """The patch for a planned pod, its warnings, and the conflicts that forbid it."""
+
+    ops: list[Op]
+    warnings: list[str]
+    conflicts: list[Violation]
+    #: The part of ``ops`` that voids the containers without a GPU (:func:`void_ops`), for the
+    #: validating step, which reports those apart.
+    voids: list[Op]
+
+
+def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> Mutation:
     """The patch for a planned pod, its warnings, and conflicts that forbid it."""
     container = spec(pod)["containers"][plan.target_index]
     resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
     selector_ops, conflicts = _node_selector(pod, plan)
-    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + void_ops(pod, policy.spec.targetContainer)
+    voids = void_ops(pod, policy.spec.targetContainer)
+    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + voids
            + _init_container_ops(pod, _validator_container(plan, policy)) + _label_ops(pod, plan))
-    return ops, warnings, conflicts
+    return Mutation(ops, warnings, conflicts, voids)
 
 
 def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy,
@@ -270,7 +280,7 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
-    ops, warnings, conflicts = mutation_ops(pod, plan, policy)
+    ops, warnings, conflicts, _ = mutation_ops(pod, plan, policy)
     if problems or conflicts:
         # The patch rides along so that enforcement "warn" can still apply it.
         return dataclasses.replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),

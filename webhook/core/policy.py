@@ -16,9 +16,10 @@ from __future__ import annotations
 import posixpath
 import re
 from decimal import Decimal
-from functools import cached_property
+from collections.abc import Callable
+from functools import cached_property, wraps
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,6 +36,7 @@ __all__ = [
     "TenantMatch",
     "load_policy",
     "parse_policy",
+    "per_policy",
     "policy_schema",
 ]
 
@@ -274,6 +276,31 @@ class Policy(_Strict):
         if profile is not None and profile.resource == resource:
             return profile.gpuEquivalent
         return self.resource_weights.get(resource, Decimal(1))
+
+
+_T = TypeVar("_T")
+
+
+def per_policy(compute: Callable[[Policy], _T]) -> Callable[[Policy], _T]:
+    """``compute(policy)`` computed once per policy object, not once per call: for views of the
+    policy that other modules derive on every event or request (a reload brings a new object,
+    and with it a new value). One slot, swapped whole, so threads never see half of it::
+
+        @per_policy
+        def fixed_label_keys(policy: Policy) -> frozenset[str]: ...
+    """
+    slot: tuple[Policy | None, Any] = (None, None)
+
+    @wraps(compute)
+    def cached(policy: Policy) -> _T:
+        nonlocal slot
+        held, value = slot
+        if held is not policy:
+            value = compute(policy)
+            slot = (policy, value)
+        return value
+
+    return cached
 
 
 class PolicyError(ValueError):

@@ -29,7 +29,7 @@ from typing import Any
 from .decision import Decision, Reason, Violation
 from .mutate import MANAGED_LABEL, STAMP_PREFIX
 from .pod import annotations, gpu_containers, labels
-from .policy import Policy
+from .policy import Policy, per_policy
 from .rules import gpu_reach, security_violations
 from .validate import reaching_violations
 
@@ -39,8 +39,10 @@ _DAG_ID = "dag_id"
 _ABSENT = object()
 
 
+@per_policy
 def fixed_label_keys(policy: Policy) -> frozenset[str]:
-    """The label keys, besides the ``gpu.platform/`` stamps, that decided a managed pod's charge."""
+    """The label keys, besides the ``gpu.platform/`` stamps, that decided a managed pod's charge
+    (computed once per policy, not on every UPDATE)."""
     keys = {_DAG_ID, policy.spec.labels.profile, policy.spec.labels.count}
     for tenant in policy.spec.tenants.values():
         for match in tenant.match:

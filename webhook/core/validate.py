@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from .decision import Decision, Reason, Violation
 from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels, void_ops
 from .nodes import NodeOffer, capacity_verdict
+from .patch import Op
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels
-from .names import GPU_RESOURCE_PREFIX
+from .pod import GpuContainer, gpu_containers, gpu_entries, gpu_quantity, labels
 from .policy import Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
@@ -36,9 +36,7 @@ def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
         Violation(Reason.INVALID_QUANTITY, f"container {c.get('name')!r} asks for {name}: {value!r} in {section}, "
                                       f"which is not a whole number of devices; "
                                       f"write the count as plain digits, such as '1'")
-        for _, c, _ in containers for section in ("limits", "requests")
-        for name, value in as_dict(as_dict(c.get("resources")).get(section)).items()
-        if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX) and gpu_quantity(value) is None
+        for _, c, _ in containers for section, name, value in gpu_entries(c) if gpu_quantity(value) is None
     ]
 
 
@@ -51,11 +49,12 @@ def reaching_violations(pod: Mapping[str, Any], policy: Policy, routes: list[str
                           f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "
                           f"(GPU nodes are for pods that get a GPU through the {policy.spec.labels.profile} label "
                           f"on a pod built by Airflow)")]
-    return _unvoided(pod, None, fields, f"can reach a GPU node through {'; '.join(routes)}")
+    return _unvoided(void_ops(pod, None, fields), f"can reach a GPU node through {'; '.join(routes)}")
 
 
-def _unvoided(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...] | None, why: str) -> list[Violation]:
-    paths = [op["path"].removesuffix("/-").removesuffix("/env") for op in void_ops(pod, target, fields)]
+def _unvoided(voids: list[Op], why: str) -> list[Violation]:
+    """The containers that ``voids`` (operations of :func:`void_ops`) would still void."""
+    paths = [op["path"].removesuffix("/-").removesuffix("/env") for op in voids]
     if not paths:
         return []
     return [Violation(Reason.NOT_VOIDED,
@@ -101,12 +100,11 @@ def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) ->
 
 
 def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violation]:
-    ops, _, conflicts = mutation_ops(pod, plan, policy)
-    if conflicts or not ops:
-        return conflicts
-    voids = void_ops(pod, policy.spec.targetContainer)
-    unvoided = _unvoided(pod, policy.spec.targetContainer, None, f"holds GPUs of profile {plan.profile_name}")
-    ops = [op for op in ops if op not in voids]
+    mutation = mutation_ops(pod, plan, policy)   # void_ops once: the patch's own void part
+    if mutation.conflicts or not mutation.ops:
+        return mutation.conflicts
+    unvoided = _unvoided(mutation.voids, f"holds GPUs of profile {plan.profile_name}")
+    ops = [op for op in mutation.ops if op not in mutation.voids]
     if not ops:
         return unvoided
     paths = ", ".join(op["path"] for op in ops[:3]) + (", ..." if len(ops) > 3 else "")
@@ -163,7 +161,7 @@ def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decis
     routes = [] if gpu_pod else gpu_reach(pod, policy)
     problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
     if gpu_pod:
-        problems += _unvoided(pod, None, ("ephemeralContainers",), "is labelled for a GPU or holds one")
+        problems += _unvoided(void_ops(pod, None, ("ephemeralContainers",)), "is labelled for a GPU or holds one")
     elif routes:
         problems += reaching_violations(pod, policy, routes, ("ephemeralContainers",))
     return Decision.deny(problems) if problems else Decision.allow(Reason.EPHEMERAL_ADMITTED)

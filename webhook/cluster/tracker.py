@@ -261,9 +261,9 @@ class PodWatch:
 
         Hand-written because the client has no paged raw list: its ``SharedInformer`` lists in one
         unpaged call into models and keeps whole objects (``python -m benchmarks.quota --client``:
-        42-43x the baseline parse against 3.4-5.3x for this loop, and every label of a label bomb
+        42-51x the baseline parse against 3.3-5.3x for this loop, and every label of a label bomb
         kept). The typed ``list_pod_for_all_namespaces(_preload_content=False)`` per page costs
-        the same as this ``call_api`` (0.9-1.0x, same benchmark)."""
+        0.9-1.3x this ``call_api`` (same benchmark), so the plain call stays."""
         token = ""
         while True:
             body = json.loads(self._get([("limit", str(_PAGE))] + ([("continue", token)] if token else []),
@@ -292,8 +292,8 @@ class PodWatch:
         parses each line (no model deserialisation: ``deserialize=False`` would do too, but then
         it fails with a KeyError on an ERROR event, kubernetes 36.0), and with ``timeout_seconds``
         it opens one stream and never retries by itself. ``python -m benchmarks.quota --client``
-        measured it at the cost of the hand-written reader it replaced (0.9-1.1x the CPU per
-        event over two runs; models cost 36-40x the baseline parse, docs/quota.md). An ERROR event
+        measured it at the cost of the hand-written reader it replaced (0.8-1.1x the CPU per
+        event over four runs; models cost 36-42x the baseline parse, docs/quota.md). An ERROR event
         (410 Gone: the version is too old; or any other status) raises :class:`_WatchEnded`."""
         from kubernetes.client.rest import ApiException
         from kubernetes.watch import Watch

@@ -252,7 +252,8 @@ class _StandIn:
         self.page = page
         self.pages = {str(start): orjson.dumps({
             "kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": "999999", "continue": str(start + page) if start + page < len(pods) else ""},
+            "metadata": {"resourceVersion": "999999",
+                         "continue": str(start + page) if start + page < len(pods) else ""},
             "items": pods[start:start + page]}) for start in range(0, len(pods), page)}
         self.whole = orjson.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "999999"},
                                    "items": pods})

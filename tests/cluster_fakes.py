@@ -43,7 +43,8 @@ class FakeApi:
             if kind == "watch":
                 time.sleep(0.05)
                 return FakeResponse()
-            return SimpleNamespace(data=json.dumps({"metadata": {"resourceVersion": "100"}, "items": self.nodes}).encode())
+            body = {"metadata": {"resourceVersion": "100"}, "items": self.nodes}
+            return SimpleNamespace(data=json.dumps(body).encode())
         if kind == "watch":
             if not self.streams:
                 time.sleep(0.05)

@@ -301,7 +301,8 @@ ENDINGS = [
 def test_how_a_watch_ends_decides_how_soon_it_lists_again(policy, description, streams, least, most):
     pod = managed("kpo_h100_count2", policy, "a")
     pod["metadata"]["resourceVersion"] = "120"
-    streams = [[{"type": "ADDED", "object": pod} if e == "pod" else e for e in s] if isinstance(s, list) else s for s in streams]
+    streams = [[{"type": "ADDED", "object": pod} if e == "pod" else e for e in s] if isinstance(s, list) else s
+               for s in streams]
     api = FakeApi([], streams)
     watch = PodWatch(api, RecordingBook(policy))
     synced_at_list = []

@@ -143,8 +143,8 @@ def identity_problem(namespace: str, name: str, uid: str) -> Violation | None:
     else:
         return None
     return Violation(Reason.INVALID_IDENTITY, f"the pod's {field} {_shown(value)} is not {rule}, as the API server "
-                                         f"assigns it; gpu-webhook records GPU quota only for pods the API server "
-                                         f"is creating: send this review through the API server")
+                                              f"assigns it; gpu-webhook records GPU quota only for pods the API server "
+                                              f"is creating: send this review through the API server")
 
 
 def _reserved(reservations: Mapping[str, Any]) -> ResourceList:

@@ -73,7 +73,7 @@ def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: 
     instead = (f"the largest offers {largest}" if pool else
                "no node matches that selector and tolerations at all")
     return Violation(Reason.NO_NODE_FITS, f"no node offers {count} x {resource} with {where}; {instead}; "
-                                     f"ask for fewer or another profile"), None
+                                          f"ask for fewer or another profile"), None
 
 
 class NodeBook:

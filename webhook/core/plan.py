@@ -64,7 +64,8 @@ def _profile(value: Any, policy: Policy) -> tuple[str, Profile] | Violation:
     profile = policy.spec.profiles.get(value) if isinstance(value, str) else None
     if profile is None:
         known = ", ".join(policy.spec.profiles)
-        return Violation(Reason.UNKNOWN_PROFILE, f"{label} {value!r} is not a known GPU profile; known profiles: {known}")
+        return Violation(Reason.UNKNOWN_PROFILE,
+                         f"{label} {value!r} is not a known GPU profile; known profiles: {known}")
     return value, profile
 
 
@@ -74,10 +75,10 @@ def _count(value: Any, name: str, profile: Profile, policy: Policy) -> int | Vio
         return 1
     if not isinstance(value, str) or not _COUNT.match(value) or int(value) < 1:
         return Violation(Reason.INVALID_COUNT, f"{label} {value!r} must be a positive whole number "
-                                          f"(1 to {profile.maxCount} for profile {name})")
+                                               f"(1 to {profile.maxCount} for profile {name})")
     if int(value) > profile.maxCount:
         return Violation(Reason.COUNT_OVER_MAX, f"{label} {value} exceeds maxCount {profile.maxCount} of profile "
-                                           f"{name}; ask for 1 to {profile.maxCount}")
+                                                f"{name}; ask for 1 to {profile.maxCount}")
     return int(value)
 
 
@@ -97,7 +98,7 @@ def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy, requester: U
     if tenant is None:
         by = f", created by {requester.username!r}" if requester is not None and policy.reads_requester else ""
         return Violation(Reason.NO_TENANT, f"no GPU tenant matches namespace {namespace!r}, dag_id "
-                                      f"{airflow_dag_id(pod)!r}{by}; tenants: {describe_tenants(policy)}")
+                                           f"{airflow_dag_id(pod)!r}{by}; tenants: {describe_tenants(policy)}")
     return tenant
 
 

@@ -131,8 +131,8 @@ def _privilege_violations(pod: Mapping[str, Any], containers: list[Container], w
     found = []
     for key in ("hostPID", "hostIPC"):
         if spec(pod).get(key) is True:
-            found.append(Violation(Reason.HOST_NAMESPACE, f"the pod sets spec.{key}: true in {why}, which lets it reach "
-                                                     f"other containers' GPUs; remove spec.{key}"))
+            found.append(Violation(Reason.HOST_NAMESPACE, f"the pod sets spec.{key}: true in {why}, which lets it "
+                                                          f"reach other containers' GPUs; remove spec.{key}"))
     for field, _, container in containers:
         context = as_dict(container.get("securityContext"))
         if context.get("privileged") is True:
@@ -171,8 +171,8 @@ def _claim_violations(pod: Mapping[str, Any], containers: list[Container], polic
     if policy.spec.resourceClaims == "allow":
         return []
     found = [Violation(Reason.RESOURCE_CLAIMS, "the pod sets spec.resourceClaims (Dynamic Resource Allocation), which "
-                                          "would get devices outside GPU profiles and quota; remove them (GPUs "
-                                          "come from the GPU profile label; DRA-backed profiles are planned)")
+                                               "would get devices outside GPU profiles and quota; remove them (GPUs "
+                                               "come from the GPU profile label; DRA-backed profiles are planned)")
              ] if as_list(spec(pod).get("resourceClaims")) else []
     for field, _, container in containers:
         if as_list(as_dict(container.get("resources")).get("claims")):

@@ -34,8 +34,8 @@ def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
     """Every GPU quantity, in limits and in requests (a bad request hides behind a good limit)."""
     return [
         Violation(Reason.INVALID_QUANTITY, f"container {c.get('name')!r} asks for {name}: {value!r} in {section}, "
-                                      f"which is not a whole number of devices; "
-                                      f"write the count as plain digits, such as '1'")
+                                           f"which is not a whole number of devices; "
+                                           f"write the count as plain digits, such as '1'")
         for _, c, _ in containers for section, name, value in gpu_entries(c) if gpu_quantity(value) is None
     ]
 
@@ -81,8 +81,8 @@ def _forged_stamps(pod: Mapping[str, Any]) -> list[Violation]:
     """The accounting stamps on a pod the webhook does not manage: only the mutation sets them."""
     pod_labels = labels(pod)
     return [
-        Violation(Reason.FORGED_STAMP, f"the pod carries label {key}={pod_labels[key]!r}, but only gpu-webhook stamps it, "
-                                  f"on the GPU pods it manages (quota is charged by it); remove the label")
+        Violation(Reason.FORGED_STAMP, f"the pod carries label {key}={pod_labels[key]!r}, but only gpu-webhook stamps "
+                                       f"it, on the GPU pods it manages (quota is charged by it); remove the label")
         for key in (MANAGED_LABEL, TENANT_LABEL) if key in pod_labels
     ]
 
@@ -92,7 +92,7 @@ def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) ->
     target = policy.spec.targetContainer
     return [
         Violation(Reason.GPU_OUTSIDE_TARGET, f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
-                                        f"container {target!r} gets the GPU of profile {plan.profile_name}")
+                                             f"container {target!r} gets the GPU of profile {plan.profile_name}")
         for field, c, res in containers
         if not (field == "containers" and c.get("name") == target)
         and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)

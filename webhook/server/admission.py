@@ -75,8 +75,8 @@ def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
 
 #: The denial for a quota-bound pod while the usage of the cluster is not known yet.
 NOT_SYNCED = Violation(Reason.USAGE_NOT_SYNCED, "gpu-webhook has not finished reading the cluster's GPU usage yet, so "
-                                           "it cannot check the tenant's quota; this is temporary: retry in a few "
-                                           "seconds")
+                                                "it cannot check the tenant's quota; this is temporary: retry in a few "
+                                                "seconds")
 
 
 #: The warning for a GPU pod admitted while the node list is not known yet (never a denial).

@@ -355,6 +355,19 @@ def test_an_upgrade_with_unchanged_values_changes_nothing(controlplane, helm, in
         assert config.webhooks == before.webhooks
 
 
+def test_an_upgrade_that_changes_the_webhooks_keeps_the_ca_bundle_the_job_wrote(controlplane, helm, installed) -> None:
+    """The templates leave caBundle out in certgen mode: Helm's three-way merge changes what the
+    values changed and leaves the Job's caBundle alone."""
+    bundles = {k: [w.client_config.ca_bundle for w in c.webhooks] for k, c in _configurations(controlplane).items()}
+    runs = len(installed.runner.runs)
+    installed.runner.drive(helm.popen("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, *installed.values,
+                                      "--set", "webhooks.timeoutSeconds=7"))
+    assert all("caBundle set" not in r.output for r in installed.runner.runs[runs:])
+    for kind, config in _configurations(controlplane).items():
+        assert [w.timeout_seconds for w in config.webhooks] == [7], kind
+        assert [w.client_config.ca_bundle for w in config.webhooks] == bundles[kind], kind
+
+
 def test_an_expiring_certificate_is_renewed_with_both_cas_trusted(controlplane, installed, tmp_path) -> None:
     """The hook's command (as the admin: Helm deleted the hook's ServiceAccount) with a renewal
     window longer than the certificate's life: a new pair, and a caBundle holding the new CA and the

@@ -267,12 +267,7 @@ def _certs_ensure(args: argparse.Namespace) -> int:
     target = Target(args.namespace, args.service, args.secret, args.webhook_configuration)
     outcome = ensure(client.CoreV1Api(api), client.AdmissionregistrationV1Api(api), target, make_pair,
                      renew_before=dt.timedelta(days=args.renew_before_days))
-    print(f"Secret {args.namespace}/{args.secret}: " + (f"new certificate ({outcome.reason})" if outcome.reason
-                                                        else "kept (valid, names the Service)"))
-    for name in outcome.patched:
-        print(f"{name}: caBundle set")
-    for name in outcome.missing:
-        print(f"{name}: not there yet (the post-install run sets its caBundle)")
+    print(*outcome.report(target), sep="\n")
     return 0
 
 

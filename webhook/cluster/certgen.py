@@ -62,6 +62,14 @@ class Outcome:
     patched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
+    def report(self, target: Target) -> list[str]:
+        """One line per thing done, for the Job's log."""
+        kept = "kept (valid, names the Service)"
+        return [f"Secret {target.namespace}/{target.secret}: " + (f"new certificate ({self.reason})" if self.reason
+                                                                 else kept),
+                *(f"{name}: caBundle set" for name in self.patched),
+                *(f"{name}: not there yet (the post-install run sets its caBundle)" for name in self.missing)]
+
 
 def renewal_reason(pair: ServingPair | None, service: str, namespace: str, now: dt.datetime,
                    renew_before: dt.timedelta = RENEW_BEFORE) -> str | None:

@@ -217,9 +217,9 @@ def _policy_schema(_: argparse.Namespace) -> int:
 
 
 def _policy_conditions(args: argparse.Namespace) -> int:
-    from .conditions import render
+    from .conditions import helm_values, render
 
-    print(render(_policy(args.file)), end="")
+    print((helm_values if args.helm_values else render)(_policy(args.file)), end="")
     return 0
 
 
@@ -259,6 +259,30 @@ def _certs_inject(args: argparse.Namespace) -> int:
             Path(name).write_text(text, encoding="utf-8")
         else:
             sys.stdout.write(text if len(args.files) == 1 else f"---\n{text}")
+    return 0
+
+
+def _certs_ensure(args: argparse.Namespace) -> int:
+    """The chart's certgen hook Job (airflow_gpu_webhook.cluster.certgen)."""
+    import datetime as dt
+    import tempfile
+
+    from kubernetes import client
+
+    from ..cluster.certgen import ServingPair, Target, ensure
+    from ..cluster.wiring import kube_client
+    from .certs import generate
+
+    def make_pair() -> ServingPair:
+        with tempfile.TemporaryDirectory() as out:
+            files = generate(Path(out) / "certs", args.service, args.namespace, args.dns_name)
+            return ServingPair(files.ca_cert.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
+
+    api = kube_client(args.kubeconfig)
+    target = Target(args.namespace, args.service, args.secret, args.webhook_configuration)
+    outcome = ensure(client.CoreV1Api(api), client.AdmissionregistrationV1Api(api), target, make_pair,
+                     renew_before=dt.timedelta(days=args.renew_before_days))
+    print(*outcome.report(target), sep="\n")
     return 0
 
 
@@ -321,6 +345,8 @@ def _parser() -> argparse.ArgumentParser:
     conditions = policy_commands.add_parser(
         "conditions", help="print the webhook configurations (CEL matchConditions) for a policy file")
     conditions.add_argument("file")
+    conditions.add_argument("--helm-values", action="store_true",
+                            help="print them as the Helm chart's webhooks.matchConditions value instead")
     conditions.set_defaults(run=_policy_conditions)
 
     certs = commands.add_parser("certs", help="make a CA and serving certificate; put the CA into manifests")
@@ -342,6 +368,16 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--in-place", action="store_true", help="rewrite the files instead of printing")
     inject.add_argument("files", nargs="+")
     inject.set_defaults(run=_certs_inject)
+
+    ensure = certs_commands.add_parser(
+        "ensure", help="in the cluster (the Helm chart's certgen Job): create or renew the serving Secret when "
+                       "missing or expiring, and write its CA into both webhook configurations' caBundle")
+    for flag in ("--namespace", "--service", "--secret", "--webhook-configuration"):
+        ensure.add_argument(flag, required=True)
+    ensure.add_argument("--dns-name", action="append", default=[], help="extra DNS SAN (repeatable)")
+    ensure.add_argument("--renew-before-days", type=int, default=30)
+    ensure.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    ensure.set_defaults(run=_certs_ensure)
 
     # Listed for --help only: main() hands their arguments to their own parsers.
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")

@@ -32,6 +32,7 @@ import jsonpatch
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
 from benchmarks.core import CPU_CASE, GPU_CASE, ROOT, case, review_bytes
+from tests.e2e.ports import free_port
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -48,12 +49,6 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(port: int, ca: Path, process: subprocess.Popen, limit: float = 30) -> None:
@@ -121,7 +116,7 @@ def run(seconds: int = 8, rounds: int = 2, connections: int = 8, warm_up: int = 
                   "passthrough": (cpu["pod"], cpu["namespace"])}
         for name, (pod, namespace) in bodies.items():
             (tmp / f"{name}.json").write_bytes(review_bytes(pod, namespace))
-        base_port, hook_port, noop_port = _free_port(), _free_port(), _free_port()
+        base_port, hook_port, noop_port = free_port(), free_port(), free_port()
         # uvicorn's own defaults (loop and http "auto": uvloop and httptools), as `serve` uses them
         uvicorn = [sys.executable, "-m", "uvicorn", "--lifespan", "off", "--no-access-log", "--log-level", "warning",
                    *tls]

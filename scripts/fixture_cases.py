@@ -17,7 +17,7 @@ Keys:
   map_index    mapped task instance to build (kpo with expand, or executor)
   pod_override (executor) the V1Pod of executor_config={"pod_override": ...}, or None
 
-Profile names and limits come from shared/reference/policy.yaml.
+Profile names and limits come from manifests/policy.yaml (the reference policy).
 """
 
 from kubernetes.client import models as k8s

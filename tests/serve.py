@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,29 +17,23 @@ from typing import Any
 import httpx
 import jsonpatch
 import orjson
+from e2e.ports import free_port
 
 from conftest import POLICY_FILE, admission_review
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now (for a server the test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class WebhookServer:
     """A `gpu-webhook serve` subprocess; always stopped, its log kept for failures."""
 
     def __init__(self, tmp: Path, policy: Path = POLICY_FILE, extra_args: tuple[str, ...] = (),
-                 certs: Path | None = None, client_ca: bool | Path = False) -> None:
+                 certs: Path | None = None, client_ca: bool | Path = False, port: int | None = None) -> None:
         """``certs``: serve an existing pair (replicas behind one Service share it), else make one.
         ``client_ca``: serve with ``--client-ca``, the client CA of ``certs generate --client`` (made
         here, or the directory it wrote, such as the testbed API server's); the test's client then
         presents the API server's client certificate."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.certs = certs or tmp / "certs"
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = tmp / "serve.log"
         cli = [sys.executable, "-m", "airflow_gpu_webhook.cli.main"]
         if certs is None:

@@ -154,7 +154,8 @@ def test_a_decision_that_raises_is_a_500_denial_never_an_allow(policy, monkeypat
 def test_warn_mode_turns_a_denial_into_warnings_and_still_applies_the_profile():
     warn = policy_with(enforcement="warn")
     decision = mutate(request_for("kpo_privileged"), warn)
-    assert decision.allowed and decision.reason == "warned:privileged-gpu-pod"
+    assert decision.allowed and decision.warned and decision.reason == "privileged-gpu-pod"
+    assert decision.label == "warned:privileged-gpu-pod"
     assert decision.warnings[0].startswith("[gpu-webhook warn-only] container 'base' sets securityContext.privileged: true")
     assert any(op["path"] == "/spec/initContainers" for op in decision.patch)
 

@@ -1,8 +1,8 @@
 """The layout's boundaries, checked: imports point one way, and the core stays pure.
 
 Allowed directions (docs/architecture.md): ``cli`` may import every part; ``server``, ``cluster``
-and ``airflow`` import only ``core``; ``validator`` stands alone; ``core`` imports nothing else
-of the package and none of the HTTP, TLS or cluster libraries. Checked twice: statically, on the
+and ``airflow`` import only ``core``; ``validator`` only ``core/names.py`` (stdlib only: the init
+container loads no policy model); ``core`` imports nothing else of the package and none of the HTTP, TLS or cluster libraries. Checked twice: statically, on the
 syntax tree of every module (every import statement, inside functions and ``TYPE_CHECKING``
 blocks too, relative or absolute), and at runtime, in a fresh interpreter that imports every
 core module, which also sees what the core's own dependencies import. Each checker is also fed
@@ -32,7 +32,7 @@ ALLOWED = {
     "server": {"core"},
     "cluster": {"core"},
     "airflow": {"core"},
-    "validator": set(),
+    "validator": {"core"},  # only core/names.py: checked at runtime below
     "cli": {"core", "server", "cluster", "airflow", "validator"},
 }
 #: Top-level modules the pure core must never load: HTTP, TLS, the cluster client, metrics.
@@ -124,8 +124,8 @@ BAD_AND_GOOD = [
      "from ..server import metrics\n", "cluster/ may not import server/"),
     ("airflow/ importing server/ is refused", "airflow_gpu_webhook.airflow.policy",
      "from airflow_gpu_webhook.server.admission import review_chain\n", "airflow/ may not import server/"),
-    ("the validator importing the core is refused (it stands alone)", "airflow_gpu_webhook.validator.cli",
-     "from ..core.policy import load_policy\n", "validator/ may not import core/"),
+    ("the validator importing the server is refused", "airflow_gpu_webhook.validator.cli",
+     "from ..server.review import parse_review\n", "validator/ may not import server/"),
     ("the folder's name as a top-level package is refused, even in the right direction",
      "airflow_gpu_webhook.server.app", "from webhook.core.policy import Policy\n", "the folder's name"),
     ("`import webhook` is refused outside the package too", "tests.test_x", "import webhook.core.pod as pod\n",
@@ -213,6 +213,15 @@ def test_importing_every_core_module_loads_no_forbidden_module():
     assert forbidden_for_core(loaded) == []
 
 
+def test_the_driver_validator_loads_only_the_names_of_the_core():
+    validator = [module_name(p) for p in sorted((SOURCE / "validator").glob("*.py"))]
+    loaded = loaded_after_importing(validator)
+    assert set(validator) <= loaded
+    heavy = FORBIDDEN_IN_CORE | {"pydantic", "yaml", "orjson", "jsonpatch", "cryptography"}
+    assert sorted(n for n in loaded if n.split(".")[0] in heavy) == []
+    assert sorted(n for n in loaded if part_of(n) == "core") == [f"{PACKAGE}.core", f"{PACKAGE}.core.names"]
+
+
 def test_the_runtime_probe_sees_transitive_imports():
     # server/app.py imports fastapi, which imports starlette: neither is named by the probe
     flagged = forbidden_for_core(loaded_after_importing([f"{PACKAGE}.server.app"]))
@@ -241,8 +250,9 @@ def test_the_policy_models_are_built_on_first_load(first, built, yaml_loaded):
     assert built in models and has_yaml == str(yaml_loaded)
 
 
-def test_gpu_webhook_help_loads_neither_the_core_nor_its_libraries():
+def test_gpu_webhook_help_loads_neither_the_core_nor_the_heavy_libraries():
+    # the flags' defaults come from cluster/wiring.py and server/reload.py, which import the core lazily
     loaded = loaded_after_running(f"from {PACKAGE}.cli.main import main\nmain(['--help'])")
     assert f"{PACKAGE}.cli.main" in loaded
-    assert sorted(n for n in loaded if n.split(".")[0] in {"pydantic", "yaml", "orjson", "kubernetes", "fastapi"}
-                  or part_of(n) in {"core", "server"}) == []
+    heavy = {"pydantic", "yaml", "orjson", "kubernetes", "fastapi", "starlette", "uvicorn", "prometheus_client"}
+    assert sorted(n for n in loaded if n.split(".")[0] in heavy or part_of(n) == "core") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jsonpatch
 import pytest
 
-from airflow_gpu_webhook.core.patch import insert_at, pointer, replace_at, set_entries
+from airflow_gpu_webhook.core.patch import add, insert, pointer, remove, replace, set_entries
 
 
 @pytest.mark.parametrize("parts, expected", [
@@ -28,18 +28,25 @@ def test_set_entries_makes_the_mapping_contain_what_is_desired_and_keeps_the_res
 
 
 ARRAYS = [
-    ("insert at 0 shifts the others", lambda: insert_at("/a/0", "new"), ["new", "x", "y"]),
-    ("insert at - appends", lambda: insert_at("/a/-", "new"), ["x", "y", "new"]),
-    ("replace at 0 overwrites in place", lambda: replace_at("/a/0", "new"), ["new", "y"]),
-    ("replace at 1 overwrites in place", lambda: replace_at("/a/1", "new"), ["x", "new"]),
+    ("add of an object member overwrites it", lambda: add("/m/k", "new"), None),
+    ("insert at 0 shifts the others", lambda: insert("/a/0", "new"), ["new", "x", "y"]),
+    ("insert at - appends", lambda: insert("/a/-", "new"), ["x", "y", "new"]),
+    ("replace at 0 overwrites in place", lambda: replace("/a/0", "new"), ["new", "y"]),
+    ("replace at 1 overwrites in place", lambda: replace("/a/1", "new"), ["x", "new"]),
+    ("remove at 0 shifts the others down", lambda: remove("/a/0"), ["y"]),
 ]
 
 
 @pytest.mark.parametrize("description, op, expected", ARRAYS, ids=[a[0] for a in ARRAYS])
 def test_array_insert_and_replace_mean_what_they_say(description, op, expected):
-    assert jsonpatch.apply_patch({"a": ["x", "y"]}, [op()]) == {"a": expected}
+    doc = {"a": ["x", "y"], "m": {"k": "old"}}
+    patched = jsonpatch.apply_patch(doc, [op()])
+    if expected is None:
+        assert patched == {"a": ["x", "y"], "m": {"k": "new"}}
+    else:
+        assert patched == {"a": expected, "m": {"k": "old"}}
 
 
 def test_replace_refuses_an_index_that_is_not_there():
     with pytest.raises(jsonpatch.JsonPatchException):
-        jsonpatch.apply_patch({"a": []}, [replace_at("/a/0", "new")])
+        jsonpatch.apply_patch({"a": []}, [replace("/a/0", "new")])

@@ -117,3 +117,22 @@ def test_the_published_schema_file_is_current():
     published = POLICY_FILE.parents[1] / "docs" / "policy.schema.json"
     assert json.loads(published.read_text()) == policy_schema(), \
         "regenerate it: gpu-webhook policy schema > docs/policy.schema.json"
+
+
+def test_a_per_policy_view_is_computed_once_per_policy_object(policy):
+    from airflow_gpu_webhook.core.policy import per_policy
+
+    from conftest import policy_with
+
+    calls = []
+
+    @per_policy
+    def view(p):
+        calls.append(p)
+        return object()
+
+    first = view(policy)
+    assert view(policy) is first and calls == [policy]
+    reloaded = policy_with()
+    assert view(reloaded) is not first and calls == [policy, reloaded]
+

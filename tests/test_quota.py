@@ -124,3 +124,9 @@ OFFLINE = [
 def test_offline_usage_reads_the_same_stamped_record_as_the_tracker(policy, description, change, tenants):
     pod = change(_mutated("kpo_h100_count2", policy, "Running", "a"))
     assert set(usage_from_pods([pod], policy)) == tenants
+
+
+def test_the_stamp_to_tenant_map_is_built_once_per_policy(policy):
+    from airflow_gpu_webhook.core.quota import _tenant_by_stamp
+
+    assert _tenant_by_stamp(policy) is _tenant_by_stamp(policy) and _tenant_by_stamp(policy)["vision"] == "vision"

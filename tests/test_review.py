@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from airflow_gpu_webhook.core.decision import Decision, Violation
-from airflow_gpu_webhook.server.review import ANONYMOUS, BadReview, UserInfo, parse_review, review_response
+from airflow_gpu_webhook.core.tenancy import ANONYMOUS, UserInfo
+from airflow_gpu_webhook.server.review import BadReview, parse_review, review_response
 
 from conftest import admission_review, airflow_fixture
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_gpu_webhook.core.tenancy import airflow_label_value, dag_id_conflict, describe_tenants, resolve_tenant
-from airflow_gpu_webhook.server.review import UserInfo
+from airflow_gpu_webhook.core.tenancy import (
+    UserInfo,
+    airflow_label_value,
+    dag_id_conflict,
+    describe_tenants,
+    resolve_tenant,
+)
 
 from conftest import airflow_fixture, policy_with
 

@@ -3,17 +3,17 @@ says when it is behind."""
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
 from decimal import Decimal as D
-from types import SimpleNamespace
 
 import jsonpatch
 import pytest
+from cluster_fakes import FakeApi, FakeResponse
+from kubernetes.client.rest import ApiException
 
-from airflow_gpu_webhook.cluster.tracker import PodWatch, UsageBook
+from airflow_gpu_webhook.cluster.tracker import _WATCH_READ_TIMEOUT, PodWatch, UsageBook
 from airflow_gpu_webhook.core.mutate import decide_mutation
 
 from conftest import airflow_fixture, policy_with
@@ -155,33 +155,6 @@ def test_the_book_remembers_at_which_version_it_first_saw_a_pod(policy):
     assert book.seen_at("a") == 41 and book.seen_at("never") is None
 
 
-class FakeApi:
-    """call_api for PodWatch: a paged list, then watch streams from a script (each a list of
-    events, or an exception: a broken stream)."""
-
-    def __init__(self, pods: list[dict], streams: list) -> None:
-        self.pods, self.streams, self.lists, self.selectors = pods, list(streams), 0, set()
-
-    def call_api(self, path, method, query_params, **_):
-        params = dict(query_params)
-        self.selectors.add(params.get("labelSelector"))
-        if params.get("watch") == "true":
-            if not self.streams:
-                time.sleep(0.05)
-                return SimpleNamespace(stream=lambda *a, **k: iter(()), release_conn=lambda: None)
-            step = self.streams.pop(0)
-            if isinstance(step, Exception):
-                raise step
-            body = b"".join(json.dumps(e).encode() + b"\n" for e in step)
-            return SimpleNamespace(stream=lambda *a, **k: iter([body]), release_conn=lambda: None)
-        self.lists += 1
-        start, limit = int(params.get("continue") or 0), int(params["limit"])
-        more = start + limit < len(self.pods)
-        return SimpleNamespace(data=json.dumps({"metadata": {"resourceVersion": "100",
-                                                             "continue": str(start + limit) if more else ""},
-                                                "items": self.pods[start:start + limit]}).encode())
-
-
 def test_only_pods_carrying_both_stamps_are_listed_and_a_list_is_read_page_by_page(policy):
     pods = [managed("kpo_h100_count2", policy, f"u{i}") for i in range(120)]
     api = FakeApi(pods, [])
@@ -251,7 +224,7 @@ def test_a_restart_drops_a_stalled_stream_and_lists_again(policy):
     class Api(FakeApi):
         def call_api(self, path, method, query_params, **kw):
             if dict(query_params).get("watch") == "true" and self.lists == 1:
-                return SimpleNamespace(stream=stalled, release_conn=lambda: None, shutdown=shut.set)
+                return FakeResponse(stream=stalled, shutdown=shut.set)
             return super().call_api(path, method, query_params, **kw)
 
     api = Api([], [])
@@ -299,3 +272,71 @@ def test_a_resource_version_is_read_as_ascii_digits_only(value, number):
     from airflow_gpu_webhook.cluster.tracker import version_number
 
     assert version_number(value) == number
+
+
+class RecordingBook(UsageBook):
+    def __init__(self, policy) -> None:
+        super().__init__(policy)
+        self.objects: list = []
+
+    def apply(self, event, pod):
+        self.objects.append(pod)
+        super().apply(event, pod)
+
+
+GONE = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                    "reason": "Expired", "message": "too old resource version: 1 (100)"}}
+INTERNAL = {"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd"}}
+ENDINGS = [
+    ("an ERROR 410 Gone event ends the watch: unready, listed again at once", [[GONE]], 0.0, 0.9),
+    ("an ERROR event of another status ends it the same way", [[INTERNAL]], 0.0, 0.9),
+    ("events before the ERROR are applied, a blank line is skipped", [[b"\n", "pod", GONE]], 0.0, 0.9),
+    ("a watch that cannot be opened is a failure: unready, listed again after a pause",
+     [ApiException(status=403, reason="Forbidden")], 0.9, 5.0),
+]
+
+
+@pytest.mark.parametrize("description, streams, least, most", ENDINGS, ids=[e[0] for e in ENDINGS])
+def test_how_a_watch_ends_decides_how_soon_it_lists_again(policy, description, streams, least, most):
+    pod = managed("kpo_h100_count2", policy, "a")
+    pod["metadata"]["resourceVersion"] = "120"
+    streams = [[{"type": "ADDED", "object": pod} if e == "pod" else e for e in s] if isinstance(s, list) else s
+               for s in streams]
+    api = FakeApi([], streams)
+    watch = PodWatch(api, RecordingBook(policy))
+    synced_at_list = []
+    original = watch.list_once
+
+    def list_once():
+        synced_at_list.append(watch.synced.is_set())
+        return original()
+
+    watch.list_once = list_once
+    watch.start()
+    try:
+        deadline = time.monotonic() + 5
+        while api.lists < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert api.lists >= 2
+        assert synced_at_list[:2] == [False, False], "unready until the new list completes"
+        assert least <= api.list_times[1] - api.list_times[0] < most
+        assert all(r.closed for r in api.responses), "every stream's connection is closed"
+        if "applied" in description:
+            assert watch.book.objects == [pod] and watch.reached >= 120
+    finally:
+        watch.stop()
+
+
+def test_the_watch_hands_the_book_raw_dicts_with_a_read_timeout_on_the_stream(policy):
+    pod = managed("kpo_h100_count2", policy, "a")
+    api = FakeApi([], [[{"type": "ADDED", "object": pod}]])
+    watch = PodWatch(api, RecordingBook(policy))
+    watch.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not watch.book.objects and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert watch.book.objects == [pod] and type(watch.book.objects[0]) is dict   # no V1Pod model
+        assert api.timeouts == {"list": 60, "watch": (10, _WATCH_READ_TIMEOUT)}
+    finally:
+        watch.stop()

@@ -155,3 +155,9 @@ def test_harmless_toleration_updates_pass(policy):
     assert decide_update(cpu_pod(), tolerating(cpu_pod(), not_ready), policy).allowed
     # A managed pod holds its GPUs and is voided already: more tolerations change nothing.
     assert decide_update(managed_pod(), tolerating(managed_pod(), GPU_TOLERATION), policy).allowed
+
+
+def test_the_fixed_label_keys_are_computed_once_per_policy(policy):
+    from airflow_gpu_webhook.core.update import fixed_label_keys
+
+    assert fixed_label_keys(policy) is fixed_label_keys(policy) and "dag_id" in fixed_label_keys(policy)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from validator_fakes import (
+    FakeCuda,
+    FakeNvml,
+    cuda_info_for,
+    gpu_uuid,
+    healthy_gpu,
+    mig_gpu,
+    mig_uuid,
+)
 
 from airflow_gpu_webhook.validator.checks import (
     Passed,
@@ -19,15 +28,6 @@ from airflow_gpu_webhook.validator.checks import (
     validate,
 )
 from airflow_gpu_webhook.validator.facts import GpuFacts, HealthFacts, LayerError
-from airflow_gpu_webhook.validator.fakes import (
-    FakeCuda,
-    FakeNvml,
-    cuda_info_for,
-    gpu_uuid,
-    healthy_gpu,
-    mig_gpu,
-    mig_uuid,
-)
 from airflow_gpu_webhook.validator.report import CHECKS, Failure
 from airflow_gpu_webhook.validator.versions import parse_version
 

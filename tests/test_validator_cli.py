@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from validator_fakes import FakeCuda, FakeNvml, healthy_gpu, mig_gpu
 
 from airflow_gpu_webhook.validator.cli import main
 from airflow_gpu_webhook.validator.facts import HealthFacts, LayerError
-from airflow_gpu_webhook.validator.fakes import FakeCuda, FakeNvml, healthy_gpu, mig_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--min-driver-version", "535.104.05", "--min-cuda-version", "12.2"]
@@ -167,8 +167,7 @@ def _subprocess(args, **kwargs):
 
 def test_importing_the_package_loads_no_gpu_library():
     code = (
-        "import sys; import airflow_gpu_webhook.validator, airflow_gpu_webhook.validator.cli, airflow_gpu_webhook.validator.checks, "
-        "airflow_gpu_webhook.validator.fakes; "
+        "import sys; import airflow_gpu_webhook.validator, airflow_gpu_webhook.validator.cli, airflow_gpu_webhook.validator.checks; "
         "bad = [m for m in ('pynvml', 'torch', 'cupy') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from validator_fakes import FakeCuda, FakeNvml
 
 from airflow_gpu_webhook.validator.checks import Request, validate
 from airflow_gpu_webhook.validator.facts import LayerError
-from airflow_gpu_webhook.validator.fakes import FakeCuda, FakeNvml
 from airflow_gpu_webhook.validator.report import (
     CHECKS,
     EXIT_CODES,

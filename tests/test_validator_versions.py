@@ -31,8 +31,11 @@ def test_versions_compare_as_numbers_not_strings(found, minimum, meets):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "abc", "v535", "535.", ".535", "535..1", "535.104.05-beta", "1 2", "-1"],
-    ids=["empty", "letters", "v-prefix", "trailing-dot", "leading-dot", "double-dot", "suffix", "space", "negative"],
+    ["", "abc", "v535", "535.", ".535", "535..1", "535.104.05-beta", "1 2", "-1", "1.0rc1", "1!2.0", "535+local",
+     "\uff15\uff13\uff15"],
+    ids=["empty", "letters", "v-prefix", "trailing-dot", "leading-dot", "double-dot", "suffix", "space", "negative",
+         "pre-release (PEP 440 accepts it)", "epoch (PEP 440 accepts it)", "local part (PEP 440 accepts it)",
+         "full-width digits"],
 )
 def test_a_malformed_version_is_rejected(text):
     with pytest.raises(VersionError):
@@ -67,3 +70,8 @@ def test_ordering_matches_zero_padded_tuples(a, b):
     va, vb = parse_version(".".join(map(str, a))), parse_version(".".join(map(str, b)))
     assert (va < vb) == (pa < pb)
     assert (va == vb) == (pa == pb)
+
+
+@pytest.mark.parametrize("text", ["535.104.05", "550.54.15", "12.4"])
+def test_a_version_keeps_its_spelling_for_messages(text):
+    assert str(parse_version(text)) == text   # packaging.version would print 535.104.5

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -44,6 +43,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TESTBED = REPO / "testbed"
@@ -164,12 +165,6 @@ class CertificateAuthority:
 
 
 # ----------------------------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -251,7 +246,7 @@ class ControlPlane:
             (d / "owner.pid").write_text(str(os.getpid()))
         self.components: dict[str, Component] = {}
         self.ca = CertificateAuthority.create()
-        self.ports = {k: _free_port() for k in ("etcd", "etcd-peer", "apiserver", "scheduler", "kwok")}
+        self.ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "scheduler", "kwok")}
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig = self.dir / "admin.kubeconfig"
         #: The API server's webhook client pair and its CA (client-ca.crt, apiserver-client.crt/.key).

@@ -50,6 +50,8 @@ from typing import Any
 # else is imported inside the functions, so `import airflow` stays fast for every process.
 from airflow.policies import hookimpl
 
+from ..core.decision import Reason  # stdlib only: enum and dataclasses
+
 __all__ = ["CONF_OPTION", "CONF_SECTION", "task_policy"]
 
 CONF_SECTION = "gpu_webhook"
@@ -64,8 +66,8 @@ _KPO_FIELDS = ("namespace", "labels", "annotations", "env_vars", "container_reso
                "container_security_context", "volumes", "volume_mounts", "node_selector", "tolerations",
                "init_containers", "base_container_name", "full_pod_spec", "pod_template_dict", "secrets")
 #: Reasons never reported at parse time: usage is a run-time fact.
-_RUN_TIME_ONLY = frozenset({"quota-exceeded"})
-_REQUESTER_UNKNOWN = frozenset({"no-tenant"})
+_RUN_TIME_ONLY = frozenset({Reason.QUOTA_EXCEEDED})
+_REQUESTER_UNKNOWN = frozenset({Reason.NO_TENANT})
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class _TaskPod:
     kind: str
     pod: dict[str, Any]
     namespace: str
-    unknown: frozenset[str]   # violation reasons that depend on run-time values
+    unknown: frozenset[Reason]   # violation reasons that depend on run-time values
 
 
 @hookimpl
@@ -249,9 +251,9 @@ def _kpo_pod(task: Any, policy: Any) -> _TaskPod | None:
         return None
     unknown = set()
     if fields.unknown("namespace") or not fields.get("namespace") or _known(labels) != labels:
-        unknown.add("no-tenant")
+        unknown.add(Reason.NO_TENANT)
     if fields.unknown("base_container_name"):
-        unknown.add("no-target-container")
+        unknown.add(Reason.NO_TARGET_CONTAINER)
     raw = _sanitize(_kpo_model(task, fields))
     raw["metadata"]["labels"] = {**raw["metadata"].get("labels", {}), **_kpo_origin_labels(task)}
     return _TaskPod("KubernetesPodOperator pod", _known(raw), fields.get("namespace", ""), frozenset(unknown))

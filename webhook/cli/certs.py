@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["APISERVER_CLIENT_NAME", "CA_DAYS", "SERVING_DAYS", "CertFiles", "ca_bundle", "generate", "generate_client",
-           "inject_ca_bundle", "load_documents", "service_names"]
+           "inject_ca_bundle", "load_documents"]
 
 CA_DAYS = 5 * 365
 SERVING_DAYS = 365
@@ -44,7 +44,7 @@ class CertFiles:
     key: Path
 
 
-def service_names(service: str, namespace: str) -> list[str]:
+def _service_names(service: str, namespace: str) -> list[str]:
     """The DNS names the API server may use to reach a Service."""
     return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
             f"{service}.{namespace}.svc.cluster.local"]
@@ -139,7 +139,7 @@ def generate(out: Path, service: str, namespace: str, extra_dns: list[str] | Non
     out.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key, ca_cert = _ca(now)
-    dns = list(dict.fromkeys(service_names(service, namespace) + ["localhost"] + (extra_dns or [])))
+    dns = list(dict.fromkeys(_service_names(service, namespace) + ["localhost"] + (extra_dns or [])))
     ips = list(dict.fromkeys(["127.0.0.1", "::1"] + (extra_ips or [])))
     return _write_pair(files, ca_key, ca_cert, *_serving(ca_key, ca_cert, dns, ips, now))
 

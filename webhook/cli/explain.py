@@ -25,13 +25,13 @@ from typing import Any
 
 import jsonpatch
 
-from ..core.decision import Decision
+from ..core.decision import Decision, Reason
 from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
+from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.plan import GpuPlan, plan_gpu
-from ..core.policy import GPU_RESOURCE_PREFIX, Policy, PolicyError, load_policy
+from ..core.policy import Policy, PolicyError, load_policy
 from ..core.quota import ResourceList, exceeded_lines, format_quantity, pod_charge
-from ..core.tenancy import airflow_label_value, service_account_user
-from ..server.review import UserInfo
+from ..core.tenancy import UserInfo, airflow_label_value, service_account_user
 
 __all__ = ["POLICY_ENV", "ExplainError", "explain", "run_explain"]
 
@@ -50,7 +50,7 @@ def explain(policy: Policy, profile: str, count: str | int = "1", *, namespace: 
     and so does ``requester`` None (who creates the pod, for tenants matched on it)."""
     pod = _airflow_pod(policy, profile, str(count), dag_id, labels or {})
     plan = _plan(pod, namespace, policy, requester)
-    ops, _, _ = mutation_ops(pod, plan, policy)
+    ops = mutation_ops(pod, plan, policy).ops
     patched = jsonpatch.apply_patch(pod, ops)
     lines = [_headline(plan, policy), *_resources(patched, plan), *_placement(patched),
              *_validation(patched), _labels(patched, plan), *_quota(patched, plan, namespace, policy)]
@@ -75,7 +75,7 @@ def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy, requester:
     if isinstance(plan, GpuPlan):
         return plan
     unknown = namespace is None or (requester is None and policy.reads_requester)
-    problems = [v for v in plan if not unknown or v.reason != "no-tenant"]
+    problems = [v for v in plan if not unknown or v.reason != Reason.NO_TENANT]
     if problems:
         raise ExplainError(Decision.deny(problems).message)
     labels = pod["metadata"]["labels"]

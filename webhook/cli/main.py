@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
-from ..cluster.wiring import DEFAULT_GRACE, DEFAULT_LEDGER_NAMESPACE
+from ..cluster.wiring import DEFAULT_GRACE, DEFAULT_LEDGER_NAMESPACE, TOP_HOLDERS
+from ..server.reload import DEFAULT_INTERVAL
 
 if TYPE_CHECKING:
     from ..core.policy import Policy
@@ -66,8 +67,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..cluster.wiring import track_usage
+    from ..cluster.wiring import kube_client, track_usage
     from ..server.app import Runtime, create_app, with_client_certificate
+    from ..server.metrics import WebhookMetrics
     from ..server.reload import certificate_reloader, policy_reloader
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -84,9 +86,21 @@ def _serve(args: argparse.Namespace) -> int:
         args.host, args.port, "the cluster's managed pods (watched)" if args.track_usage else "each pod alone")
     if warning := exposure_warning(args):
         logging.getLogger("gpu_webhook").warning(warning)
-    runtime = Runtime(policy=policy, client_certificate_required=bool(args.client_ca))
-    apply_policy = track_usage(runtime, args.kubeconfig, args.ledger_namespace, args.reservation_grace) \
-        if args.track_usage else (lambda new: setattr(runtime, "policy", new))
+    metrics = WebhookMetrics()
+    tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
+                           args.reservation_grace) if args.track_usage else None
+    if tracking is None:
+        runtime = Runtime(policy, metrics=metrics, client_certificate_required=bool(args.client_ca))
+    else:
+        runtime = Runtime(policy, usage=tracking.usage, ready=tracking.ready, nodes=tracking.nodes,
+                          reserve=tracking.reserve, metrics=metrics,
+                          client_certificate_required=bool(args.client_ca))
+
+    def apply_policy(new: Policy) -> None:
+        if tracking is not None:
+            tracking.apply_policy(new)   # the book first: usage is re-weighed before the runtime judges by it
+        runtime.policy = new
+
     config = uvicorn.Config(
         create_app(runtime), host=args.host, port=args.port, ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key, log_level=args.log_level, access_log=args.access_log, server_header=False,
@@ -210,9 +224,9 @@ def _policy_schema(_: argparse.Namespace) -> int:
 
 
 def _policy_conditions(args: argparse.Namespace) -> int:
-    from .conditions import render
+    from .conditions import helm_values, render
 
-    print(render(_policy(args.file)), end="")
+    print((helm_values if args.helm_values else render)(_policy(args.file)), end="")
     return 0
 
 
@@ -257,6 +271,30 @@ def _certs_inject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs_ensure(args: argparse.Namespace) -> int:
+    """The chart's certgen hook Job (airflow_gpu_webhook.cluster.certgen)."""
+    import datetime as dt
+    import tempfile
+
+    from kubernetes import client
+
+    from ..cluster.certgen import ServingPair, Target, ensure
+    from ..cluster.wiring import kube_client
+    from .certs import generate
+
+    def make_pair() -> ServingPair:
+        with tempfile.TemporaryDirectory() as out:
+            files = generate(Path(out) / "certs", args.service, args.namespace, args.dns_name)
+            return ServingPair(files.ca_cert.read_bytes(), files.cert.read_bytes(), files.key.read_bytes())
+
+    api = kube_client(args.kubeconfig)
+    target = Target(args.namespace, args.service, args.secret, args.webhook_configuration)
+    outcome = ensure(client.CoreV1Api(api), client.AdmissionregistrationV1Api(api), target, make_pair,
+                     renew_before=dt.timedelta(days=args.renew_before_days))
+    print(*outcome.report(target), sep="\n")
+    return 0
+
+
 def _validate_driver(argv: list[str]) -> int:
     from ..validator.cli import run_as_program
 
@@ -289,8 +327,9 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"seconds before a quota reservation whose pod no watch has seen is checked with a "
                             f"GET and dropped if the pod was never created (default {DEFAULT_GRACE:g}; must exceed "
                             f"the time other validating webhooks take after this one)")
-    serve.add_argument("--reload-interval", type=float, default=5.0,
-                       help="seconds between checks of the policy and certificate files for changes (0: never)")
+    serve.add_argument("--reload-interval", type=float, default=DEFAULT_INTERVAL,
+                       help=f"seconds between checks of the policy and certificate files for changes (default "
+                            f"{DEFAULT_INTERVAL:g}; 0: never)")
     serve.set_defaults(run=_serve)
 
     review = commands.add_parser("review", help="judge an AdmissionReview offline (mutation, then validation)")
@@ -302,7 +341,8 @@ def _parser() -> argparse.ArgumentParser:
     usage = commands.add_parser("usage", help="each tenant's quota lines, usage and top holders, from the cluster")
     usage.add_argument("--policy", required=True)
     usage.add_argument("--tenant", help="only this tenant")
-    usage.add_argument("--top", type=int, default=5, help="how many holders to list per tenant (default 5)")
+    usage.add_argument("--top", type=int, default=TOP_HOLDERS,
+                       help=f"how many holders to list per tenant (default {TOP_HOLDERS})")
     usage.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
     usage.set_defaults(run=_usage)
 
@@ -315,6 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     conditions = policy_commands.add_parser(
         "conditions", help="print the webhook configurations (CEL matchConditions) for a policy file")
     conditions.add_argument("file")
+    conditions.add_argument("--helm-values", action="store_true",
+                            help="print them as the Helm chart's webhooks.matchConditions value instead")
     conditions.set_defaults(run=_policy_conditions)
 
     certs = commands.add_parser("certs", help="make a CA and serving certificate; put the CA into manifests")
@@ -336,6 +378,16 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--in-place", action="store_true", help="rewrite the files instead of printing")
     inject.add_argument("files", nargs="+")
     inject.set_defaults(run=_certs_inject)
+
+    ensure = certs_commands.add_parser(
+        "ensure", help="in the cluster (the Helm chart's certgen Job): create or renew the serving Secret when "
+                       "missing or expiring, and write its CA into both webhook configurations' caBundle")
+    for flag in ("--namespace", "--service", "--secret", "--webhook-configuration"):
+        ensure.add_argument(flag, required=True)
+    ensure.add_argument("--dns-name", action="append", default=[], help="extra DNS SAN (repeatable)")
+    ensure.add_argument("--renew-before-days", type=int, default=30)
+    ensure.add_argument("--kubeconfig", help="default: in-cluster, else ~/.kube/config")
+    ensure.set_defaults(run=_certs_ensure)
 
     # Listed for --help only: main() hands their arguments to their own parsers.
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")

@@ -45,12 +45,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.decision import Decision, Violation
+from ..core.decision import Decision, Reason, Violation
+from ..core.policy import Policy
 from ..core.quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook, resource_version, version_number
 from .wiring import DEFAULT_GRACE
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
 
 __all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
            "QuotaReserver", "identity_problem"]
@@ -93,6 +97,19 @@ class WatchProgress(Protocol):
     def reached(self) -> int: ...
 
 
+class ReviewedPod(Protocol):
+    """What a reservation reads of the admission request (the server's ``AdmissionRequest``)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def object(self) -> dict[str, Any] | None: ...
+
+
 class _Caught:
     """A watch that is always there: for a ledger used without one (tests, one-shot tools)."""
 
@@ -125,9 +142,9 @@ def identity_problem(namespace: str, name: str, uid: str) -> Violation | None:
         field, value, rule = "metadata.uid", uid, "a UUID assigned by the API server"
     else:
         return None
-    return Violation("invalid-identity", f"the pod's {field} {_shown(value)} is not {rule}, as the API server "
-                                         f"assigns it; gpu-webhook records GPU quota only for pods the API server "
-                                         f"is creating: send this review through the API server")
+    return Violation(Reason.INVALID_IDENTITY, f"the pod's {field} {_shown(value)} is not {rule}, as the API server "
+                                              f"assigns it; gpu-webhook records GPU quota only for pods the API server "
+                                              f"is creating: send this review through the API server")
 
 
 def _reserved(reservations: Mapping[str, Any]) -> ResourceList:
@@ -147,7 +164,7 @@ def _decode(current: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
 class Ledger:
     """Reservations in ConfigMaps of ``namespace``, through a kubernetes ``CoreV1Api``."""
 
-    core: Any
+    core: CoreV1Api
     namespace: str
     book: UsageBook
     watch: WatchProgress = CAUGHT_UP
@@ -179,10 +196,10 @@ class Ledger:
                 time.sleep(min(0.05 * attempts, 0.25))
                 continue
             self.counted("conflict" if decision is None else "written" if decision.allowed else
-                         "watch-behind" if decision.reason == "watch-behind" else "over-quota")
+                         "watch-behind" if decision.reason == Reason.WATCH_BEHIND else "over-quota")
             if decision is not None:
                 return decision
-        return Decision.deny([Violation("ledger-unavailable",
+        return Decision.deny([Violation(Reason.LEDGER_UNAVAILABLE,
                                         f"gpu-webhook could not record the GPU quota reservation of tenant {tenant} in "
                                         f"time ({attempts} attempts); this is temporary: retry")],
                         code=503, tenant=tenant)
@@ -229,7 +246,7 @@ class Ledger:
         if not self.watch.wait_reached(pruned_through, wait):
             self._behind = pruned_through
             self._restart_if_stalled(pruned_through)
-            return Decision.deny([Violation("watch-behind",
+            return Decision.deny([Violation(Reason.WATCH_BEHIND,
                                             f"gpu-webhook's view of the cluster's pods is behind the quota ledger of "
                                             f"tenant {tenant} (it has not yet seen pods another replica counted), so "
                                             f"it cannot check the quota; this is temporary: retry")],
@@ -244,7 +261,7 @@ class Ledger:
         used = add(self.book.usage().get(tenant, {}), _reserved(unseen))
         exceeded = exceeded_lines(tenant, quota, charge, used)
         if exceeded:
-            return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], tenant=tenant)
+            return Decision.deny([Violation(Reason.QUOTA_EXCEEDED, e.message()) for e in exceeded], tenant=tenant)
         reservations[uid] = {"charge": {k: format_quantity(v) for k, v in charge.items()}, "at": round(now, 3),
                              "pod": pod}
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
@@ -266,7 +283,7 @@ class Ledger:
             raise LedgerUnavailable(f"write failed: {err}") from None
         for kind in gone.values():
             self.pruned(kind)
-        return Decision.allow("admitted", tenant=tenant)
+        return Decision.allow(Reason.ADMITTED, tenant=tenant)
 
     def _get_pod(self, where: str) -> dict[str, Any] | None:
         """The pod ``ns/name`` as the API server has it now (a quorum read), or None if absent."""
@@ -302,15 +319,17 @@ class QuotaReserver:
         self.ledger = ledger
         self._locks: dict[str, Any] = {}
 
-    async def __call__(self, review: Any, decision: Decision, policy: Any) -> Decision:
+    async def __call__(self, review: ReviewedPod, decision: Decision, policy: Policy) -> Decision:
         import asyncio
 
         from ..core.pod import metadata
         from ..core.quota import pod_charge, touches_quota
 
-        if decision.reason == "quota-exceeded":
+        if decision.warned:
+            return decision   # enforcement warn let a denial through: nothing to reserve or explain
+        if decision.reason == Reason.QUOTA_EXCEEDED:
             return self._with_holders(decision)
-        if not (decision.allowed and decision.reason == "admitted") or review.dry_run or not decision.tenant:
+        if not (decision.allowed and decision.reason == Reason.ADMITTED) or review.dry_run or not decision.tenant:
             return decision
         pod = review.object or {}
         quota = policy.spec.tenants[decision.tenant].quota
@@ -333,7 +352,7 @@ class QuotaReserver:
 
     def _with_holders(self, decision: Decision, top: int = 3) -> Decision:
         """A quota denial also names who holds the quota, so the author knows whom to ask."""
-        if decision.reason != "quota-exceeded" or not decision.tenant:
+        if decision.reason != Reason.QUOTA_EXCEEDED or not decision.tenant:
             return decision
         holders = self.ledger.book.holders(decision.tenant)
         if not holders:

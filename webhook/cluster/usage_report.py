@@ -12,15 +12,16 @@ from decimal import Decimal
 from ..core.policy import Policy
 from ..core.quota import format_quantity
 from .tracker import UsageBook
+from .wiring import TOP_HOLDERS
 
-__all__ = ["usage_table"]
+__all__ = ["TOP_HOLDERS", "usage_table"]
 
 
 def _charge_text(charge: Mapping[str, Decimal]) -> str:
     return ", ".join(f"{line} {format_quantity(q)}" for line, q in charge.items())
 
 
-def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top: int = 5) -> str:
+def usage_table(policy: Policy, book: UsageBook, tenant: str | None = None, top: int = TOP_HOLDERS) -> str:
     """One block per tenant: its quota lines (used / limit) and its ``top`` largest holders."""
     usage = book.usage()
     names = [tenant] if tenant else list(policy.spec.tenants)

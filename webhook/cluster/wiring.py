@@ -1,19 +1,37 @@
 """Cluster wiring for `serve --track-usage` and `gpu-webhook usage`: the API client, and the
-pod watch, node watch and quota ledger plugged into a runtime. Nothing here decides anything."""
+pod watch, node watch and quota ledger that a server runtime is built with. Nothing here
+decides anything.
+
+:func:`track_usage` returns a :class:`Tracking`: the seams the server's ``Runtime`` takes
+(``usage``, ``nodes``, ``ready``, ``reserve``) and what a policy reload must call. They match the
+server's Protocols (``UsageSource``, ``NodeSource``, ``Reserve`` in webhook/server/app.py)
+structurally, so neither side imports the other::
+
+    tracking = track_usage(kube_client(None), policy, metrics, DEFAULT_LEDGER_NAMESPACE, grace=10)
+    runtime = Runtime(policy, usage=tracking.usage, nodes=tracking.nodes, ready=tracking.ready,
+                      reserve=tracking.reserve, metrics=metrics)
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+    from ..core.nodes import NodeOffer
     from ..core.policy import Policy
+    from ..core.quota import ResourceList
+    from .ledger import QuotaReserver
 
-__all__ = ["DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "kube_client", "track_usage"]
+__all__ = ["DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "TOP_HOLDERS", "Tracking", "TrackingMetrics", "kube_client",
+           "track_usage"]
 
-# The defaults of serve's flags live here, in a module that imports nothing at the top (the
-# core, kubernetes: inside the functions), so that `gpu-webhook --help` stays cheap.
+# The defaults of the cluster commands' flags live here, in a module that imports the core only for
+# typing (and kubernetes inside its functions), so that `gpu-webhook --help` stays cheap.
 
 #: Where the manifests put the ledger, apart from the webhook's own namespace (docs/quota.md).
 DEFAULT_LEDGER_NAMESPACE = "gpu-webhook-ledger"
@@ -22,9 +40,40 @@ DEFAULT_LEDGER_NAMESPACE = "gpu-webhook-ledger"
 #: webhooks have at most a few seconds each (ours: 5 s timeout), so 10 s covers one slow
 #: webhook after ours with room to spare, and a ghost costs its tenant at most that long.
 DEFAULT_GRACE = 10.0
+#: How many of a tenant's largest holders ``gpu-webhook usage`` lists by default.
+TOP_HOLDERS = 5
 
 
-def kube_client(kubeconfig: str | None) -> Any:
+class TrackingMetrics(Protocol):
+    """What the tracking reports to (the server's ``WebhookMetrics``, without importing it)."""
+
+    def ledger_counter(self, results: Sequence[str]) -> Callable[[str], None]: ...
+
+    def ledger_pruned_counter(self, kinds: Sequence[str]) -> Callable[[str], None]: ...
+
+    def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
+                        synced: Mapping[str, Callable[[], bool]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """The live cluster state a runtime is built with (``serve --track-usage``)."""
+
+    #: Per-tenant usage to charge against, None while the pod watch has not synced.
+    usage: Callable[[], dict[str, ResourceList] | None]
+    #: The nodes' offers and whether the node watch has synced: ``(None, False)`` until then.
+    nodes: Callable[[], tuple[Sequence[NodeOffer] | None, bool]]
+    #: Ready to judge pods: the pod watch has synced (quota needs the pods; capacity only warns).
+    ready: Callable[[], bool]
+    #: Records each admitted, quota-bound pod's charge in the shared ledger.
+    reserve: QuotaReserver
+    #: A policy reload: the book re-charges its pods under the new policy.
+    apply_policy: Callable[[Policy], None]
+    #: Ends both watches (tests and one-shot tools; ``serve`` runs them until the process exits).
+    stop: Callable[[], None]
+
+
+def kube_client(kubeconfig: str | None) -> ApiClient:
     """An API client: the given kubeconfig, else the in-cluster service account, else ~/.kube/config."""
     from kubernetes import client, config
 
@@ -34,34 +83,35 @@ def kube_client(kubeconfig: str | None) -> Any:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
-def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, grace: float) -> Callable[[Policy], None]:
-    """Start the pod and node watches and the quota ledger; the runtime then charges against the
-    cluster, checks node capacity, and is ready once the pod watch has synced.
-
-    Returns what a policy reload must call: the book re-charges its pods under the new policy.
-    """
+def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger_namespace: str,
+                grace: float) -> Tracking:
+    """Start the pod and node watches and the quota ledger on ``api``; the runtime built with
+    the returned :class:`Tracking` charges against the cluster, checks node capacity, and is
+    ready once the pod watch has synced."""
     from kubernetes import client
 
     from ..core.nodes import NodeBook
     from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
     from .tracker import PodWatch, UsageBook
 
-    api = kube_client(kubeconfig)
-    book, nodes = UsageBook(runtime.policy), NodeBook()
+    book, nodes = UsageBook(policy), NodeBook()
     watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
-    runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
-    runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
-    # Quota needs the pods (synced is cleared while the watch is broken); capacity only warns.
-    runtime.ready = watch.synced.is_set
-    runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
-                                           counted=runtime.metrics.ledger_counter(ROUND_RESULTS),
-                                           pruned=runtime.metrics.ledger_pruned_counter(PRUNE_KINDS)))
-    runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
+
+    def usage() -> dict[str, ResourceList] | None:
+        return book.usage() if watch.synced.is_set() else None
+
+    def offers() -> tuple[Sequence[NodeOffer] | None, bool]:
+        return (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
+
+    def stop() -> None:
+        watch.stop()
+        node_watch.stop()
+
+    reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
+                                   counted=metrics.ledger_counter(ROUND_RESULTS),
+                                   pruned=metrics.ledger_pruned_counter(PRUNE_KINDS)))
+    metrics.follow_tracking(usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
     watch.start()
     node_watch.start()
-
-    def apply(policy: Policy) -> None:
-        book.set_policy(policy)
-        runtime.policy = policy
-
-    return apply
+    return Tracking(usage=usage, nodes=offers, ready=watch.synced.is_set, reserve=reserve,
+                    apply_policy=book.set_policy, stop=stop)

@@ -19,26 +19,26 @@ Every other pod passes untouched.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .decision import UNKNOWN, Decision, Violation, Whose
-from .patch import Op, add, insert_at, pointer, remove, replace_at, set_entries
+from .decision import UNKNOWN, Decision, Reason, Violation, Whose
+from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (
     CONTAINER_FIELDS,
     all_containers,
-    as_dict,
     container_gpu_resources,
     gpu_containers,
+    gpu_entries,
     gpu_quantity,
     labels,
     metadata,
     safe_label_value,
     spec,
 )
-from .policy import GPU_RESOURCE_PREFIX, Policy
+from .policy import Policy
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, is_void, security_violations
 from .tenancy import resolve_tenant
 
@@ -46,8 +46,7 @@ if TYPE_CHECKING:
     from .tenancy import UserInfo
 
 __all__ = ["COUNT_LABEL", "MANAGED_LABEL", "PROFILE_LABEL", "STAMP_PREFIX", "TENANT_LABEL", "VALIDATOR_NAME",
-           "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "needs_void", "unplanned_labels",
-           "validator_container", "void_ops"]
+           "Mutation", "decide_ephemeral_mutation", "decide_mutation", "mutation_ops", "unplanned_labels", "void_ops"]
 
 VALIDATOR_NAME = "gpu-driver-validation"
 #: Every label under this prefix is the platform's own: the webhook stamps them, and after
@@ -99,7 +98,7 @@ def _toleration_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
         return []
     if not isinstance(current, list):
         return [add(pointer("spec", "tolerations"), list(missing))]
-    return [add(pointer("spec", "tolerations", "-"), t) for t in missing]
+    return [insert(pointer("spec", "tolerations", "-"), t) for t in missing]
 
 
 def _normal(toleration: Any) -> dict[str, Any]:
@@ -114,7 +113,7 @@ def _normal(toleration: Any) -> dict[str, Any]:
 def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], list[Violation]]:
     current = spec(pod).get("nodeSelector")
     conflicts = [
-        Violation("node-selector-conflict",
+        Violation(Reason.NODE_SELECTOR_CONFLICT,
                   f"nodeSelector {key} is {current[key]!r} on the pod but profile {plan.profile_name} "
                   f"needs {value!r}; remove it from the pod or choose a profile for that hardware")
         for key, value in plan.profile.nodeSelector.items()
@@ -125,7 +124,7 @@ def _node_selector(pod: Mapping[str, Any], plan: GpuPlan) -> tuple[list[Op], lis
     return set_entries(("spec", "nodeSelector"), current, plan.profile.nodeSelector), []
 
 
-def validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
+def _validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
     """The driver-validation init container: same GPUs as the task, the policy's minimums."""
     check = policy.spec.driverValidation
     resource, count = plan.profile.resource, str(plan.count)
@@ -183,20 +182,19 @@ def _is_validator(actual: Any, desired: dict[str, Any]) -> bool:
     holding its GPUs for the pod's whole life."""
     if not isinstance(actual, dict) or not _contains(actual, desired) or actual.get("restartPolicy") is not None:
         return False
-    resources, wanted = as_dict(actual.get("resources")), desired["resources"]
 
-    def gpus(section: Mapping[str, Any]) -> set[str]:
-        return {n for n in section if isinstance(n, str) and n.startswith(GPU_RESOURCE_PREFIX)}
+    def gpus(container: Mapping[str, Any]) -> set[tuple[str, str]]:
+        return {(section, name) for section, name, _ in gpu_entries(container)}
 
-    return all(gpus(as_dict(resources.get(s))) == gpus(wanted[s]) for s in ("limits", "requests"))
+    return gpus(actual) == gpus(desired)
 
 
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
     """Exactly one validator, first; user init containers keep their order after it.
 
-    A validator already first is replaced in place when stale (``replace``, never ``add``,
-    which would insert a second one); validators anywhere else are removed, last first, so
-    the indexes of the ones still to remove do not move.
+    A validator already first is replaced in place when stale (``replace``, never ``insert``,
+    which would put a second one beside it); validators anywhere else are removed, last first,
+    so the indexes of the ones still to remove do not move.
     """
     current = spec(pod).get("initContainers")
     if not isinstance(current, list) or not current:
@@ -206,11 +204,11 @@ def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list
     ops = [remove(pointer("spec", "initContainers", i)) for i in reversed(ours) if i != 0 or not first]
     if first:
         stale = not _is_validator(current[0], desired)
-        return ops + ([replace_at(pointer("spec", "initContainers", 0), desired)] if stale else [])
-    return ops + [insert_at(pointer("spec", "initContainers", 0), desired)]
+        return ops + ([replace(pointer("spec", "initContainers", 0), desired)] if stale else [])
+    return ops + [insert(pointer("spec", "initContainers", 0), desired)]
 
 
-def needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
+def _needs_void(field: str, container: Mapping[str, Any], target: str | None) -> bool:
     """Whether a container must carry ``void``: all but the target and the validator."""
     name = container.get("name")
     return not ((field == "containers" and name == target) or (field == "initContainers" and name == VALIDATOR_NAME))
@@ -222,13 +220,13 @@ def void_ops(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...]
     the patch applies them before the validator is inserted."""
     ops = []
     for field, index, container in all_containers(pod, CONTAINER_FIELDS):
-        if (fields is not None and field not in fields) or not needs_void(field, container, target):
+        if (fields is not None and field not in fields) or not _needs_void(field, container, target):
             continue
         env = container.get("env")
         if not isinstance(env, list):
             ops.append(add(pointer("spec", field, index, "env"), [{"name": VISIBLE_DEVICES, "value": VOID}]))
         elif not any(is_void(e) for e in env):
-            ops.append(add(pointer("spec", field, index, "env", "-"), {"name": VISIBLE_DEVICES, "value": VOID}))
+            ops.append(insert(pointer("spec", field, index, "env", "-"), {"name": VISIBLE_DEVICES, "value": VOID}))
     return ops
 
 
@@ -242,14 +240,26 @@ def _label_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
     return set_entries(("metadata", "labels"), metadata(pod).get("labels"), wanted)
 
 
-def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> tuple[list[Op], list[str], list[Violation]]:
+class Mutation(NamedTuple):
+    """The patch for a planned pod, its warnings, and the conflicts that forbid it."""
+
+    ops: list[Op]
+    warnings: list[str]
+    conflicts: list[Violation]
+    #: The part of ``ops`` that voids the containers without a GPU (:func:`void_ops`), for the
+    #: validating step, which reports those apart.
+    voids: list[Op]
+
+
+def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> Mutation:
     """The patch for a planned pod, its warnings, and conflicts that forbid it."""
     container = spec(pod)["containers"][plan.target_index]
     resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
     selector_ops, conflicts = _node_selector(pod, plan)
-    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + void_ops(pod, policy.spec.targetContainer)
-           + _init_container_ops(pod, validator_container(plan, policy)) + _label_ops(pod, plan))
-    return ops, warnings, conflicts
+    voids = void_ops(pod, policy.spec.targetContainer)
+    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + voids
+           + _init_container_ops(pod, _validator_container(plan, policy)) + _label_ops(pod, plan))
+    return Mutation(ops, warnings, conflicts, voids)
 
 
 def unplanned_labels(pod: Mapping[str, Any], namespace: str, policy: Policy,
@@ -274,18 +284,18 @@ def decide_mutation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if scope is not Scope.MANAGED:
         if policy.spec.gpuReachingPods == "void" and not gpu_containers(pod) and gpu_reach(pod, policy):
             ops = void_ops(pod, None)
-            return Decision.allow("voided" if ops else "already-voided", tuple(ops))
-        return Decision.allow(scope.value)
+            return Decision.allow(Reason.VOIDED if ops else Reason.ALREADY_VOIDED, tuple(ops))
+        return Decision.allow(scope.reason)
     problems = security_violations(pod, policy, gpu_pod=True)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
-    ops, warnings, conflicts = mutation_ops(pod, plan, policy)
+    ops, warnings, conflicts, _ = mutation_ops(pod, plan, policy)
     if problems or conflicts:
         # The patch rides along so that enforcement "warn" can still apply it.
-        return replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
+        return dataclasses.replace(Decision.deny(problems + conflicts, profile=plan.profile_name, tenant=plan.tenant),
                        patch=tuple(ops), warnings=tuple(warnings))
-    return Decision.allow("mutated" if ops else "already-mutated", tuple(ops), tuple(warnings),
+    return Decision.allow(Reason.MUTATED if ops else Reason.ALREADY_MUTATED, tuple(ops), tuple(warnings),
                           profile=plan.profile_name, tenant=plan.tenant)
 
 
@@ -294,6 +304,6 @@ def decide_ephemeral_mutation(pod: Mapping[str, Any], policy: Policy) -> Decisio
     hold a GPU: the API server refuses resources on them); every other pod passes untouched.
     The same pods as :func:`airflow_gpu_webhook.core.validate.decide_ephemeral_validation` checks."""
     if scope_of(pod, policy) is Scope.UNLABELLED and not gpu_containers(pod) and not gpu_reach(pod, policy):
-        return Decision.allow("cannot-reach-gpu")
+        return Decision.allow(Reason.CANNOT_REACH_GPU)
     ops = void_ops(pod, None, ("ephemeralContainers",))
-    return Decision.allow("voided" if ops else "already-voided", tuple(ops))
+    return Decision.allow(Reason.VOIDED if ops else Reason.ALREADY_VOIDED, tuple(ops))

@@ -12,11 +12,11 @@ webhook only warns: it never denies on a guess.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import as_dict, as_list, gpu_quantity, metadata, spec
 
 __all__ = ["NodeBook", "NodeOffer", "capacity_verdict", "tolerates"]
@@ -72,8 +72,8 @@ def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: 
                       f"a {count} x {resource} node to be added")
     instead = (f"the largest offers {largest}" if pool else
                "no node matches that selector and tolerations at all")
-    return Violation("no-node-fits", f"no node offers {count} x {resource} with {where}; {instead}; "
-                                     f"ask for fewer or another profile"), None
+    return Violation(Reason.NO_NODE_FITS, f"no node offers {count} x {resource} with {where}; {instead}; "
+                                          f"ask for fewer or another profile"), None
 
 
 class NodeBook:
@@ -97,7 +97,7 @@ class NodeBook:
                 self._nodes[offer.name] = offer
             self._snapshot = tuple(self._nodes.values())
 
-    def replace_all(self, nodes: list[Mapping[str, Any]]) -> None:
+    def replace_all(self, nodes: Iterable[Mapping[str, Any]]) -> None:
         offers = [NodeOffer.from_node(n) for n in nodes]
         with self._lock:
             self._nodes = {o.name: o for o in offers}

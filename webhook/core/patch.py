@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Op", "add", "insert_at", "pointer", "remove", "replace_at", "set_entries"]
+__all__ = ["Op", "add", "insert", "pointer", "remove", "replace", "set_entries"]
 
 Op = dict[str, Any]
 
@@ -27,23 +27,26 @@ def pointer(*parts: str | int) -> str:
 
 
 def add(path: str, value: Any) -> Op:
-    """``add`` creates a member or replaces an existing one (RFC 6902 section 4.1)."""
+    """Set the member at ``path`` of an object, creating it or overwriting it (RFC 6902 section
+    4.1). For an array element use :func:`insert` or :func:`replace`: ``add`` at an array index
+    inserts, it never overwrites."""
     return {"op": "add", "path": path, "value": value}
 
 
-def insert_at(path: str, value: Any) -> Op:
-    """Insert ``value`` into an array before the element at ``path`` (``.../0``) or at its end
-    (``.../-``): RFC 6902 ``add`` on an array index shifts, it never overwrites."""
-    return add(path, value)
+def insert(path: str, value: Any) -> Op:
+    """Insert ``value`` into an array before the element at ``path`` (``.../0``), or append it
+    (``.../-``): RFC 6902 ``add`` on an array index shifts the elements after it."""
+    return {"op": "add", "path": path, "value": value}
 
 
-def replace_at(path: str, value: Any) -> Op:
+def replace(path: str, value: Any) -> Op:
     """Overwrite the array element (or member) at ``path``, which must exist (RFC 6902 section 4.3):
-    never ``add``, which on an array index would insert a second element."""
+    never :func:`insert`, which would put a second element beside it."""
     return {"op": "replace", "path": path, "value": value}
 
 
 def remove(path: str) -> Op:
+    """Remove the member or array element at ``path`` (later array elements shift down)."""
     return {"op": "remove", "path": path}
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import airflow_dag_id, as_list, is_airflow_pod, labels, spec
 from .policy import Policy, Profile
 from .tenancy import dag_id_conflict, describe_tenants, resolve_tenant
@@ -33,6 +33,11 @@ class Scope(enum.Enum):
     UNLABELLED = "unlabelled"      # no profile label
     NOT_AIRFLOW = "not-airflow"    # labelled, but airflowPodsOnly and not built by Airflow
     MANAGED = "managed"            # labelled Airflow pod: mutated and charged
+
+    @property
+    def reason(self) -> Reason:
+        """Why a pod of this scope passes untouched (for UNLABELLED and NOT_AIRFLOW)."""
+        return Reason(self.value)
 
 
 def scope_of(pod: Mapping[str, Any], policy: Policy) -> Scope:
@@ -59,7 +64,8 @@ def _profile(value: Any, policy: Policy) -> tuple[str, Profile] | Violation:
     profile = policy.spec.profiles.get(value) if isinstance(value, str) else None
     if profile is None:
         known = ", ".join(policy.spec.profiles)
-        return Violation("unknown-profile", f"{label} {value!r} is not a known GPU profile; known profiles: {known}")
+        return Violation(Reason.UNKNOWN_PROFILE,
+                         f"{label} {value!r} is not a known GPU profile; known profiles: {known}")
     return value, profile
 
 
@@ -68,11 +74,11 @@ def _count(value: Any, name: str, profile: Profile, policy: Policy) -> int | Vio
     if value is None:
         return 1
     if not isinstance(value, str) or not _COUNT.match(value) or int(value) < 1:
-        return Violation("invalid-count", f"{label} {value!r} must be a positive whole number "
-                                          f"(1 to {profile.maxCount} for profile {name})")
+        return Violation(Reason.INVALID_COUNT, f"{label} {value!r} must be a positive whole number "
+                                               f"(1 to {profile.maxCount} for profile {name})")
     if int(value) > profile.maxCount:
-        return Violation("count-over-max", f"{label} {value} exceeds maxCount {profile.maxCount} of profile "
-                                           f"{name}; ask for 1 to {profile.maxCount}")
+        return Violation(Reason.COUNT_OVER_MAX, f"{label} {value} exceeds maxCount {profile.maxCount} of profile "
+                                                f"{name}; ask for 1 to {profile.maxCount}")
     return int(value)
 
 
@@ -81,7 +87,7 @@ def _target_index(pod: Mapping[str, Any], policy: Policy) -> int | Violation:
     for index, container in enumerate(as_list(spec(pod).get("containers"))):
         if isinstance(container, dict) and container.get("name") == name:
             return index
-    return Violation("no-target-container", f"the pod has no container named {name!r} to give the GPU to")
+    return Violation(Reason.NO_TARGET_CONTAINER, f"the pod has no container named {name!r} to give the GPU to")
 
 
 def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy, requester: UserInfo | None) -> str | Violation:
@@ -91,8 +97,8 @@ def _tenant(pod: Mapping[str, Any], namespace: str, policy: Policy, requester: U
     tenant = resolve_tenant(pod, namespace, policy, requester)
     if tenant is None:
         by = f", created by {requester.username!r}" if requester is not None and policy.reads_requester else ""
-        return Violation("no-tenant", f"no GPU tenant matches namespace {namespace!r}, dag_id "
-                                      f"{airflow_dag_id(pod)!r}{by}; tenants: {describe_tenants(policy)}")
+        return Violation(Reason.NO_TENANT, f"no GPU tenant matches namespace {namespace!r}, dag_id "
+                                           f"{airflow_dag_id(pod)!r}{by}; tenants: {describe_tenants(policy)}")
     return tenant
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from .policy import GPU_RESOURCE_PREFIX
+from .names import GPU_RESOURCE_PREFIX
 
 __all__ = [
     "AIRFLOW_ORIGIN_LABELS",
@@ -28,6 +28,7 @@ __all__ = [
     "as_list",
     "container_gpu_resources",
     "gpu_containers",
+    "gpu_entries",
     "gpu_quantity",
     "is_airflow_pod",
     "labels",
@@ -49,7 +50,7 @@ GpuContainer = tuple[str, Mapping[str, Any], dict[str, Any]]
 
 
 def as_dict(value: Any) -> Mapping[str, Any]:
-    """``value`` when it is a mapping, else an empty one: a hostile pod may put anything anywhere."""
+    """``value`` when it is a dict (a JSON object), else an empty one: a hostile pod may put anything anywhere."""
     return value if isinstance(value, dict) else {}
 
 
@@ -131,19 +132,25 @@ MAX_QUANTITY_DIGITS = 9
 _CANONICAL_COUNT = re.compile(rf"0|[1-9][0-9]{{0,{MAX_QUANTITY_DIGITS - 1}}}", re.ASCII)
 
 
+def gpu_entries(container: Mapping[str, Any],
+                sections: tuple[str, ...] = ("limits", "requests")) -> Iterator[tuple[str, str, Any]]:
+    """``(section, name, raw quantity)`` for each ``nvidia.com/*`` entry of the container's
+    resources, section by section in the order given: the one loop over a container's GPU
+    resources (what it asks for, which quantities are malformed, which GPUs a validator holds)."""
+    resources = as_dict(container.get("resources"))
+    for section in sections:
+        for name, value in as_dict(resources.get(section)).items():
+            if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX):
+                yield section, name, value
+
+
 def container_gpu_resources(container: Mapping[str, Any]) -> dict[str, Any]:
     """The raw ``nvidia.com/*`` quantities a container asks for (limits win over requests).
 
     Extended resources may not be overcommitted, so Kubernetes takes the limit as the request;
     a value only in requests is still a request the webhook must see.
     """
-    resources = as_dict(container.get("resources"))
-    found: dict[str, Any] = {}
-    for section in ("requests", "limits"):
-        for name, value in as_dict(resources.get(section)).items():
-            if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX):
-                found[name] = value
-    return found
+    return {name: value for _, name, value in gpu_entries(container, ("requests", "limits"))}
 
 
 def gpu_containers(pod: Mapping[str, Any]) -> list[GpuContainer]:

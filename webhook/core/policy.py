@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, wraps
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .names import VERSION, is_gpu_resource
 
 __all__ = [
     "API_VERSION",
     "GPU_EQUIVALENT",
-    "GPU_RESOURCE_PREFIX",
     "Policy",
     "PolicyError",
     "Profile",
@@ -33,18 +35,17 @@ __all__ = [
     "TenantMatch",
     "load_policy",
     "parse_policy",
+    "per_policy",
     "policy_schema",
 ]
 
 API_VERSION = "gpu.platform/v1alpha1"
-GPU_RESOURCE_PREFIX = "nvidia.com/"
 #: The quota line that weighs every GPU resource together, in whole-GPU units.
 GPU_EQUIVALENT = "gpuEquivalent"
 
-_GPU_RESOURCE = re.compile(r"^nvidia\.com/(gpu|mig-[1-7]g\.[0-9]+gb(\.me)?)$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_VERSION = r"^[0-9]+(\.[0-9]+)*$"
+_VERSION = f"^{VERSION.pattern}$"   # the validator parses the same syntax (core/names.py)
 
 PositiveQuantity = Annotated[Decimal, Field(gt=0)]
 
@@ -113,7 +114,7 @@ class Profile(_Strict):
     @field_validator("resource")
     @classmethod
     def _gpu_resource(cls, value: str) -> str:
-        if not _GPU_RESOURCE.match(value):
+        if not is_gpu_resource(value):
             raise ValueError(
                 f"{value!r} is not an NVIDIA GPU resource "
                 "(nvidia.com/gpu or a MIG name such as nvidia.com/mig-1g.10gb)")
@@ -194,7 +195,7 @@ class Tenant(_Strict):
     @classmethod
     def _quota_lines(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
         for line in value:
-            if line != GPU_EQUIVALENT and not _GPU_RESOURCE.match(line):
+            if line != GPU_EQUIVALENT and not is_gpu_resource(line):
                 raise ValueError(f"quota line {line!r} is neither {GPU_EQUIVALENT} nor an NVIDIA GPU resource")
         return value
 
@@ -277,6 +278,30 @@ class Policy(_Strict):
         if profile is not None and profile.resource == resource:
             return profile.gpuEquivalent
         return self.resource_weights.get(resource, Decimal(1))
+
+
+_T = TypeVar("_T")
+
+
+def per_policy(compute: Callable[[Policy], _T]) -> Callable[[Policy], _T]:
+    """``compute(policy)`` computed once per policy object, not once per call: for views of the
+    policy that other modules derive on every event or request (a reload brings a new object,
+    and with it a new value). One slot, swapped whole, so threads never see half of it::
+
+        @per_policy
+        def fixed_label_keys(policy: Policy) -> frozenset[str]: ...
+    """
+    slot: tuple[Policy, _T] | None = None
+
+    @wraps(compute)
+    def cached(policy: Policy) -> _T:
+        nonlocal slot
+        held = slot
+        if held is None or held[0] is not policy:
+            held = slot = (policy, compute(policy))
+        return held[1]
+
+    return cached
 
 
 class PolicyError(ValueError):

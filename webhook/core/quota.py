@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from .mutate import MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL
 from .pod import GpuContainer, airflow_dag_id, as_dict, gpu_containers, gpu_quantity, labels, metadata, safe_label_value
-from .policy import GPU_EQUIVALENT, Policy, Profile
+from .policy import GPU_EQUIVALENT, Policy, Profile, per_policy
 
 __all__ = [
     "FINISHED_PHASES",
@@ -131,8 +131,16 @@ class PodRecord(NamedTuple):
     holder: str
 
 
-def _by_stamp(names: Iterable[str]) -> dict[str, str]:
-    return {safe_label_value(name): name for name in names}
+@per_policy
+def _tenant_by_stamp(policy: Policy) -> dict[str, str]:
+    """Tenant stamp (its safe label value) -> tenant name, once per policy, not per pod event."""
+    return {safe_label_value(name): name for name in policy.spec.tenants}
+
+
+@per_policy
+def _profile_by_stamp(policy: Policy) -> dict[str, str]:
+    """Profile stamp -> profile name, once per policy."""
+    return {safe_label_value(name): name for name in policy.spec.profiles}
 
 
 def _holder(pod: Mapping[str, Any], namespace: str, name: str) -> str:
@@ -163,14 +171,14 @@ def pod_record(pod: Mapping[str, Any], policy: Policy) -> PodRecord | None:
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     profile = pod_labels.get(PROFILE_LABEL)
     record = PodRecord(str(meta.get("uid") or ""), namespace, name,
-                       _by_stamp(policy.spec.tenants).get(stamp, stamp[:63]),
+                       _tenant_by_stamp(policy).get(stamp, stamp[:63]),
                        profile[:63] if isinstance(profile, str) else "", request, {}, _holder(pod, namespace, name))
     return reweigh(record, policy)
 
 
 def reweigh(record: PodRecord, policy: Policy) -> PodRecord:
     """The record's charge under ``policy`` (a reload may change weights); the tenant is kept."""
-    profile_name = _by_stamp(policy.spec.profiles).get(record.profile)
+    profile_name = _profile_by_stamp(policy).get(record.profile)
     profile = policy.spec.profiles.get(profile_name) if profile_name else None
     return record._replace(charge=charge(record.request, profile, policy))
 

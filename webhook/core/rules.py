@@ -25,7 +25,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import CONTAINER_FIELDS, Container, all_containers, as_dict, as_list, spec
 from .policy import Policy
 
@@ -101,7 +101,7 @@ def _env_violations(containers: list[Container], gpu_pod: bool) -> list[Violatio
             value = " through valueFrom" if "valueFrom" in env else f"={env.get('value')!r}"
             instead = (f"only {VISIBLE_DEVICES}={VOID} is allowed, " if name == VISIBLE_DEVICES else "")
             found.append(Violation(
-                "forbidden-env",
+                Reason.FORBIDDEN_ENV,
                 f"{_where(field, container)} sets env {name}{value}, which {risks[name]}; remove it "
                 f"({instead}GPUs are assigned by the GPU profile label)"))
     return found
@@ -120,7 +120,7 @@ def _mount_violations(containers: list[Container]) -> list[Violation]:
             path = as_dict(mount).get("mountPath")
             if isinstance(path, str) and _clean(path).startswith(DEVICE_REQUEST_ROOTS):
                 found.append(Violation(
-                    "device-request-mount",
+                    Reason.DEVICE_REQUEST_MOUNT,
                     f"{_where(field, container)} mounts volume {mount.get('name')!r} at {path}, which the NVIDIA "
                     f"container toolkit reads as a GPU device request; mount it elsewhere (GPUs are assigned "
                     f"by the GPU profile label)"))
@@ -131,18 +131,18 @@ def _privilege_violations(pod: Mapping[str, Any], containers: list[Container], w
     found = []
     for key in ("hostPID", "hostIPC"):
         if spec(pod).get(key) is True:
-            found.append(Violation("host-namespace", f"the pod sets spec.{key}: true in {why}, which lets it reach "
-                                                     f"other containers' GPUs; remove spec.{key}"))
+            found.append(Violation(Reason.HOST_NAMESPACE, f"the pod sets spec.{key}: true in {why}, which lets it "
+                                                          f"reach other containers' GPUs; remove spec.{key}"))
     for field, _, container in containers:
         context = as_dict(container.get("securityContext"))
         if context.get("privileged") is True:
-            found.append(Violation("privileged-gpu-pod",
+            found.append(Violation(Reason.PRIVILEGED_GPU_POD,
                                    f"{_where(field, container)} sets securityContext.privileged: true in {why} and "
                                    f"would see every GPU of the node; remove securityContext.privileged"))
         for cap in as_list(as_dict(context.get("capabilities")).get("add")):
             if isinstance(cap, str) and cap.upper().removeprefix("CAP_") in PRIVILEGED_CAPABILITIES:
                 found.append(Violation(
-                    "privileged-capability",
+                    Reason.PRIVILEGED_CAPABILITY,
                     f"{_where(field, container)} adds capability {cap} in {why}; the NVIDIA container toolkit "
                     f"treats CAP_SYS_ADMIN as privileged and would honour device requests from env vars; "
                     f"remove it from securityContext.capabilities.add"))
@@ -160,7 +160,7 @@ def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], wh
             continue
         allowed = ", ".join(allowlist) if allowlist else "none"
         found.append(Violation(
-            "host-path",
+            Reason.HOST_PATH,
             f"volume {volume.get('name')!r} mounts hostPath {path!r} in {why}; a hostPath can hand GPU device "
             f"nodes, driver files or the device plugin's socket to the pod; use another volume type "
             f"(hostPaths this policy allows: {allowed})"))
@@ -170,13 +170,13 @@ def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], wh
 def _claim_violations(pod: Mapping[str, Any], containers: list[Container], policy: Policy) -> list[Violation]:
     if policy.spec.resourceClaims == "allow":
         return []
-    found = [Violation("resource-claims", "the pod sets spec.resourceClaims (Dynamic Resource Allocation), which "
-                                          "would get devices outside GPU profiles and quota; remove them (GPUs "
-                                          "come from the GPU profile label; DRA-backed profiles are planned)")
+    found = [Violation(Reason.RESOURCE_CLAIMS, "the pod sets spec.resourceClaims (Dynamic Resource Allocation), which "
+                                               "would get devices outside GPU profiles and quota; remove them (GPUs "
+                                               "come from the GPU profile label; DRA-backed profiles are planned)")
              ] if as_list(spec(pod).get("resourceClaims")) else []
     for field, _, container in containers:
         if as_list(as_dict(container.get("resources")).get("claims")):
-            found.append(Violation("resource-claims",
+            found.append(Violation(Reason.RESOURCE_CLAIMS,
                                    f"{_where(field, container)} sets resources.claims (Dynamic Resource Allocation); "
                                    f"remove them (GPUs come from the GPU profile label)"))
     return found

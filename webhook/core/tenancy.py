@@ -13,21 +13,27 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .decision import Violation
+from .decision import Reason, Violation
 from .pod import airflow_dag_id, labels
 from .pod import annotations as pod_annotations
 from .policy import Policy, TenantMatch
 
-__all__ = ["UserInfo", "airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant",
+__all__ = ["ANONYMOUS", "UserInfo", "airflow_label_value", "dag_id_conflict", "describe_tenants", "resolve_tenant",
            "service_account_user"]
 
 
 class UserInfo(NamedTuple):
     """Who asked the API server for the change (``request.userInfo``), as Kubernetes authenticated
-    it: the one part of a review a pod's author cannot write (docs/security.md)."""
+    it: the one part of a review a pod's author cannot write (docs/security.md). Read off the
+    wire by webhook/server/review.py; defined here, where tenancy reads it, so core imports
+    nothing of server."""
 
     username: str = ""
     groups: tuple[str, ...] = ()
+
+
+#: The requester of a review that carries no ``userInfo`` (offline reviews, old tests).
+ANONYMOUS = UserInfo()
 
 _DAG_ID = "dag_id"
 _AIRFLOW_MAX_LABEL = 63
@@ -59,7 +65,7 @@ def dag_id_conflict(pod: Mapping[str, Any]) -> Violation | None:
     label = labels(pod).get(_DAG_ID)
     if isinstance(note, str) and isinstance(label, str) and airflow_label_value(note) == label:
         return None
-    return Violation("dag-id-mismatch",
+    return Violation(Reason.DAG_ID_MISMATCH,
                      f"annotation dag_id {note!r} and label dag_id {label!r} name different DAGs (Airflow sets "
                      f"the label to {airflow_label_value(note) if isinstance(note, str) else '?'!r} for that "
                      f"annotation), and the DAG id picks the GPU tenant; do not set dag_id in the task's labels or "

@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .decision import Decision, Violation
+from .decision import Decision, Reason, Violation
 from .mutate import MANAGED_LABEL, STAMP_PREFIX
 from .pod import annotations as pod_annotations
 from .pod import gpu_containers, labels
-from .policy import Policy
+from .policy import Policy, per_policy
 from .rules import gpu_reach, security_violations
 from .validate import reaching_violations
 
@@ -40,8 +40,10 @@ _DAG_ID = "dag_id"
 _ABSENT = object()
 
 
+@per_policy
 def fixed_label_keys(policy: Policy) -> frozenset[str]:
-    """The label keys, besides the ``gpu.platform/`` stamps, that decided a managed pod's charge."""
+    """The label keys, besides the ``gpu.platform/`` stamps, that decided a managed pod's charge
+    (computed once per policy, not on every UPDATE)."""
     keys = {_DAG_ID, policy.spec.labels.profile, policy.spec.labels.count}
     for tenant in policy.spec.tenants.values():
         for match in tenant.match:
@@ -59,7 +61,7 @@ def _changes(kind: str, old: Mapping[str, Any], new: Mapping[str, Any], keys: It
         before, after = old.get(key, _ABSENT), new.get(key, _ABSENT)
         if before != after:
             change = "removes" if after is _ABSENT else "adds" if before is _ABSENT else "changes"
-            found.append(Violation("accounting-fixed", (
+            found.append(Violation(Reason.ACCOUNTING_FIXED, (
                 f"this update {change} {kind} {key} (was {_shown(before)}, would be {_shown(after)}); the pod's GPU "
                 f"quota is charged by what it carried at admission, so {kind}s that decide its tenant, profile or "
                 f"count cannot change afterwards: relaunch the task (a new pod) instead")))
@@ -91,4 +93,4 @@ def decide_update(old: Mapping[str, Any], new: Mapping[str, Any], policy: Policy
     problems += _new_reach(old, new, policy)
     if problems:
         return Decision.deny(problems)
-    return Decision.allow("update")
+    return Decision.allow(Reason.UPDATE)

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .decision import Decision, Violation, Whose
+from .decision import Decision, Reason, Violation, Whose
 from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels, void_ops
 from .nodes import NodeOffer, capacity_verdict
+from .patch import Op
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import GpuContainer, as_dict, gpu_containers, gpu_quantity, labels
-from .policy import GPU_RESOURCE_PREFIX, Policy
+from .pod import GpuContainer, gpu_containers, gpu_entries, gpu_quantity, labels
+from .policy import Policy
 from .quota import ResourceList, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
@@ -32,12 +33,10 @@ __all__ = ["decide_ephemeral_validation", "decide_validation", "reaching_violati
 def _quantity_violations(containers: list[GpuContainer]) -> list[Violation]:
     """Every GPU quantity, in limits and in requests (a bad request hides behind a good limit)."""
     return [
-        Violation("invalid-quantity", f"container {c.get('name')!r} asks for {name}: {value!r} in {section}, "
-                                      f"which is not a whole number of devices; "
-                                      f"write the count as plain digits, such as '1'")
-        for _, c, _ in containers for section in ("limits", "requests")
-        for name, value in as_dict(as_dict(c.get("resources")).get(section)).items()
-        if isinstance(name, str) and name.startswith(GPU_RESOURCE_PREFIX) and gpu_quantity(value) is None
+        Violation(Reason.INVALID_QUANTITY, f"container {c.get('name')!r} asks for {name}: {value!r} in {section}, "
+                                           f"which is not a whole number of devices; "
+                                           f"write the count as plain digits, such as '1'")
+        for _, c, _ in containers for section, name, value in gpu_entries(c) if gpu_quantity(value) is None
     ]
 
 
@@ -46,18 +45,19 @@ def reaching_violations(pod: Mapping[str, Any], policy: Policy, routes: list[str
     """A pod without a GPU that can reach a GPU node: denied, or every container ``void``
     (also used for an UPDATE that adds a toleration, webhook/core/update.py)."""
     if policy.spec.gpuReachingPods == "deny" and fields is None:
-        return [Violation("gpu-reaching-pod",
+        return [Violation(Reason.GPU_REACHING_POD,
                           f"the pod holds no GPU but can reach a GPU node through {'; '.join(routes)}; remove it "
                           f"(GPU nodes are for pods that get a GPU through the {policy.spec.labels.profile} label "
                           f"on a pod built by Airflow)")]
-    return _unvoided(pod, None, fields, f"can reach a GPU node through {'; '.join(routes)}")
+    return _unvoided(void_ops(pod, None, fields), f"can reach a GPU node through {'; '.join(routes)}")
 
 
-def _unvoided(pod: Mapping[str, Any], target: str | None, fields: tuple[str, ...] | None, why: str) -> list[Violation]:
-    paths = [op["path"].removesuffix("/-").removesuffix("/env") for op in void_ops(pod, target, fields)]
+def _unvoided(voids: list[Op], why: str) -> list[Violation]:
+    """The containers that ``voids`` (operations of :func:`void_ops`) would still void."""
+    paths = [op["path"].removesuffix("/-").removesuffix("/env") for op in voids]
     if not paths:
         return []
-    return [Violation("not-voided",
+    return [Violation(Reason.NOT_VOIDED,
                       f"the pod {why}, so the containers at {', '.join(paths)} must carry env "
                       f"{VISIBLE_DEVICES}={VOID}; the mutating webhook was skipped or another webhook removed it")]
 
@@ -66,12 +66,12 @@ def _unmanaged_gpu(scope: Scope, policy: Policy, names: list[str]) -> list[Viola
     """A GPU request the webhook does not manage would bypass quota and placement."""
     label = policy.spec.labels.profile
     if scope is Scope.NOT_AIRFLOW:
-        return [Violation("not-airflow-gpu-pod",
+        return [Violation(Reason.NOT_AIRFLOW_GPU_POD,
                           f"the pod carries {label} but was not built by Airflow (no kubernetes_pod_operator=True "
                           f"or kubernetes_executor=True label), and GPUs here are managed only for Airflow pods; "
                           f"launch it from Airflow or remove its GPU resources")]
     if policy.spec.unlabelledGpuPods == "deny":
-        return [Violation("unlabelled-gpu-pod",
+        return [Violation(Reason.UNLABELLED_GPU_POD,
                           f"{', '.join(names)} asks for a GPU without the {label} label; GPU pods must choose a "
                           f"profile: add the label {label} with one of: {', '.join(policy.spec.profiles)}")]
     return []
@@ -81,8 +81,8 @@ def _forged_stamps(pod: Mapping[str, Any]) -> list[Violation]:
     """The accounting stamps on a pod the webhook does not manage: only the mutation sets them."""
     pod_labels = labels(pod)
     return [
-        Violation("forged-stamp", f"the pod carries label {key}={pod_labels[key]!r}, but only gpu-webhook stamps it, "
-                                  f"on the GPU pods it manages (quota is charged by it); remove the label")
+        Violation(Reason.FORGED_STAMP, f"the pod carries label {key}={pod_labels[key]!r}, but only gpu-webhook stamps "
+                                       f"it, on the GPU pods it manages (quota is charged by it); remove the label")
         for key in (MANAGED_LABEL, TENANT_LABEL) if key in pod_labels
     ]
 
@@ -91,8 +91,8 @@ def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) ->
     """GPU resources on any container but the target (and the validator, checked by re-planning)."""
     target = policy.spec.targetContainer
     return [
-        Violation("gpu-outside-target", f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
-                                        f"container {target!r} gets the GPU of profile {plan.profile_name}")
+        Violation(Reason.GPU_OUTSIDE_TARGET, f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
+                                             f"container {target!r} gets the GPU of profile {plan.profile_name}")
         for field, c, res in containers
         if not (field == "containers" and c.get("name") == target)
         and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)
@@ -100,16 +100,15 @@ def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) ->
 
 
 def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violation]:
-    ops, _, conflicts = mutation_ops(pod, plan, policy)
-    if conflicts or not ops:
-        return conflicts
-    voids = void_ops(pod, policy.spec.targetContainer)
-    unvoided = _unvoided(pod, policy.spec.targetContainer, None, f"holds GPUs of profile {plan.profile_name}")
-    ops = [op for op in ops if op not in voids]
+    mutation = mutation_ops(pod, plan, policy)   # void_ops once: the patch's own void part
+    if mutation.conflicts or not mutation.ops:
+        return mutation.conflicts
+    unvoided = _unvoided(mutation.voids, f"holds GPUs of profile {plan.profile_name}")
+    ops = [op for op in mutation.ops if op not in mutation.voids]
     if not ops:
         return unvoided
     paths = ", ".join(op["path"] for op in ops[:3]) + (", ..." if len(ops) > 3 else "")
-    return unvoided + [Violation("not-mutated",
+    return unvoided + [Violation(Reason.NOT_MUTATED,
                       f"the pod does not carry what GPU profile {plan.profile_name} requires (differs at {paths}); "
                       f"the mutating webhook was skipped or another webhook changed the pod after it")]
 
@@ -133,7 +132,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
         problems += _forged_stamps(pod)
         if routes:
             problems += reaching_violations(pod, policy, routes)
-        return Decision.deny(problems) if problems else Decision.allow(scope.value)
+        return Decision.deny(problems) if problems else Decision.allow(scope.reason)
     plan = plan_gpu(pod, namespace, policy, requester)
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
@@ -150,8 +149,8 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     requested = charge(gpu_request(containers), plan.profile, policy)
     exceeded = exceeded_lines(plan.tenant, quota, requested, usage.get(plan.tenant, {}))
     if exceeded:
-        return Decision.deny([Violation("quota-exceeded", e.message()) for e in exceeded], **whose)
-    return Decision.allow("admitted", warnings=warnings, **whose)
+        return Decision.deny([Violation(Reason.QUOTA_EXCEEDED, e.message()) for e in exceeded], **whose)
+    return Decision.allow(Reason.ADMITTED, warnings=warnings, **whose)
 
 
 def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decision:
@@ -162,7 +161,7 @@ def decide_ephemeral_validation(pod: Mapping[str, Any], policy: Policy) -> Decis
     routes = [] if gpu_pod else gpu_reach(pod, policy)
     problems = security_violations(pod, policy, gpu_pod, reaching=bool(routes))
     if gpu_pod:
-        problems += _unvoided(pod, None, ("ephemeralContainers",), "is labelled for a GPU or holds one")
+        problems += _unvoided(void_ops(pod, None, ("ephemeralContainers",)), "is labelled for a GPU or holds one")
     elif routes:
         problems += reaching_violations(pod, policy, routes, ("ephemeralContainers",))
-    return Decision.deny(problems) if problems else Decision.allow("ephemeral-admitted")
+    return Decision.deny(problems) if problems else Decision.allow(Reason.EPHEMERAL_ADMITTED)

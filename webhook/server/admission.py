@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import jsonpatch
 
-from ..core.decision import Decision, Violation
+from ..core.decision import Decision, Reason, Violation
 from ..core.mutate import decide_ephemeral_mutation, decide_mutation
 from ..core.nodes import NodeOffer
 from ..core.policy import Policy
@@ -50,9 +50,9 @@ def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict],
         assert request.object is not None and request.old_object is not None  # parse_review guarantees both
         return _judged(request, policy, on_update, request.old_object, request.object)
     if request.operation != "CREATE":
-        return Decision.allow("not-create")
+        return Decision.allow(Reason.NOT_CREATE)
     if request.subresource:
-        return Decision.allow("subresource")
+        return Decision.allow(Reason.SUBRESOURCE)
     assert request.object is not None  # parse_review guarantees it for CREATE
     return _judged(request, policy, decide, request.object)
 
@@ -74,9 +74,9 @@ def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
 
 
 #: The denial for a quota-bound pod while the usage of the cluster is not known yet.
-NOT_SYNCED = Violation("usage-not-synced", "gpu-webhook has not finished reading the cluster's GPU usage yet, so "
-                                           "it cannot check the tenant's quota; this is temporary: retry in a few "
-                                           "seconds")
+NOT_SYNCED = Violation(Reason.USAGE_NOT_SYNCED, "gpu-webhook has not finished reading the cluster's GPU usage yet, so "
+                                                "it cannot check the tenant's quota; this is temporary: retry in a few "
+                                                "seconds")
 
 
 #: The warning for a GPU pod admitted while the node list is not known yet (never a denial).
@@ -95,9 +95,9 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
     """
     def decide(pod: dict) -> Decision:
         decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes, request.user_info)
-        if usage is None and decision.allowed and decision.reason == "admitted":
+        if usage is None and decision.allowed and decision.reason == Reason.ADMITTED:
             return Decision.deny([NOT_SYNCED], code=503, profile=decision.profile, tenant=decision.tenant)
-        if not nodes_synced and decision.allowed and decision.reason == "admitted":
+        if not nodes_synced and decision.allowed and decision.reason == Reason.ADMITTED:
             return replace(decision, warnings=decision.warnings + (NODES_NOT_SYNCED,))
         return decision
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI
@@ -32,8 +32,8 @@ from .admission import Usage, mutate, validate
 from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
-__all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "Runtime", "create_app",
-           "with_client_certificate"]
+__all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "NodeSource", "Reserve", "Runtime",
+           "UsageSource", "create_app", "with_client_certificate"]
 
 log = logging.getLogger("gpu_webhook.http")
 
@@ -45,28 +45,51 @@ _JSON = "application/json"
 CLIENT_CERTIFICATE = "gpu_webhook.client_certificate"
 
 
+class UsageSource(Protocol):
+    """The per-tenant usage to charge against, or None while it is not known yet (the pod watch
+    has not synced). ``serve --track-usage``: the cluster tracking's (webhook/cluster/wiring.py)."""
+
+    def __call__(self) -> Usage | None: ...
+
+
+class NodeSource(Protocol):
+    """The cluster's nodes and whether the node watch has synced; ``(None, True)``: no capacity check."""
+
+    def __call__(self) -> tuple[Sequence[NodeOffer] | None, bool]: ...
+
+
+class Reserve(Protocol):
+    """Records an admitted pod's charge (the quota ledger, webhook/cluster/ledger.py) and returns
+    the decision to answer with: the same, or a denial when the quota is full after all."""
+
+    def __call__(self, review: AdmissionRequest, decision: Decision, policy: Policy) -> Awaitable[Decision]: ...
+
+
 def _no_usage() -> Usage | None:
     return {}
 
 
-#: Records an admitted pod's charge in the shared quota ledger (serve --track-usage): the decision to answer.
-Reserve = Callable[[AdmissionRequest, Decision, Policy], Awaitable[Decision]]
+def _no_nodes() -> tuple[Sequence[NodeOffer] | None, bool]:
+    return None, True
+
+
+def _always_ready() -> bool:
+    return True
 
 
 @dataclass
 class Runtime:
     """What the server decides with, built once in ``serve`` and passed in (no module globals).
 
-    ``usage`` returns the per-tenant usage to charge against, or None while it is not known
-    yet (the pod watch has not synced). Without ``serve --track-usage`` it is empty, so the
-    validating step charges each pod alone against its quota.
+    Without ``serve --track-usage`` usage is empty, so the validating step charges each pod alone
+    against its quota, no node capacity is checked and nothing is reserved; with it, ``serve``
+    builds the runtime from the cluster tracking (webhook/cluster/wiring.py ``Tracking``).
     """
 
     policy: Policy
-    usage: Callable[[], Usage | None] = _no_usage
-    ready: Callable[[], bool] = lambda: True
-    #: The cluster's nodes and whether the node watch has synced; (None, True): no capacity check.
-    nodes: Callable[[], tuple[Sequence[NodeOffer] | None, bool]] = lambda: (None, True)
+    usage: UsageSource = _no_usage
+    ready: Callable[[], bool] = _always_ready
+    nodes: NodeSource = _no_nodes
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Reserve | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
@@ -134,7 +157,7 @@ def _log_decision(step: str, review: AdmissionRequest, decision: Decision, secon
     pod_meta = metadata(review.object or {})
     log.log(level, "step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
              review.namespace, pod_meta.get("name") or pod_meta.get("generateName") or "-", decision.allowed,
-             decision.reason, review.dry_run, seconds * 1000,
+             decision.label, review.dry_run, seconds * 1000,
              f" message={decision.message!r}" if decision.message else "")
 
 

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from ..core.decision import Decision
+from ..core.decision import Decision, Reason
 from ..core.policy import Policy
 from ..core.quota import ResourceList
 
@@ -139,10 +139,10 @@ class WebhookMetrics:
             ["step"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self._policy = _PolicyCollector(lambda: None)
         self.registry.register(self._policy)
-        # (step, allowed, unpatched, reason, profile, tenant) -> (counter inc, histogram observe):
-        # prometheus_client's labels() costs more than the update itself, and the keys are bounded.
-        self._children: dict[tuple[str, bool, bool, str, str, str], tuple[Callable[[], None],
-                                                                          Callable[[float], None]]] = {}
+        # (step, allowed, unpatched, warned, reason, profile, tenant) -> (counter inc, histogram
+        # observe): prometheus_client's labels() costs more than the update itself, and the keys are bounded.
+        self._children: dict[tuple[str, bool, bool, bool, Reason, str, str],
+                             tuple[Callable[[], None], Callable[[float], None]]] = {}
 
     def follow_policy(self, source: Callable[[], Policy | None]) -> None:
         """Expose the policy that ``source`` returns at each scrape (the one in force)."""
@@ -165,20 +165,20 @@ class WebhookMetrics:
 
     def observe(self, step: str, decision: Decision, seconds: float) -> None:
         """Count one answered AdmissionReview and its latency (the hot path: one dict lookup)."""
-        key = (step, decision.allowed, not decision.patch, decision.reason, decision.profile, decision.tenant)
+        key = (step, decision.allowed, not decision.patch, decision.warned, decision.reason, decision.profile,
+               decision.tenant)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._children_for(*key)
         children[0]()
         children[1](seconds)
 
-    def _children_for(self, step: str, allowed: bool, unpatched: bool, reason: str, profile: str,
+    def _children_for(self, step: str, allowed: bool, unpatched: bool, warned: bool, reason: Reason, profile: str,
                       tenant: str) -> tuple[Callable[[], None], Callable[[float], None]]:
-        outcome = ("warned" if reason.startswith("warned:") else
+        outcome = ("warned" if warned else
                    "mutated" if allowed and not unpatched else
                    "allowed" if allowed else "denied")
-        counter = self.admissions.labels(step, outcome, reason.removeprefix("warned:"), profile or NONE,
-                                         tenant or NONE)
+        counter = self.admissions.labels(step, outcome, str(reason), profile or NONE, tenant or NONE)
         return counter.inc, self.latency.labels(step).observe
 
     def reloaded(self, what: str, ok: bool | None) -> None:

@@ -20,8 +20,10 @@ import logging
 import ssl
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..core.policy import Policy, PolicyError, load_policy
+if TYPE_CHECKING:
+    from ..core.policy import Policy
 
 __all__ = ["DEFAULT_INTERVAL", "FileWatch", "certificate_reloader", "policy_reloader"]
 
@@ -86,6 +88,7 @@ def _errors(what: str, observe: ReloadObserver | None) -> Callable[[], None]:
 def policy_reloader(path: Path, apply: Callable[[Policy], None], observe: ReloadObserver | None = None,
                     interval: float = DEFAULT_INTERVAL) -> FileWatch:
     """Watch the policy file; ``apply`` receives each new valid policy."""
+    from ..core.policy import PolicyError, load_policy  # here: `gpu-webhook --help` reads DEFAULT_INTERVAL
 
     def reload() -> bool:
         try:

@@ -14,9 +14,9 @@ from typing import Any, NamedTuple, TypedDict
 import orjson
 
 from ..core.decision import Decision
-from ..core.tenancy import UserInfo
+from ..core.tenancy import ANONYMOUS, UserInfo
 
-__all__ = ["ANONYMOUS", "AdmissionRequest", "BadReview", "UserInfo", "parse_review", "review_response"]
+__all__ = ["AdmissionRequest", "BadReview", "parse_review", "review_response"]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
@@ -31,10 +31,6 @@ class BadReview(Exception):
         self.message = message
 
 
-#: The requester of a review that carries no ``userInfo`` (offline reviews, old tests).
-ANONYMOUS = UserInfo()
-
-
 class AdmissionRequest(NamedTuple):
     """The fields of ``request`` that a decision needs; the pod stays the raw dict.
 
@@ -45,7 +41,6 @@ class AdmissionRequest(NamedTuple):
     uid: str
     operation: str
     namespace: str
-    name: str
     subresource: str
     dry_run: bool
     object: dict[str, Any] | None
@@ -137,7 +132,6 @@ def parse_review(body: bytes) -> AdmissionRequest:
         uid=uid,
         operation=operation,
         namespace=namespace,
-        name=request.get("name") or "",
         subresource=request.get("subResource") or "",
         dry_run=request.get("dryRun") is True,
         object=obj,

@@ -10,21 +10,17 @@ earlier one failed (no point counting devices with a driver NVML cannot load).
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.names import GPU_RESOURCE, MIG_PREFIX, mig_profile
 from .cuda import CudaLayer
 from .facts import CudaDeviceInfo, GpuFacts, LayerError, normalise_profile
 from .nvml import NvmlLayer
 from .report import CheckRecord, Failure, Report, cuda_device_dict
 from .versions import Version, VersionError, cuda_version_from_int, parse_version
-
-GPU_RESOURCE = "nvidia.com/gpu"
-MIG_PREFIX = "nvidia.com/mig-"
-_PROFILE_RE = re.compile(r"^[0-9]+[cg](\.[0-9]+[cg])*\.[0-9]+gb([.+][a-z0-9]+)*$")
 
 #: Bytes copied to each device and back. Large enough to cross pages and DMA chunks, small
 #: enough to take milliseconds and fit the smallest MIG slice many times over.
@@ -61,10 +57,9 @@ def parse_resource(resource: str) -> str | None:
     """
     if resource == GPU_RESOURCE:
         return None
-    if resource.startswith(MIG_PREFIX):
-        profile = resource[len(MIG_PREFIX) :]
-        if _PROFILE_RE.match(profile):
-            return profile
+    profile = mig_profile(resource)
+    if profile is not None:
+        return profile
     raise ValueError(
         f"unsupported resource {resource!r}: expected {GPU_RESOURCE} or {MIG_PREFIX}<profile>, like {MIG_PREFIX}1g.10gb"
     )

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from ..core.names import GPU_RESOURCE, MIG_PREFIX
 from .checks import Request, parse_resource, validate
 from .cuda import CudaLayer, RealCuda
 from .nvml import NvmlLayer, RealNvml
@@ -89,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-cuda-version", required=True, type=_version, metavar="V", help="e.g. 12.2")
     parser.add_argument(
         "--resource",
-        default="nvidia.com/gpu",
+        default=GPU_RESOURCE,
         type=_resource,
         metavar="NAME",
-        help="nvidia.com/gpu or nvidia.com/mig-<profile> (default: %(default)s)",
+        help=f"{GPU_RESOURCE} or {MIG_PREFIX}<profile> (default: %(default)s)",
     )
     parser.add_argument("--count", default=1, type=_count, metavar="N", help="devices requested, >= 1 (default: 1)")
     parser.add_argument("--json", action="store_true", help="print the JSON report on stdout on failure too")

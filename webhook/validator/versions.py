@@ -5,15 +5,23 @@ must be compared component by component as integers: as strings "535.104.05" < "
 would be wrong, and "05" must equal "5". A shorter version is padded with zeros, so a minimum
 of "535" is met by "535.0.0" and anything later. NVML gives the CUDA driver API version as one
 integer (12040 for 12.4, the same encoding as CUDA's `cuDriverGetVersion`).
+
+Why not ``packaging.version.Version`` (decided in issue 15): it orders "550.54.15" and "12.4"
+right and pads with zeros the same way, but (1) it accepts PEP 440 forms no driver reports and
+a minimum must not be ("v12", "1.0rc1", "1!2", "535+local"), so the syntax check
+(``core/names.VERSION``, shared with the policy) would stay anyway; (2) it normalises the
+spelling ("535.104.05" becomes "535.104.5"), so messages would no longer show the version as
+nvidia-smi and the policy write it unless the text were kept beside it, which is this class. What
+it would replace is the comparison, a dozen lines; a dependency in the init container for that
+is not worth it, small as packaging is.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import total_ordering
 
-_VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
+from ..core.names import VERSION
 
 
 class VersionError(ValueError):
@@ -54,7 +62,7 @@ class Version:
 def parse_version(text: str) -> Version:
     """Parse "535.104.05" or "12.4"; raise VersionError for anything else ("", "v12", "1..2")."""
     cleaned = text.strip()
-    if not _VERSION_RE.match(cleaned):
+    if not VERSION.fullmatch(cleaned):
         raise VersionError(f"not a version number (expected digits and dots, like 535.104.05): {text!r}")
     return Version(tuple(int(part) for part in cleaned.split(".")), cleaned)
 

@@ -1,8 +1,6 @@
-"""Fake NVML and CUDA layers: every hardware outcome, written down, with no GPU.
-
-Shipped in the package (not under tests/) so that any test suite — the validator's own, or the
-webhook's tests of the init container it inserts — can run `validate-driver` end to end on a
-machine without a GPU. Nothing here imports pynvml or loads libcuda.
+"""Fake NVML and CUDA layers for the validator's tests: every hardware outcome, written down, with
+no GPU, so `validate-driver` runs end to end on a machine without one. Nothing here imports
+pynvml or loads libcuda.
 """
 
 from __future__ import annotations
@@ -10,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field, replace
 
-from .facts import CudaDeviceInfo, GpuFacts, HealthFacts, LayerError, MigDeviceFacts
+from airflow_gpu_webhook.validator.facts import CudaDeviceInfo, GpuFacts, HealthFacts, LayerError, MigDeviceFacts
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
 A100_NAME = "NVIDIA A100-SXM4-80GB"

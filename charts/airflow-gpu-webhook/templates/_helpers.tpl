@@ -1,0 +1,134 @@
+{{/* The name of every object; the manifests use gpu-webhook. */}}
+{{- define "gpu-webhook.fullname" -}}
+{{- .Values.fullnameOverride | default "gpu-webhook" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object: the manifests' two, plus Helm's. */}}
+{{- define "gpu-webhook.labels" -}}
+app.kubernetes.io/name: {{ include "gpu-webhook.fullname" . }}
+{{ include "gpu-webhook.commonLabels" . }}
+{{- end -}}
+
+{{/* Labels of the monitoring objects (as manifests/monitoring/: no name, component monitoring). */}}
+{{- define "gpu-webhook.commonLabels" -}}
+app.kubernetes.io/part-of: airflow-gpu-webhook
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "gpu-webhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gpu-webhook.fullname" . }}
+{{- end -}}
+
+{{- define "gpu-webhook.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* The policy as a map: inline, else the reference policy shipped in files/policy.yaml. */}}
+{{- define "gpu-webhook.policy" -}}
+{{- if .Values.policy.inline -}}
+{{- toYaml .Values.policy.inline -}}
+{{- else -}}
+{{- .Files.Get "files/policy.yaml" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the generated CEL matchConditions depend on, read from the policy as
+webhook/cli/conditions.py's condition_inputs does (its defaults are the policy model's).
+A policy whose inputs differ from those the conditions were generated for would leave rules
+that never run, so the webhook configurations refuse to render then.
+*/}}
+{{- define "gpu-webhook.conditionInputs" -}}
+{{- $spec := (include "gpu-webhook.policy" . | fromYaml).spec | default dict -}}
+{{- $keys := list -}}
+{{- range $name, $profile := ($spec.profiles | default dict) -}}
+{{- range $t := ($profile.tolerations | default list) -}}
+{{- $keys = append $keys ($t.key | default "") -}}
+{{- end -}}
+{{- end -}}
+{{- $labels := $spec.labels | default dict -}}
+{{- $runtime := list "nvidia" -}}
+{{- if hasKey $spec "gpuRuntimeClasses" }}{{ $runtime = $spec.gpuRuntimeClasses | default list }}{{ end -}}
+{{- dict "profileLabel" ($labels.profile | default "gpu.platform/profile")
+         "tolerationKeys" ($keys | uniq | sortAlpha)
+         "gpuRuntimeClasses" $runtime
+         "resourceClaims" ($spec.resourceClaims | default "deny")
+         "gpuReachingPods" ($spec.gpuReachingPods | default "deny") | toJson -}}
+{{- end -}}
+
+{{/* The matchConditions to use (values, else files/match-conditions.yaml), checked against the policy. */}}
+{{- define "gpu-webhook.matchConditions" -}}
+{{- $mc := .Values.webhooks.matchConditions -}}
+{{- if not $mc -}}
+{{- $mc = .Files.Get "files/match-conditions.yaml" | fromYaml -}}
+{{- end -}}
+{{- if .Values.policy.existingConfigMap -}}
+{{- if not .Values.webhooks.matchConditions -}}
+{{- fail "policy.existingConfigMap: the chart cannot read that policy, so give the CEL generated for it: gpu-webhook policy conditions --helm-values YOUR_POLICY > conditions.yaml, then -f conditions.yaml" -}}
+{{- end -}}
+{{- else -}}
+{{- $want := include "gpu-webhook.conditionInputs" . -}}
+{{- $have := toJson (get $mc "for") -}}
+{{- if ne $want $have -}}
+{{- fail (printf "webhooks.matchConditions were generated for a policy with %s, but the policy has %s: generate them for this policy with gpu-webhook policy conditions --helm-values YOUR_POLICY > conditions.yaml, then -f conditions.yaml (otherwise some of the policy's rules would never be sent pods)" $have $want) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $mc -}}
+{{- end -}}
+
+{{/* Namespaces never sent to the webhook: the release's own always. */}}
+{{- define "gpu-webhook.namespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values:
+      {{- range (concat (.Values.webhooks.excludedNamespaces | default list) (list .Release.Namespace) | uniq) }}
+      - {{ . | quote }}
+      {{- end }}
+  {{- with .Values.webhooks.exemptNamespaceLabel }}
+  - key: {{ . | quote }}
+    operator: DoesNotExist
+  {{- end }}
+{{- end -}}
+
+{{/* The caBundle of both webhooks, for the modes that know it at render time. */}}
+{{- define "gpu-webhook.clientConfig" -}}
+{{- $root := index . 0 -}}
+{{- $path := index . 1 -}}
+{{- if $root.Values.webhooks.url }}
+url: {{ printf "%s%s" (trimSuffix "/" $root.Values.webhooks.url) $path | quote }}
+{{- else }}
+service:
+  name: {{ include "gpu-webhook.fullname" $root }}
+  namespace: {{ $root.Release.Namespace }}
+  path: {{ $path }}
+  port: 443
+{{- end }}
+{{- if eq $root.Values.certificates.mode "existingSecret" }}
+caBundle: {{ $root.Values.certificates.existingSecret.caBundle | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "gpu-webhook.webhookAnnotations" -}}
+{{- if eq .Values.certificates.mode "certManager" }}
+annotations:
+  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "gpu-webhook.secretName" .) }}
+{{- end }}
+{{- end -}}
+
+{{- define "gpu-webhook.common" -}}
+admissionReviewVersions: [v1]
+failurePolicy: {{ .Values.webhooks.failurePolicy }}
+timeoutSeconds: {{ .Values.webhooks.timeoutSeconds }}
+matchPolicy: Equivalent
+namespaceSelector:
+  {{- include "gpu-webhook.namespaceSelector" . | nindent 2 }}
+{{- end -}}
+
+{{/* The serving Secret (tls.crt, tls.key, ca.crt): <fullname>-tls unless named. */}}
+{{- define "gpu-webhook.secretName" -}}
+{{- .Values.certificates.secretName | default (printf "%s-tls" (include "gpu-webhook.fullname" .)) -}}
+{{- end -}}

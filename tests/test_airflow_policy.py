@@ -83,7 +83,7 @@ def pools_api() -> Iterator[str]:
     """A stand-in for Airflow's REST API serving STUB_POOLS (the real one: tests/e2e/test_airflow_pools.py)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             found = self.path.startswith("/api/v2/pools")
             send_json(self, STUB_POOLS if found else {}, 200 if found else 404)
 
@@ -254,7 +254,8 @@ def test_a_tenant_matched_on_the_requester_skips_the_tenant_check_not_the_others
 
 # --- pools: GPU tasks wait in their tenant's pool (airflow/pools.py) ------------------------------
 @pytest.mark.parametrize("task, pool", [
-    pytest.param("good_kpo_h100.train", ["gpu-vision", 16], id="two H100s of tenant vision take 16 slots of gpu-vision"),
+    pytest.param("good_kpo_h100.train", ["gpu-vision", 16],
+                 id="two H100s of tenant vision take 16 slots of gpu-vision"),
     pytest.param("good_kpo_mapped.sweep", ["gpu-vision", 2],
                  id="a mapped task of two MIG 1g.10gb slices takes 2 slots, set on what partial fixes"),
     pytest.param("team_vision__embed.embed", ["gpu-vision", 1],

@@ -9,11 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import POLICY_FILE
 from airflow_gpu_webhook.airflow.pools import (
-    DEFAULT_POOL, SLOTS_PER_GPU, PoolSpec, import_document, policy_pools, pool_shortfalls, task_pool, tenant_bound)
+    DEFAULT_POOL,
+    SLOTS_PER_GPU,
+    PoolSpec,
+    import_document,
+    policy_pools,
+    pool_shortfalls,
+    task_pool,
+    tenant_bound,
+)
 from airflow_gpu_webhook.cli.main import main
 from airflow_gpu_webhook.core.policy import Policy, load_policy, parse_policy
+
+from conftest import POLICY_FILE
 
 REFERENCE = load_policy(POLICY_FILE)
 

@@ -26,6 +26,11 @@ What it cannot know at parse time, it does not guess:
 - ``pod_template_file`` of the operator and the executor: files read on the worker; only the
   task's own fields are checked.
 
+A task whose pods pass goes to its tenant's GPU pool (:mod:`.pools`): ``task.pool`` becomes
+``gpu-<tenant>`` and ``task.pool_slots`` its GPU weight, where the tenant is known at parse time
+(docs/pools.md); ``[gpu_webhook] assign_pools = False`` turns that off. With ``[gpu_webhook]
+airflow_api_url`` set, a pool missing or sized unlike the policy is logged as a warning.
+
 Configuration, in Airflow's own config: ``[gpu_webhook] policy_file``
 (``AIRFLOW__GPU_WEBHOOK__POLICY_FILE``). Unset: the check is off, said once in the log. A
 policy file that cannot be used raises ``AirflowClusterPolicyError`` naming the file for every
@@ -88,7 +93,8 @@ class _TaskPod:
 
 @hookimpl
 def task_policy(task: Any) -> None:
-    """Raise ``AirflowClusterPolicyViolation`` when the webhook would refuse a pod of ``task``."""
+    """Raise ``AirflowClusterPolicyViolation`` when the webhook would refuse a pod of ``task``; else route
+    it to its tenant's GPU pool."""
     if not _is_kpo(task) and _pod_override(task) is None:
         return
     policy = _configured_policy()

@@ -27,8 +27,19 @@ from typing import Any
 from ..core.plan import GpuPlan, plan_gpu
 from ..core.policy import GPU_EQUIVALENT, Policy, Tenant
 
-__all__ = ["DEFAULT_POOL", "POOL_PREFIX", "SLOTS_PER_GPU", "PoolSpec", "TaskPool", "import_document",
-           "pool_name", "pool_shortfalls", "policy_pools", "task_pool", "tenant_bound"]
+__all__ = [
+    "DEFAULT_POOL",
+    "POOL_PREFIX",
+    "SLOTS_PER_GPU",
+    "PoolSpec",
+    "TaskPool",
+    "import_document",
+    "policy_pools",
+    "pool_name",
+    "pool_shortfalls",
+    "task_pool",
+    "tenant_bound",
+]
 
 #: Slots per whole GPU: one A100 MIG 1g.10gb slice (gpuEquivalent 0.125) is one slot.
 SLOTS_PER_GPU = 8

@@ -38,7 +38,7 @@ def _call(method: str, url: str, body: Any = None, token: str | None = None) -> 
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310 - the operator's URL
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         detail = err.read().decode(errors="replace")[:500]

@@ -329,7 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands their arguments to their own parsers.
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")
     commands.add_parser("explain", help="what a task with a GPU profile label will get, from the policy")
-    commands.add_parser("airflow-pools", help="the Airflow pools the policy implies (airflow pools import JSON, or --apply)")
+    commands.add_parser("airflow-pools", help="the Airflow pools the policy implies (pools import JSON, or --apply)")
     return parser
 
 

@@ -72,8 +72,11 @@ class Postgres:
 
     def _run(self, *args: str, timeout: float = 60) -> None:
         as_user: Callable[[], None] | None = None
-        if os.geteuid() == 0:
-            pw = pwd.getpwnam(PG_USER)
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as the user Debian's package makes
+            try:
+                pw = pwd.getpwnam(PG_USER)
+            except KeyError:
+                raise StackError(f"no user {PG_USER!r} to run PostgreSQL as: run `make db-deps`") from None
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
 
             def as_user() -> None:

@@ -3,7 +3,8 @@
 Not a DAG file itself: the files of the two bundles (pooled/, unpooled/) import it. Each DAG's
 pods go to its own namespace, so its tenant is known at parse time (reference policy + the test's
 tenants). Environment (set by the test): E2E_KUBECONFIG, the testbed's admin kubeconfig; E2E_RUN,
-put on every pod as label e2e.gpu.platform/run.
+put on every pod as label e2e.gpu.platform/run;
+E2E_POD_SECONDS, how long each pod runs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from datetime import timedelta
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
 
-#: How long each pod runs once on its node (kwok, the testbed's complete-after label).
-POD_SECONDS = "6s"
+#: How long each pod runs once on its node (kwok, the testbed's complete-after label), set by the test.
+POD_SECONDS = f"{os.environ.get('E2E_POD_SECONDS', '6')}s"
 
 
 def mapped_gpu_dag(dag_id: str, namespace: str, tasks: int) -> DAG:

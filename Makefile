@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8443
 CERTS  ?= dev-certs
 
-.PHONY: venv run lint test bench fixtures image image-deps clean
+.PHONY: venv run lint test bench fixtures image image-deps db-deps clean
 
 $(BIN)/gpu-webhook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ image-deps:
 	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || \
 	  { apt-get update -qq && apt-get install -y -qq buildah debootstrap; }
 
+# PostgreSQL server binaries, for tests/e2e/test_airflow_pools.py: a real Airflow scheduler with the
+# LocalExecutor needs a database other than SQLite; the test starts its own throw-away cluster.
+db-deps:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq postgresql; }
+
 image: venv image-deps
 	scripts/build-image.sh
 
@@ -38,7 +44,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint image-deps
+test: lint image-deps db-deps
 	$(BIN)/python -m pytest
 
 bench: venv

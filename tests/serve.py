@@ -5,6 +5,7 @@ server does), and a stop that always runs. Used by test_app.py and the e2e tests
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import ssl
@@ -20,6 +21,16 @@ import orjson
 from e2e.ports import free_port
 
 from conftest import POLICY_FILE, admission_review
+
+
+def send_json(handler: Any, payload: Any, status: int = 200) -> None:
+    """Answer an ``http.server`` request with ``payload`` as JSON (the stand-in servers of the tests)."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 class WebhookServer:

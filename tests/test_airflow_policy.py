@@ -18,6 +18,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -25,6 +28,7 @@ import pytest
 import yaml
 
 from conftest import POLICY_FILE, ROOT
+from serve import send_json
 
 DAGS = ROOT / "tests" / "airflow_dags"
 KNOWN = "a100-80gb, h100-80gb, a100-mig-1g.10gb, a100-mig-2g.20gb, a100-mig-3g.40gb"
@@ -48,12 +52,16 @@ LOADER = textwrap.dedent("""
             path.write_text(step["write"])
             os.utime(path, ns=(before + 10**9, before + 10**9))  # a new mtime even on coarse clocks
         os.environ["AIRFLOW__GPU_WEBHOOK__POLICY_FILE"] = step["policy_file"]
+        os.environ.update(step.get("env", {}))
         bag = DagBag(dags)
         loaded = {}
         for dag in bag.dags.values():
             loaded.setdefault(Path(dag.fileloc).name, []).append(dag.dag_id)
+        pools = {f"{d.dag_id}.{t.task_id}": [t.pool, t.pool_slots] for d in bag.dags.values() for t in d.tasks}
         results[step["name"]] = {"import_errors": {Path(k).name: v for k, v in bag.import_errors.items()},
-                                 "loaded": loaded}
+                                 "loaded": loaded, "pools": pools}
+        for name in step.get("env", {}):
+            del os.environ[name]
     Path(out).write_text(json.dumps(results))
 """)
 
@@ -64,9 +72,34 @@ def _policy_text(**spec_changes: Any) -> str:
     return yaml.safe_dump(data)
 
 
+#: What the stand-in Airflow API answers for GET /api/v2/pools: gpu-vision smaller than the policy's 48
+#: slots; gpu-forecasting absent.
+STUB_POOLS = {"pools": [{"name": "default_pool", "slots": 128}, {"name": "gpu-vision", "slots": 8}],
+              "total_entries": 2}
+
+
 @pytest.fixture(scope="module")
-def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Every step's import errors and loaded DAG ids per file, and the log of the whole run."""
+def pools_api() -> Iterator[str]:
+    """A stand-in for Airflow's REST API serving STUB_POOLS (the real one: tests/e2e/test_airflow_pools.py)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path.startswith("/api/v2/pools")
+            send_json(self, STUB_POOLS if found else {}, 200 if found else 404)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory, pools_api: str) -> dict[str, Any]:
+    """Every step's import errors, loaded DAG ids per file and task pools, and the log of the whole run."""
     if importlib.util.find_spec("airflow") is None:
         pytest.fail("apache-airflow is not installed in this environment: pip install -e '.[e2e]'")
     if not any(ep.value == "airflow_gpu_webhook.airflow.policy" for ep in entry_points(group="airflow.policy")):
@@ -84,6 +117,11 @@ def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"name": "replaced", "policy_file": str(tmp / "warn.yaml"),
          "write": _policy_text(profiles={**profiles, "h100-8gb": profiles["h100-80gb"]})},
         {"name": "requester", "policy_file": str(tmp / "requester.yaml"), "write": _policy_text(tenants=by_requester)},
+        {"name": "pools_off", "policy_file": str(POLICY_FILE), "env": {"AIRFLOW__GPU_WEBHOOK__ASSIGN_POOLS": "False"}},
+        {"name": "named_pools", "policy_file": str(tmp / "named.yaml"), "env": {
+            "AIRFLOW__GPU_WEBHOOK__AIRFLOW_API_URL": pools_api},
+         "write": _policy_text(tenants={**spec["tenants"], "vision": {
+             **spec["tenants"]["vision"], "airflowPools": ["vision-urgent"]}})},
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
@@ -175,6 +213,7 @@ def test_a_bad_dag_is_an_import_error_in_the_webhooks_words(parsed, dag_file, me
     pytest.param("good_executor_pod_override.py", ["team_vision__embed"],
                  id="a pod_override in the executor's namespace with a tenant's dag_id loads"),
     pytest.param("good_no_kubernetes.py", ["good_no_kubernetes"], id="a DAG without Kubernetes tasks loads"),
+    pytest.param("good_kpo_named_pools.py", ["good_kpo_named_pools"], id="GPU tasks that name a pool load"),
 ])
 def test_a_good_dag_loads(parsed, dag_file, dag_ids):
     assert dag_file not in parsed["reference"]["import_errors"]
@@ -211,3 +250,47 @@ def test_a_tenant_matched_on_the_requester_skips_the_tenant_check_not_the_others
     """Who creates the pod is known only to the API server: the webhook decides the tenant then."""
     assert "bad_no_tenant.py" in parsed["requester"]["loaded"]
     assert "is not a known GPU profile" in parsed["requester"]["import_errors"]["bad_unknown_profile.py"]
+
+
+# --- pools: GPU tasks wait in their tenant's pool (airflow/pools.py) ------------------------------
+@pytest.mark.parametrize("task, pool", [
+    pytest.param("good_kpo_h100.train", ["gpu-vision", 16],
+                 id="two H100s of tenant vision take 16 slots of gpu-vision"),
+    pytest.param("good_kpo_mapped.sweep", ["gpu-vision", 2],
+                 id="a mapped task of two MIG 1g.10gb slices takes 2 slots, set on what partial fixes"),
+    pytest.param("team_vision__embed.embed", ["gpu-vision", 1],
+                 id="a KubernetesExecutor pod_override slice of tenant vision by dag_id takes 1 slot"),
+    pytest.param("good_kpo_h100.start", ["default_pool", 1], id="a task without a pod keeps its pool"),
+    pytest.param("good_kpo_cpu_only.etl", ["default_pool", 1], id="a CPU pod keeps its pool"),
+    pytest.param("good_kpo_run_time_values.profile_from_params", ["default_pool", 1],
+                 id="a templated profile keeps its pool: the webhook judges the pod"),
+    pytest.param("good_kpo_run_time_values.namespace_from_variable", ["default_pool", 1],
+                 id="a templated namespace keeps its pool: the tenant is known only at run time"),
+    pytest.param("good_kpo_run_time_values.namespace_from_connection", ["default_pool", 1],
+                 id="no namespace keeps its pool: the tenant is known only at run time"),
+    pytest.param("good_kpo_run_time_values.more_than_the_quota", ["gpu-vision", 40],
+                 id="five H100s fit the gpuEquivalent pool; the nvidia.com/gpu line is the webhook's"),
+    pytest.param("good_kpo_named_pools.urgent", ["gpu-vision", 8],
+                 id="a pool the tenant's airflowPools does not list is replaced by the tenant's pool"),
+    pytest.param("good_kpo_named_pools.elsewhere", ["gpu-vision", 1], id="so is any other named pool"),
+])
+def test_gpu_tasks_are_routed_to_their_tenants_pool_with_their_gpu_weight_as_slots(parsed, task, pool):
+    assert parsed["reference"]["pools"][task] == pool
+
+
+def test_with_assign_pools_false_every_task_keeps_the_pool_its_dag_names(parsed):
+    pools = parsed["pools_off"]["pools"]
+    assert pools["good_kpo_h100.train"] == ["default_pool", 1]
+    assert pools["good_kpo_named_pools.urgent"] == ["vision-urgent", 1]
+    assert {p for p, _ in pools.values()} == {"default_pool", "vision-urgent", "etl"}
+
+
+def test_a_pool_the_tenants_airflow_pools_lists_is_kept_with_the_tasks_gpu_weight(parsed):
+    assert parsed["named_pools"]["pools"]["good_kpo_named_pools.urgent"] == ["vision-urgent", 8]
+    assert parsed["named_pools"]["pools"]["good_kpo_named_pools.elsewhere"] == ["gpu-vision", 1]
+
+
+def test_a_pool_smaller_than_the_policy_is_a_warning_when_parsed_not_an_import_error(parsed):
+    assert "good_kpo_h100.py" in parsed["named_pools"]["loaded"]
+    assert ("[gpu-webhook] task 'train' in DAG 'good_kpo_h100' waits in GPU pool gpu-vision: Airflow pool "
+            "'gpu-vision' has 8 slots; the GPU policy gives tenant vision 48") in parsed["log"]

@@ -36,6 +36,8 @@ EXPORTED = {
     "kube_pod_labels", "kube_pod_container_resource_requests", "kube_pod_status_phase",  # kube-state-metrics
     "kube_pod_start_time",
     "up",                                                                                # Prometheus itself
+    "airflow_pool_open_slots", "airflow_pool_running_slots", "airflow_pool_queued_slots",  # Airflow's scheduler
+    "airflow_pool_scheduled_slots", "airflow_pool_deferred_slots",                       # (OpenTelemetry)
 }
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
              "group_right", "inf", "nan", "atan2"}

@@ -23,7 +23,7 @@ from airflow_gpu_webhook.cli.certs import ca_bundle, inject_ca_bundle, load_docu
 
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
 from conftest import POLICY_FILE, ROOT, airflow_fixture
-from serve import WebhookServer
+from serve import WebhookServer, send_json
 
 WEBHOOK_CONFIGURATIONS = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 #: Namespaces the reference policy's tenants match on (plus one that fits no tenant).
@@ -237,13 +237,8 @@ class StubWebhook:
             def do_POST(self) -> None:  # http.server's name
                 review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 reviews.append(review)
-                body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
-                    "uid": review["request"]["uid"], **answer(review["request"])}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                    "uid": review["request"]["uid"], **answer(review["request"])}})
 
             def log_message(self, *args: object) -> None:
                 pass

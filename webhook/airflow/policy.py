@@ -26,6 +26,11 @@ What it cannot know at parse time, it does not guess:
 - ``pod_template_file`` of the operator and the executor: files read on the worker; only the
   task's own fields are checked.
 
+A task whose pods pass goes to its tenant's GPU pool (:mod:`.pools`): ``task.pool`` becomes
+``gpu-<tenant>`` and ``task.pool_slots`` its GPU weight, where the tenant is known at parse time
+(docs/pools.md); ``[gpu_webhook] assign_pools = False`` turns that off. With ``[gpu_webhook]
+airflow_api_url`` set, a pool missing or sized unlike the policy is logged as a warning.
+
 Configuration, in Airflow's own config: ``[gpu_webhook] policy_file``
 (``AIRFLOW__GPU_WEBHOOK__POLICY_FILE``). Unset: the check is off, said once in the log. A
 policy file that cannot be used raises ``AirflowClusterPolicyError`` naming the file for every
@@ -41,6 +46,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -52,10 +58,17 @@ from airflow.policies import hookimpl
 
 from ..core.decision import Reason  # stdlib only: enum and dataclasses
 
-__all__ = ["CONF_OPTION", "CONF_SECTION", "task_policy"]
+__all__ = ["ASSIGN_POOLS", "CONF_OPTION", "CONF_SECTION", "task_policy"]
 
 CONF_SECTION = "gpu_webhook"
 CONF_OPTION = "policy_file"
+#: ``False`` leaves every task's pool as the DAG says (default ``True``: GPU tasks wait in their tenant's pool).
+ASSIGN_POOLS = "assign_pools"
+#: The Airflow API server whose pools the parse-time check reads (unset: pools are not checked).
+API_URL = "airflow_api_url"
+API_TOKEN = "airflow_api_token"
+#: How long one process trusts a read of the pools, in seconds.
+POOLS_TTL = 60
 
 log = logging.getLogger("gpu_webhook.airflow_policy")
 
@@ -82,15 +95,18 @@ class _TaskPod:
 
 @hookimpl
 def task_policy(task: Any) -> None:
-    """Raise ``AirflowClusterPolicyViolation`` when the webhook would refuse a pod of ``task``."""
+    """Raise ``AirflowClusterPolicyViolation`` when the webhook would refuse a pod of ``task``; else route
+    it to its tenant's GPU pool."""
     if not _is_kpo(task) and _pod_override(task) is None:
         return
     policy = _configured_policy()
     if policy is None:
         return
+    pods = list(_task_pods(task, policy))
     problems = [f"task {task.task_id!r} in DAG {task.dag_id!r} ({p.kind}): {message}"
-                for p in _task_pods(task, policy) if (message := _denial(p, policy))]
+                for p in pods if (message := _denial(p, policy))]
     if not problems:
+        _assign_pool(task, pods, policy)
         return
     if policy.spec.enforcement == "warn":
         for problem in problems:
@@ -118,6 +134,64 @@ def _denial(task_pod: _TaskPod, policy: Any) -> str:
     ignored = _RUN_TIME_ONLY | task_pod.unknown | (_REQUESTER_UNKNOWN if policy.reads_requester else frozenset())
     kept = [v for v in decision.violations if v.reason not in ignored]
     return Decision.deny(kept).message if kept else ""
+
+
+def _assign_pool(task: Any, pods: list[_TaskPod], policy: Any) -> None:
+    """Route the task to its tenant's GPU pool with its GPU weight as slots (``[gpu_webhook] assign_pools``).
+
+    Left as it is where the tenant cannot be told before run time (:func:`.pools.task_pool`).
+    """
+    from airflow.configuration import conf
+
+    from .pools import task_pool
+
+    if not pods or not conf.getboolean(CONF_SECTION, ASSIGN_POOLS, fallback=True):
+        return
+    known = [(p.pod, p.namespace) for p in pods if "no-tenant" not in p.unknown]
+    chosen = task_pool(known, task.pool, policy) if len(known) == len(pods) else None
+    if chosen is None:
+        log.debug("task %s: GPU pool not assigned at parse time; the webhook judges its pod", task.task_id)
+        return
+    if task.pool != chosen.pool:
+        log.debug("task %s: pool %s -> %s (%d slots)", task.task_id, task.pool, chosen.pool, chosen.slots)
+    task.pool, task.pool_slots = chosen.pool, chosen.slots
+    for problem in _pool_problems(chosen.pool, policy):
+        log.warning("[gpu-webhook] task %r in DAG %r waits in GPU pool %s: %s", task.task_id, task.dag_id,
+                    chosen.pool, problem)
+
+
+def _pool_problems(name: str, policy: Any) -> list[str]:
+    """What is wrong with pool ``name`` in Airflow ([gpu_webhook] airflow_api_url; unset: not checked)."""
+    from airflow.configuration import conf
+
+    from .pools import policy_pools, pool_shortfalls
+
+    url = conf.get(CONF_SECTION, API_URL, fallback=None)
+    if not url:
+        _say_unchecked()
+        return []
+    existing = _airflow_pools(url, conf.get(CONF_SECTION, API_TOKEN, fallback=None) or None,
+                              int(time.monotonic() // POOLS_TTL))
+    if isinstance(existing, str):
+        return [f"the pools could not be read to check it: {existing}"]
+    return pool_shortfalls([p for p in policy_pools(policy) if p.name == name], existing)
+
+
+@lru_cache(maxsize=2)
+def _airflow_pools(url: str, token: str | None, period: int) -> dict[str, int] | str:
+    """The pools' slots, read once per ``POOLS_TTL`` seconds and process (a DAG file's tasks share one read)."""
+    from .pools_api import PoolsApi, PoolsApiError
+
+    try:
+        return PoolsApi(url, token).slots()
+    except PoolsApiError as err:
+        return str(err)
+
+
+@cache
+def _say_unchecked() -> None:
+    log.info("gpu-webhook: GPU pools are assigned but not checked against Airflow's: [%s] %s is not set",
+             CONF_SECTION, API_URL)
 
 
 # --- configuration ------------------------------------------------------------------------------

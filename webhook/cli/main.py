@@ -392,6 +392,7 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for --help only: main() hands their arguments to their own parsers.
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")
     commands.add_parser("explain", help="what a task with a GPU profile label will get, from the policy")
+    commands.add_parser("airflow-pools", help="the Airflow pools the policy implies (pools import JSON, or --apply)")
     return parser
 
 
@@ -403,6 +404,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .explain import run_explain
 
         return run_explain(argv[1:])
+    if argv[:1] == ["airflow-pools"]:
+        from .airflow_pools import run_airflow_pools
+
+        return run_airflow_pools(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 

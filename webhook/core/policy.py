@@ -190,6 +190,9 @@ class Tenant(_Strict):
 
     match: tuple[TenantMatch, ...] = Field(min_length=1)
     quota: dict[str, PositiveQuantity] = Field(default_factory=dict)
+    #: Airflow pools a GPU task of this tenant may keep when its DAG names one; every other GPU
+    #: task is routed to the tenant's own pool ``gpu-<tenant>`` (airflow/pools.py).
+    airflowPools: tuple[str, ...] = ()
 
     @field_validator("quota")
     @classmethod

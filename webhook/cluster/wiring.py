@@ -33,23 +33,27 @@ def track_usage(runtime: Any, kubeconfig: str | None, ledger_namespace: str, gra
     """
     from kubernetes import client
 
-    from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
+    from .ledger import LEDGER_SELECTOR, PRUNE_KINDS, ROUND_RESULTS, Ledger, LedgerCache, QuotaReserver
     from ..core.nodes import NodeBook
     from .tracker import PodWatch, UsageBook
 
     api = kube_client(kubeconfig)
     book, nodes = UsageBook(runtime.policy), NodeBook()
     watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
+    ledgers = LedgerCache()
+    ledger_watch = PodWatch(api, ledgers, selector=LEDGER_SELECTOR, path=f"/api/v1/namespaces/{ledger_namespace}/configmaps")
     runtime.usage = lambda: book.usage() if watch.synced.is_set() else None
     runtime.nodes = lambda: (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
     # Quota needs the pods (synced is cleared while the watch is broken); capacity only warns.
     runtime.ready = watch.synced.is_set
     runtime.reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
                                            counted=runtime.metrics.ledger_counter(ROUND_RESULTS),
-                                           pruned=runtime.metrics.ledger_pruned_counter(PRUNE_KINDS)))
-    runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
-    watch.start()
-    node_watch.start()
+                                           pruned=runtime.metrics.ledger_pruned_counter(PRUNE_KINDS),
+                                           cache=ledgers, cache_live=ledger_watch.synced.is_set))
+    runtime.metrics.follow_tracking(runtime.usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set,
+                                                    "ledger": ledger_watch.synced.is_set})
+    for started in (watch, node_watch, ledger_watch):
+        started.start()
 
     def apply(policy: Policy) -> None:
         book.set_policy(policy)

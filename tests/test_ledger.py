@@ -29,6 +29,7 @@ class ConfigMaps:
         self.objects: dict[str, dict] = {}
         self.version = 0
         self.conflicts = 0
+        self.reads = self.writes = 0
         self.fail = False
         self.pods: dict[str, dict] = {}   # "ns/name" -> pod, for the ledger's direct GETs
 
@@ -39,6 +40,7 @@ class ConfigMaps:
     def read_namespaced_config_map(self, name, namespace, **_):
         self._check()
         with self.lock:
+            self.reads += 1
             if name not in self.objects:
                 raise ApiException(status=404, reason="NotFound")
             data = json.dumps(self.objects[name]).encode()
@@ -56,6 +58,8 @@ class ConfigMaps:
         body = json.loads(json.dumps(body))
         body["metadata"]["resourceVersion"] = str(self.version)
         self.objects[name] = body
+        self.writes += 1
+        return SimpleNamespace(data=json.dumps(body).encode())   # what _preload_content=False returns
 
     def create_namespaced_config_map(self, namespace, body, **_):
         self._check()
@@ -63,7 +67,7 @@ class ConfigMaps:
             if body["metadata"]["name"] in self.objects:
                 self.conflicts += 1
                 raise ApiException(status=409, reason="AlreadyExists")
-            self._store(body["metadata"]["name"], body)
+            return self._store(body["metadata"]["name"], body)
 
     def replace_namespaced_config_map(self, name, namespace, body, **_):
         self._check()
@@ -71,7 +75,7 @@ class ConfigMaps:
             if self.objects[name]["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]:
                 self.conflicts += 1
                 raise ApiException(status=409, reason="Conflict")
-            self._store(name, body)
+            return self._store(name, body)
 
 
 @pytest.fixture
@@ -336,3 +340,126 @@ def test_a_watch_behind_the_ledger_for_five_seconds_is_restarted_once(api, polic
     now[0] += 1.0
     behind.reserve("forecasting", QUOTA, _uid(9), "airflow/p9", ONE_GPU)
     assert len(stalled.restarts) == 1, "the timer starts again after a restart"
+
+
+# --- group commit: one round for the requests that queued while the last one was in flight ---
+def test_a_batch_is_checked_in_arrival_order_and_written_once(api, policy):
+    from airflow_gpu_webhook.cluster.ledger import Reservation
+
+    ended: list[str] = []
+    ledger = _ledger(api, policy, counted=ended.append)
+    batch = [Reservation(_uid(i), f"airflow/p{i}", ONE_GPU) for i in range(8)]
+    decisions = ledger.reserve_many("forecasting", QUOTA, batch)
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 3
+    assert {d.reason for d in decisions[5:]} == {"quota-exceeded"}
+    assert "used: 5, limited: 5" in decisions[5].message, "each request is checked after those admitted before it"
+    assert (api.version, ended) == (1, ["written"]), "one write for the whole batch"
+    assert sorted(_ledger_data(api)[0]) == sorted(_uid(i) for i in range(5))
+
+
+def _reservers(api, policy, replicas: int, counted: list[str]):
+    from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+
+    return [QuotaReserver(_ledger(api, policy, counted=counted.append)) for _ in range(replicas)]
+
+
+async def _admit(reservers, policy, pods: int, first: int = 0) -> list:
+    import asyncio
+
+    from airflow_gpu_webhook.core.decision import Decision
+
+    admitted = Decision.allow("admitted", tenant="forecasting")
+    return await asyncio.gather(*(reservers[i % len(reservers)](_review(_pod(policy, _uid(i), 1, name=f"p{i}")),
+                                                                 admitted, policy) for i in range(first, first + pods)))
+
+
+@pytest.mark.parametrize("replicas", [1, 2], ids=["one replica", "two replicas racing"])
+def test_a_burst_is_admitted_exactly_to_the_quota_in_few_rounds(api, policy, replicas):
+    """60 concurrent admissions of one GPU each against the tenant's 2-GPU quota: exactly 2
+    admitted, and far fewer ledger rounds than requests (the first round takes one request, the
+    next all that queued behind it)."""
+    import asyncio
+
+    assert policy.spec.tenants["forecasting"].quota["nvidia.com/gpu"] == 2
+    rounds: list[str] = []
+    decisions = asyncio.run(_admit(_reservers(api, policy, replicas, rounds), policy, 60))
+    assert sum(d.allowed for d in decisions) == 2
+    assert {d.reason for d in decisions if not d.allowed} == {"quota-exceeded"}
+    assert len(rounds) <= 6 * replicas, f"{len(rounds)} rounds for 60 requests: not batched"
+    assert len(_ledger_data(api)[0]) == 2
+
+
+def test_a_failing_round_answers_every_waiting_request_and_the_next_burst_starts_afresh(api, policy):
+    import asyncio
+
+    reserver = _reservers(api, policy, 1, [])[0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug in a round")
+
+    reserver.ledger.reserve_many = broken
+    with pytest.raises(RuntimeError, match="bug in a round"):
+        asyncio.run(_admit([reserver], policy, 10))
+    del reserver.ledger.reserve_many
+    assert sum(d.allowed for d in asyncio.run(_admit([reserver], policy, 10))) == 2
+
+
+def test_a_request_that_stopped_waiting_does_not_stall_the_others(api, policy):
+    import asyncio
+
+    from airflow_gpu_webhook.core.decision import Decision
+
+    reserver = _reservers(api, policy, 1, [])[0]
+    admitted = Decision.allow("admitted", tenant="forecasting")
+
+    async def scenario() -> list:
+        first = asyncio.ensure_future(reserver(_review(_pod(policy, _uid(0), 1, name="p0")), admitted, policy))
+        queued = asyncio.ensure_future(reserver(_review(_pod(policy, _uid(1), 1, name="p1")), admitted, policy))
+        await asyncio.sleep(0)
+        queued.cancel()   # the API server gave up on this call
+        later = await _admit([reserver], policy, 1, first=2)
+        return [await first, *later]
+
+    assert [d.allowed for d in asyncio.run(scenario())] == [True, True], "2 GPUs: the cancelled one held none"
+
+
+# --- the ledger cache: a round reads the API server only after its copy lost a race ----------
+def test_with_a_live_cache_one_replica_writes_without_reading(api, policy):
+    from airflow_gpu_webhook.cluster.ledger import LedgerCache
+
+    ledger = _ledger(api, policy, cache=LedgerCache(), cache_live=lambda: True)
+    decisions = [ledger.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU) for i in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert (api.reads, api.writes) == (0, 5), "its own writes keep its copy current"
+
+
+def test_a_stale_copy_loses_the_swap_and_is_read_again_once(api, policy):
+    """Replica B's copy is behind A's writes (its watch has not delivered them): B's write is
+    refused, B reads the ledger once, counts A's reservations and denies: the quota holds
+    exactly. Its copy is then current, and its next round reads nothing."""
+    from airflow_gpu_webhook.cluster.ledger import LedgerCache
+
+    a = _ledger(api, policy, cache=LedgerCache(), cache_live=lambda: True)
+    b = _ledger(api, policy, cache=LedgerCache(), cache_live=lambda: True)
+    assert b.reserve("forecasting", QUOTA, _uid(0), "airflow/p0", ONE_GPU).allowed
+    for i in range(1, 5):
+        assert a.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU).allowed
+    reads, conflicts = api.reads, api.conflicts
+    decision = b.reserve("forecasting", QUOTA, _uid(5), "airflow/p5", ONE_GPU)
+    assert (decision.allowed, decision.reason) == (False, "quota-exceeded")
+    assert (api.reads - reads, api.conflicts - conflicts) == (1, 1)
+    assert sorted(_ledger_data(api)[0]) == sorted(_uid(i) for i in range(5))
+    reads, conflicts = api.reads, api.conflicts
+    assert b.reserve("forecasting", QUOTA, _uid(4), "airflow/p4", ONE_GPU).allowed   # a retry replaces its own
+    assert (api.reads - reads, api.conflicts - conflicts) == (0, 0)
+
+
+def test_a_late_watch_event_never_replaces_a_newer_copy():
+    from airflow_gpu_webhook.cluster.ledger import LedgerCache
+
+    cache = LedgerCache()
+    cache.offer({"metadata": {"name": "l", "resourceVersion": "7"}, "data": {"x": "new"}})
+    cache.apply("MODIFIED", {"metadata": {"name": "l", "resourceVersion": "5"}, "data": {"x": "old"}})
+    assert cache.get("l")["data"] == {"x": "new"}
+    cache.apply("DELETED", {"metadata": {"name": "l", "resourceVersion": "8"}})
+    assert cache.get("l") is None

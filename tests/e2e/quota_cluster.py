@@ -160,11 +160,12 @@ class Replicas:
     """Two tracked replicas sharing one certificate, behind one balancer, registered. The second
     reaches the API server through ``second_kubeconfig`` when given (a :class:`WatchProxy`)."""
 
-    def __init__(self, cp: ControlPlane, tmp: Path, second_kubeconfig: Path | None = None) -> None:
-        self.cp, self.tmp, self.policy = cp, tmp, quota_policy(tmp)
-        self.args = ("--track-usage", "--kubeconfig", str(cp.kubeconfig), "--ledger-namespace", "default",
-                     "--reservation-grace", str(GRACE))
-        self.second_args = self.args if second_kubeconfig is None else (
+    def __init__(self, cp: ControlPlane, tmp: Path, second_kubeconfig: Path | None = None, *,
+                 policy: Path | None = None, tracked: bool = True) -> None:
+        self.cp, self.tmp, self.policy = cp, tmp, policy or quota_policy(tmp)
+        self.args: tuple[str, ...] = ("--track-usage", "--kubeconfig", str(cp.kubeconfig), "--ledger-namespace",
+                                      "default", "--reservation-grace", str(GRACE)) if tracked else ()
+        self.second_args = self.args if second_kubeconfig is None or not tracked else (
             "--track-usage", "--kubeconfig", str(second_kubeconfig), *self.args[3:])
         self.first = RegisteredWebhook(cp, tmp / "a", self.args, self.policy)
         self.second = self._replica("b")

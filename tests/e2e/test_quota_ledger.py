@@ -58,7 +58,8 @@ def test_a_burst_of_100_creates_over_two_replicas_admits_exactly_the_quota(repli
         for log in (replicas.first.server.log, replicas.second.log):   # both replicas really took part
             assert "reason=quota-exceeded" in log.read_text()
         written = [ledger_rounds(server, "written") for server in (replicas.first.server, replicas.second)]
-        assert sum(written) == QUOTA, f"one ledger write per admitted pod, per replica: {written}"
+        # a write records a batch (group commit): at most one per admitted pod, at least one
+        assert 1 <= sum(written) <= QUOTA, f"ledger writes per replica: {written}"
 
         replicas.restart()   # usage rebuilt from the cluster: still full
         assert "used: 5, limited: 5" in create(core, f"after-restart-{uuid.uuid4().hex[:6]}")

@@ -28,6 +28,19 @@ The rules, so that no replica, however far its watch lags, can be fooled:
    validating webhooks' time, at most their timeouts): otherwise a slow create could be
    pruned as a ghost before it is stored.
 
+A round reads the ledger from this replica's cache (a watch of the ledger ConfigMaps, and the
+objects its own writes returned), not from the API server: the compare-and-swap makes a stale
+copy safe (the write is refused), and only then is the ConfigMap read from the API server once.
+One replica alone thus makes one API call per round, as ResourceQuota's admission does with its
+informer.
+
+Group commit: the reservations of one tenant that arrive while a round is in flight wait for
+it, then go together in the next round: one read, one check in arrival order (each request
+against the usage, the unseen reservations and the requests admitted before it in the batch),
+one write. As Kubernetes' ResourceQuota admission batches a namespace's admissions into one
+quota-status write, a burst then costs a few rounds, not one round per pod; a conflict
+re-reads and re-checks the whole batch once per lost race.
+
 If the ledger cannot be written within the deadline, the pod is denied with a retryable
 message (code 503): admitting without a record could over-admit; the client may simply retry.
 Dry runs reserve nothing (the validating configuration says ``sideEffects: NoneOnDryRun``), and
@@ -41,9 +54,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,10 +68,12 @@ from .tracker import UsageBook, resource_version, version_number
 from .wiring import DEFAULT_GRACE
 
 if TYPE_CHECKING:
+    import asyncio
+
     from kubernetes.client import CoreV1Api
 
-__all__ = ["DEFAULT_GRACE", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger", "LedgerUnavailable",
-           "QuotaReserver", "identity_problem"]
+__all__ = ["DEFAULT_GRACE", "LEDGER_SELECTOR", "MAX_BATCH", "PRUNE_KINDS", "ROUND_RESULTS", "WATCH_WAIT", "Ledger",
+           "LedgerCache", "LedgerUnavailable", "QuotaReserver", "Reservation", "identity_problem"]
 
 log = logging.getLogger("gpu_webhook.ledger")
 
@@ -76,6 +92,8 @@ PRUNE_KINDS = ("confirmed", "ghost")
 #: Direct GETs of unseen pods per round, so a round stays within its deadline.
 _GETS_PER_ROUND = 4
 _KEY, _PRUNED = "reservations", "prunedThrough"
+#: The label every ledger ConfigMap carries; the cache's watch selects on it.
+LEDGER_SELECTOR = "gpu.platform/ledger=true"
 _UNSAFE = re.compile(r"[^a-z0-9-]")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -147,6 +165,15 @@ def identity_problem(namespace: str, name: str, uid: str) -> Violation | None:
                                               f"is creating: send this review through the API server")
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """One pod's request for quota: its uid (the ledger key), ``ns/name`` and charge."""
+
+    uid: str
+    pod: str
+    charge: ResourceList
+
+
 def _reserved(reservations: Mapping[str, Any]) -> ResourceList:
     total: ResourceList = {}
     for reservation in reservations.values():
@@ -158,6 +185,36 @@ def _decode(current: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
     data = (current or {}).get("data") or {}
     reservations = json.loads(data.get(_KEY) or "{}")
     return ({uid: r for uid, r in reservations.items() if isinstance(r, dict)}, version_number(data.get(_PRUNED)))
+
+
+class LedgerCache:
+    """The ledger ConfigMaps as this replica last saw them: fed by a watch (the same interface as
+    the usage book: ``apply``, ``replace_all``) and by the objects its own writes returned. Only
+    newer objects replace older ones, so a late watch event never hides this replica's write."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[str, Any]] = {}
+
+    def apply(self, event: str, obj: Mapping[str, Any]) -> None:
+        name = str(obj.get("metadata", {}).get("name", ""))
+        with self._lock:
+            if event == "DELETED":
+                self._objects.pop(name, None)
+            elif resource_version(obj) >= resource_version(self._objects.get(name, {})):
+                self._objects[name] = dict(obj)
+
+    def offer(self, obj: Mapping[str, Any]) -> None:
+        """What a write or a direct read returned."""
+        self.apply("MODIFIED", obj)
+
+    def replace_all(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._objects = {str(o.get("metadata", {}).get("name", "")): dict(o) for o in objs}
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get(name)
 
 
 @dataclass
@@ -181,28 +238,41 @@ class Ledger:
     _behind: int = 0
     #: Since when (``clock``) the watch has been behind, or None when it is not.
     _behind_since: float | None = None
+    #: The ledger objects as last seen, and whether that view is live (its watch synced); without
+    #: one, every round reads the API server.
+    cache: LedgerCache | None = None
+    cache_live: Callable[[], bool] = lambda: False
+    #: Ledgers whose cached copy lost a compare-and-swap: their next round reads the API server.
+    _stale: set[str] = field(default_factory=set)
 
     def reserve(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str, charge: ResourceList) -> Decision:
-        """Admit the pod with a recorded reservation, or deny it (quota, watch behind, ledger unavailable)."""
+        """Admit one pod with a recorded reservation, or deny it (see :meth:`reserve_many`)."""
+        return self.reserve_many(tenant, quota, [Reservation(uid, pod, charge)])[0]
+
+    def reserve_many(self, tenant: str, quota: Mapping[str, Decimal],
+                     requests: Sequence[Reservation]) -> list[Decision]:
+        """Admit each request with a recorded reservation, or deny it (quota, watch behind,
+        ledger unavailable), in rounds that each read and write the tenant's ledger once for
+        the whole batch: one decision per request, in order."""
         give_up = time.monotonic() + self.deadline
         attempts = 0
         while time.monotonic() < give_up:
             attempts += 1
             try:
-                decision = self._try(tenant, quota, uid, pod, charge)
+                decisions = self._try(tenant, quota, requests)
             except LedgerUnavailable as err:
                 log.info("ledger attempt %d for tenant %s: %s", attempts, tenant, err)
                 self.counted("unavailable")
                 time.sleep(min(0.05 * attempts, 0.25))
                 continue
-            self.counted("conflict" if decision is None else "written" if decision.allowed else
-                         "watch-behind" if decision.reason == Reason.WATCH_BEHIND else "over-quota")
-            if decision is not None:
-                return decision
-        return Decision.deny([Violation(Reason.LEDGER_UNAVAILABLE,
+            self.counted(_round_result(decisions))
+            if decisions is not None:
+                return decisions
+        late = Decision.deny([Violation(Reason.LEDGER_UNAVAILABLE,
                                         f"gpu-webhook could not record the GPU quota reservation of tenant {tenant} in "
                                         f"time ({attempts} attempts); this is temporary: retry")],
-                        code=503, tenant=tenant)
+                             code=503, tenant=tenant)
+        return [late] * len(requests)
 
     def _confirm(self, reservations: dict[str, Any], now: float) -> tuple[dict[str, str], int]:
         """Which reservations may leave the ledger ({uid: kind}), and the highest version at
@@ -234,56 +304,95 @@ class Ledger:
             self.watch.restart(f"behind the quota ledger for {RESTART_BEHIND:g} s (at {self.watch.reached}, "
                                f"the ledger at {pruned_through})")
 
-    def _try(self, tenant: str, quota: Mapping[str, Decimal], uid: str, pod: str,
-             charge: ResourceList) -> Decision | None:
-        """One read-check-write round; None means "lost a race, go again"."""
-        from kubernetes.client.rest import ApiException
-
+    def _try(self, tenant: str, quota: Mapping[str, Decimal],
+             requests: Sequence[Reservation]) -> list[Decision] | None:
+        """One read-check-write round for a batch; None means "lost a race, go again"."""
         name = f"gpu-webhook-ledger-{_UNSAFE.sub('-', tenant.lower())}"[:253]
-        current = self._read(name)
+        current = self._current(name)
         reservations, pruned_through = _decode(current)
-        wait = 0.0 if self.watch.reached < self._behind else WATCH_WAIT
-        if not self.watch.wait_reached(pruned_through, wait):
-            self._behind = pruned_through
-            self._restart_if_stalled(pruned_through)
-            return Decision.deny([Violation(Reason.WATCH_BEHIND,
-                                            f"gpu-webhook's view of the cluster's pods is behind the quota ledger of "
-                                            f"tenant {tenant} (it has not yet seen pods another replica counted), so "
-                                            f"it cannot check the quota; this is temporary: retry")],
-                                 code=503, tenant=tenant)
-        self._behind_since = None
+        behind = self._watch_behind(tenant, pruned_through)
+        if behind is not None:
+            return [behind] * len(requests)
         now = self.clock()
-        reservations.pop(uid, None)   # a retried admission replaces its own reservation
+        for request in requests:
+            reservations.pop(request.uid, None)   # a retried admission replaces its own reservation
         gone, through = self._confirm(reservations, now)
         for ruid in gone:
             del reservations[ruid]
         unseen = {ruid: r for ruid, r in reservations.items() if not self.book.seen(ruid)}
         used = add(self.book.usage().get(tenant, {}), _reserved(unseen))
-        exceeded = exceeded_lines(tenant, quota, charge, used)
-        if exceeded:
-            return Decision.deny([Violation(Reason.QUOTA_EXCEEDED, e.message()) for e in exceeded], tenant=tenant)
-        reservations[uid] = {"charge": {k: format_quantity(v) for k, v in charge.items()}, "at": round(now, 3),
-                             "pod": pod}
-        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": self.namespace,
-                             "labels": {"app.kubernetes.io/name": "gpu-webhook", "gpu.platform/ledger": "true"}},
-                "data": {_KEY: json.dumps(reservations, sort_keys=True),
-                         _PRUNED: str(max(pruned_through, through))}}
+        decisions: list[Decision] = []
+        for request in requests:
+            exceeded = exceeded_lines(tenant, quota, request.charge, used)
+            if exceeded:
+                decisions.append(Decision.deny([Violation(Reason.QUOTA_EXCEEDED, e.message()) for e in exceeded],
+                                               tenant=tenant))
+                continue
+            used = add(used, request.charge)
+            reservations[request.uid] = {"charge": {k: format_quantity(v) for k, v in request.charge.items()},
+                                         "at": round(now, 3), "pod": request.pod}
+            decisions.append(Decision.allow(Reason.ADMITTED, tenant=tenant))
+        if not any(d.allowed for d in decisions):
+            return decisions   # nothing to record: the quota is full for every request
+        if not self._write(name, current, reservations, max(pruned_through, through)):
+            self._stale.add(name)
+            return None
+        for kind in gone.values():
+            self.pruned(kind)
+        return decisions
+
+    def _watch_behind(self, tenant: str, pruned_through: int) -> Decision | None:
+        """The 503 of rule 2 when this replica's watch has not reached ``prunedThrough`` in time."""
+        wait = 0.0 if self.watch.reached < self._behind else WATCH_WAIT
+        if self.watch.wait_reached(pruned_through, wait):
+            self._behind_since = None
+            return None
+        self._behind = pruned_through
+        self._restart_if_stalled(pruned_through)
+        return Decision.deny([Violation(Reason.WATCH_BEHIND,
+                                        f"gpu-webhook's view of the cluster's pods is behind the quota ledger of "
+                                        f"tenant {tenant} (it has not yet seen pods another replica counted), so "
+                                        f"it cannot check the quota; this is temporary: retry")],
+                             code=503, tenant=tenant)
+
+    def _write(self, name: str, current: Mapping[str, Any] | None, reservations: Mapping[str, Any],
+               pruned_through: int) -> bool:
+        """Create or compare-and-swap the ledger; False when another replica wrote first."""
+        from kubernetes.client.rest import ApiException
+
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "labels": {"app.kubernetes.io/name": "gpu-webhook", "gpu.platform/ledger": "true"}},
+            "data": {_KEY: json.dumps(reservations, sort_keys=True), _PRUNED: str(pruned_through)}}
         try:
             if current is None:
-                self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=2)
+                written = self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=2,
+                                                                 _preload_content=False)
             else:
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-                self.core.replace_namespaced_config_map(name, self.namespace, body, _request_timeout=2)
+                written = self.core.replace_namespaced_config_map(name, self.namespace, body, _request_timeout=2,
+                                                                  _preload_content=False)
         except ApiException as err:
             if err.status == 409:   # another replica wrote first (or created it): read again
-                return None
+                return False
             raise LedgerUnavailable(f"write failed: {err.status} {err.reason}") from None
         except Exception as err:  # noqa: BLE001 - network trouble is "unavailable", not a crash
             raise LedgerUnavailable(f"write failed: {err}") from None
-        for kind in gone.values():
-            self.pruned(kind)
-        return Decision.allow(Reason.ADMITTED, tenant=tenant)
+        if self.cache is not None:
+            self.cache.offer(json.loads(written.data))
+        return True
+
+    def _current(self, name: str) -> dict[str, Any] | None:
+        """The ledger as this replica's cache has it, or as the API server has it when there is
+        no live cache or the cached copy just lost a compare-and-swap."""
+        if self.cache is not None and self.cache_live() and name not in self._stale:
+            return self.cache.get(name)
+        current = self._read(name)
+        self._stale.discard(name)
+        if self.cache is not None and current is not None:
+            self.cache.offer(current)
+        return current
 
     def _get_pod(self, where: str) -> dict[str, Any] | None:
         """The pod ``ns/name`` as the API server has it now (a quorum read), or None if absent."""
@@ -310,18 +419,52 @@ def _read_or_none(what: str, read: Callable[..., Any], name: str, namespace: str
         raise LedgerUnavailable(f"{what} failed: {err}") from None
 
 
+#: At most this many requests in one round: bounds a round's time and its ledger write.
+MAX_BATCH = 100
+
+
+@dataclass
+class _Waiting:
+    """A request queued for its tenant's next round, and where its decision goes."""
+
+    request: Reservation
+    quota: Mapping[str, Decimal]
+    answer: Any   # asyncio.Future[Decision]
+
+    def settle(self, decision: Decision | None = None, error: BaseException | None = None) -> None:
+        """Answer the request, unless it stopped waiting (the API server's call timed out)."""
+        if self.answer.done():
+            return
+        if error is not None:
+            self.answer.set_exception(error)
+        else:
+            self.answer.set_result(decision)
+
+
+def _round_result(decisions: Sequence[Decision] | None) -> str:
+    """How a round ended, for :data:`ROUND_RESULTS`: a round that recorded any reservation was written."""
+    if decisions is None:
+        return "conflict"
+    if any(d.allowed for d in decisions):
+        return "written"
+    return "watch-behind" if decisions and decisions[0].reason == Reason.WATCH_BEHIND else "over-quota"
+
+
 class QuotaReserver:
     """The async edge of the ledger for the validating route: one reservation per admitted,
-    quota-bound, non-dry-run pod; requests of one tenant queue on a lock in this replica (so
-    they never race each other), and the blocking API calls run on a worker thread."""
+    quota-bound, non-dry-run pod. One round per tenant is in flight in this replica at a time
+    (its requests never race each other); the requests that arrive meanwhile queue, and the
+    next round takes them all (group commit, see the module). The blocking API calls run on a
+    worker thread."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._locks: dict[str, Any] = {}
+        #: Per tenant with a round in flight: the requests waiting for the next round.
+        self._queues: dict[str, list[_Waiting]] = {}
+        #: The running rounds: the loop keeps only weak references to tasks (asyncio.ensure_future).
+        self._rounds_running: set[asyncio.Future[None]] = set()
 
     async def __call__(self, review: ReviewedPod, decision: Decision, policy: Policy) -> Decision:
-        import asyncio
-
         from ..core.pod import metadata
         from ..core.quota import pod_charge, touches_quota
 
@@ -342,13 +485,52 @@ class QuotaReserver:
         if problem is not None:
             refused = Decision.deny([problem], code=400, profile=decision.profile, tenant=decision.tenant)
             return refused.as_warning() if policy.spec.enforcement == "warn" else refused
-        lock = self._locks.setdefault(decision.tenant, asyncio.Lock())
-        async with lock:
-            reserved = await asyncio.to_thread(self.ledger.reserve, decision.tenant, quota, uid,
-                                               f"{review.namespace}/{name}", charged)
+        reserved = await self._queued(decision.tenant, quota, Reservation(uid, f"{review.namespace}/{name}", charged))
         reserved = self._with_holders(replace(reserved, profile=decision.profile,
                                               warnings=decision.warnings + reserved.warnings))
         return reserved.as_warning() if policy.spec.enforcement == "warn" else reserved
+
+    async def _queued(self, tenant: str, quota: Mapping[str, Decimal], request: Reservation) -> Decision:
+        """This request's decision, from the next round of its tenant (started here if none is in flight)."""
+        import asyncio
+
+        waiting = _Waiting(request, quota, asyncio.get_running_loop().create_future())
+        queue = self._queues.get(tenant)
+        if queue is not None:
+            queue.append(waiting)
+        else:
+            self._queues[tenant] = [waiting]
+            rounds = asyncio.ensure_future(self._rounds(tenant))
+            self._rounds_running.add(rounds)
+            rounds.add_done_callback(self._rounds_running.discard)
+        return await waiting.answer
+
+    async def _rounds(self, tenant: str) -> None:
+        """Rounds for ``tenant`` until its queue is empty; each takes the requests queued so far
+        that share the first one's quota (a reload between them starts a new batch)."""
+        import asyncio
+
+        queue = self._queues[tenant]
+        try:
+            while queue:
+                # a request whose call timed out is dropped: reserving for it would hold quota for a ghost
+                batch = [w for w in queue if not w.answer.done()]
+                quota = batch[0].quota if batch else {}
+                batch = [w for w in batch if w.quota == quota][:MAX_BATCH]
+                queue[:] = [w for w in queue if not w.answer.done() and not any(w is b for b in batch)]
+                if not batch:
+                    continue
+                try:
+                    decisions = await asyncio.to_thread(self.ledger.reserve_many, tenant, quota,
+                                                        [w.request for w in batch])
+                except Exception as err:  # noqa: BLE001 - each waiting request answers the error
+                    for w in batch:
+                        w.settle(error=err)
+                else:
+                    for w, d in zip(batch, decisions, strict=True):
+                        w.settle(d)
+        finally:
+            del self._queues[tenant]
 
     def _with_holders(self, decision: Decision, top: int = 3) -> Decision:
         """A quota denial also names who holds the quota, so the author knows whom to ask."""

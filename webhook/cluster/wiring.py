@@ -91,11 +91,14 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
     from kubernetes import client
 
     from ..core.nodes import NodeBook
-    from .ledger import PRUNE_KINDS, ROUND_RESULTS, Ledger, QuotaReserver
+    from .ledger import LEDGER_SELECTOR, PRUNE_KINDS, ROUND_RESULTS, Ledger, LedgerCache, QuotaReserver
     from .tracker import PodWatch, UsageBook
 
     book, nodes = UsageBook(policy), NodeBook()
     watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
+    ledgers = LedgerCache()
+    ledger_watch = PodWatch(api, ledgers, selector=LEDGER_SELECTOR,
+                            path=f"/api/v1/namespaces/{ledger_namespace}/configmaps")
 
     def usage() -> dict[str, ResourceList] | None:
         return book.usage() if watch.synced.is_set() else None
@@ -104,14 +107,16 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
         return (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
 
     def stop() -> None:
-        watch.stop()
-        node_watch.stop()
+        for watching in (watch, node_watch, ledger_watch):
+            watching.stop()
 
     reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
                                    counted=metrics.ledger_counter(ROUND_RESULTS),
-                                   pruned=metrics.ledger_pruned_counter(PRUNE_KINDS)))
-    metrics.follow_tracking(usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set})
-    watch.start()
-    node_watch.start()
+                                   pruned=metrics.ledger_pruned_counter(PRUNE_KINDS),
+                                   cache=ledgers, cache_live=ledger_watch.synced.is_set))
+    metrics.follow_tracking(usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set,
+                                    "ledger": ledger_watch.synced.is_set})
+    for watching in (watch, node_watch, ledger_watch):
+        watching.start()
     return Tracking(usage=usage, nodes=offers, ready=watch.synced.is_set, reserve=reserve,
                     apply_policy=book.set_policy, stop=stop)

@@ -1,0 +1,283 @@
+"""GPU pod creates per second through the real API server: the webhook against Kubernetes' own
+admission, in one run on the project's control plane.
+
+N creates of an Airflow GPU pod from C concurrent clients, C in {1, 20, 100}, for each scenario:
+
+- ``none``: no admission control; the pod is already mutated (the webhook's patch applied offline);
+- ``cpu+webhook``: an unlabelled CPU pod with the webhook registered: the pass-through path
+  (the webhook configurations' CEL conditions never send it);
+- ``resourcequota``: Kubernetes' built-in ResourceQuota on ``requests.nvidia.com/gpu`` in the
+  namespace, same pre-mutated pod;
+- ``ledger``: the webhook, 2 replicas with ``--track-usage`` (the quota ledger), mutating the
+  Airflow pod as it comes;
+- ``no-ledger``: the webhook, 2 replicas without ``--track-usage``.
+
+The client is one asyncio task per concurrent creator over ``httpx`` with C kept-alive
+connections; its own CPU per create is measured (the thread's CPU time) and printed, to show it
+is not the bottleneck. The two replicas sit behind the tests' round-robin TCP relay (in this
+process, off the measured thread), as in the quota e2e suites. Pods are left Pending: the
+scheduler is stopped for the run (the GPU nodes exist, for the webhook's capacity check) so that
+only admission and storage are measured.
+
+Exactness: after the throughput runs, 200 creates at C=100 against a quota that admits 50 (in
+each of ``resourcequota`` and ``ledger``) must admit exactly 50.
+
+    python -m benchmarks.admission [--pods 1000] [--clients 1,20,100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import orjson
+import yaml
+
+from benchmarks.core import ROOT, case
+
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from airflow_gpu_webhook.core.mutate import decide_mutation  # noqa: E402
+from airflow_gpu_webhook.core.policy import load_policy  # noqa: E402
+from tests.e2e.controlplane import ControlPlane, build  # noqa: E402
+from tests.e2e.quota_cluster import Replicas  # noqa: E402
+
+#: Throughput: tenant forecasting (namespace airflow, dag nightly_*) with room for every create.
+THROUGHPUT_CASE, THROUGHPUT_NAMESPACE = "kpo_nightly_a100", "airflow"
+#: Exactness: tenant vision (namespace ml-jobs), two GPUs a pod, a quota of 100 GPUs: 50 pods.
+EXACT_CASE, EXACT_NAMESPACE, EXACT_GPUS, EXACT_CREATES = "kpo_h100_count2", "ml-jobs", 100, 200
+PLAIN_NAMESPACE = "bench-plain"
+
+
+def _policy(tmp: Path) -> Path:
+    data = yaml.safe_load((ROOT / "manifests" / "policy.yaml").read_text())
+    data["spec"]["tenants"]["forecasting"]["quota"] = {"nvidia.com/gpu": 10_000_000, "gpuEquivalent": 10_000_000}
+    data["spec"]["tenants"]["vision"]["quota"] = {"nvidia.com/gpu": EXACT_GPUS, "gpuEquivalent": EXACT_GPUS}
+    path = tmp / "policy.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _mutated(case_id: str, namespace: str, policy: Path) -> dict[str, Any]:
+    """The pod as the webhook would leave it: the patch of the pure mutation, applied offline."""
+    pod = case(case_id)["pod"]
+    decision = decide_mutation(pod, namespace, load_policy(policy))
+    return jsonpatch.apply_patch(pod, list(decision.patch)) if decision.patch else pod
+
+
+def _cpu_pod() -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"app": "bench"}},
+            "spec": {"containers": [{"name": "base", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}}]}}
+
+
+class Creator:
+    """C creators on one event loop, each on its own kept-alive HTTPS connection, as the admin.
+
+    HTTP/1.1 is written by hand (a request line, four headers, the body with its name filled in,
+    and a reader for Content-Length or chunked answers): httpx spent 1.4-3 ms of CPU per create
+    here, as much as the API server's own admission, so it measured itself; this client spends
+    a small fraction of that (printed with every row)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        pki = cp.dir / "pki"
+        self.host, self.port = "127.0.0.1", int(cp.server.rsplit(":", 1)[1])
+        self.tls = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        self.tls.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+
+    def run(self, namespace: str, pod: dict[str, Any], creates: int, clients: int) -> dict[str, Any]:
+        return asyncio.run(self._run(namespace, pod, creates, clients))
+
+    async def _run(self, namespace: str, pod: dict[str, Any], creates: int, clients: int) -> dict[str, Any]:
+        prefix = uuid.uuid4().hex[:6]
+        body = orjson.dumps({**pod, "metadata": {**pod["metadata"], "name": f"b-{prefix}-NNNNNNNN",
+                                                   "namespace": namespace}})
+        head = (f"POST /api/v1/namespaces/{namespace}/pods HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Content-Type: application/json\r\nAccept: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        latencies: list[float] = []
+        outcomes = {"admitted": 0, "denied": 0, "error": 0}
+        reasons: dict[str, int] = {}
+        todo = iter(range(creates))
+        connections = [await asyncio.open_connection(self.host, self.port, ssl=self.tls) for _ in range(clients)]
+
+        async def creator(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for i in todo:
+                started = time.perf_counter()
+                writer.write(head + body.replace(b"NNNNNNNN", b"%08d" % i))
+                status, answer = await _response(reader)
+                latencies.append(time.perf_counter() - started)
+                outcomes["admitted" if status == 201 else "denied" if status == 403 else "error"] += 1
+                if status != 201:
+                    why = f"{status} {orjson.loads(answer).get('message', '')[:160]}"
+                    reasons[why] = reasons.get(why, 0) + 1
+
+        cpu, wall = time.thread_time(), time.perf_counter()
+        await asyncio.gather(*(creator(*pair) for pair in connections))
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+        for _, writer in connections:
+            writer.close()
+        latencies.sort()
+        return {"pods_s": creates / wall, "p50_ms": 1000 * statistics.median(latencies),
+                "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))], "client_cpu_ms": 1000 * cpu / creates,
+                **outcomes, "reasons": reasons}
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 response: its status and body (Content-Length or chunked)."""
+    header = await reader.readuntil(b"\r\n\r\n")
+    status = int(header[9:12])
+    lowered = header.lower()
+    if b"transfer-encoding: chunked" in lowered:
+        chunks = []
+        while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+            chunks.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readuntil(b"\r\n")
+        return status, b"".join(chunks)
+    length = int(lowered.split(b"content-length:")[1].split(b"\r\n")[0])
+    return status, await reader.readexactly(length)
+
+
+def _namespace(cp: ControlPlane, name: str) -> None:
+    cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+def _clear(cp: ControlPlane, namespace: str) -> None:
+    """Delete every pod of the namespace (Pending, unbound: gone at once) and wait until none is left."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cp.api_client())
+    core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+    deadline = time.monotonic() + 120
+    while core.list_namespaced_pod(namespace, limit=1).items:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pods of {namespace} were not deleted")
+        time.sleep(0.5)
+
+
+def _resource_quota(cp: ControlPlane, namespace: str, gpus: int) -> None:
+    """A ResourceQuota on requests.nvidia.com/gpu with its status set, as the controller manager
+    (absent from the testbed) would: admission then counts against ``status.used``."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(cp.api_client())
+    hard = {"requests.nvidia.com/gpu": str(gpus)}
+    for old in core.list_namespaced_resource_quota(namespace).items:
+        core.delete_namespaced_resource_quota(old.metadata.name, namespace)
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "gpu"}, "spec": {"hard": hard}})
+    core.replace_namespaced_resource_quota_status("gpu", namespace, {
+        "metadata": {"name": "gpu", "resourceVersion": core.read_namespaced_resource_quota("gpu", namespace)
+                     .metadata.resource_version},
+        "spec": {"hard": hard}, "status": {"hard": hard, "used": {"requests.nvidia.com/gpu": "0"}}})
+
+
+@contextmanager
+def _webhook(cp: ControlPlane, tmp: Path, policy: Path, tracked: bool) -> Iterator[Replicas]:
+    replicas = Replicas(cp, tmp, policy=policy, tracked=tracked)
+    try:
+        replicas.first.register()
+        yield replicas
+        replicas.first.unregister()
+    finally:
+        replicas.stop()
+
+
+def _ledger_rounds(replicas: Replicas) -> dict[str, float]:
+    import re
+
+    rounds: dict[str, float] = {}
+    for server in (replicas.first.server, replicas.second):
+        for result, value in re.findall(r'^gpu_webhook_ledger_rounds_total\{result="([^"]+)"\} (\S+)$',
+                                        server.client.get("/metrics").text, re.M):
+            rounds[result] = rounds.get(result, 0) + float(value)
+    return rounds
+
+
+def run(creates: int, clients: list[int], echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every scenario at every C, then the two exactness runs; one control plane, one run."""
+    with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp_name, ControlPlane(build()) as cp:
+        tmp = Path(tmp_name)
+        cp.create_gpu_nodes()   # the webhook's node-capacity check needs them; kwok keeps them Ready
+        cp.components.pop("kube-scheduler").kill()   # Pending pods only: admission and storage are measured
+        policy = _policy(tmp)
+        for name in (THROUGHPUT_NAMESPACE, EXACT_NAMESPACE, PLAIN_NAMESPACE, "analytics"):
+            _namespace(cp, name)
+        creator, results = Creator(cp), {}
+        ready = _mutated(THROUGHPUT_CASE, THROUGHPUT_NAMESPACE, policy)
+        airflow = case(THROUGHPUT_CASE)["pod"]
+
+        def measure(scenario: str, namespace: str, pod: dict[str, Any]) -> None:
+            for c in clients:
+                creator.run(namespace, pod, min(50, creates), c)   # warm connections and caches
+                _clear(cp, namespace)
+                results[(scenario, c)] = row = creator.run(namespace, pod, creates, c)
+                echo(f"{scenario:14} C={c:<3} {row['pods_s']:7.1f} pods/s  p50 {row['p50_ms']:6.1f} ms  "
+                     f"p99 {row['p99_ms']:6.1f} ms  client {row['client_cpu_ms']:.3f} ms CPU/create  "
+                     f"admitted {row['admitted']} denied {row['denied']} errors {row['error']}")
+                for why, count in row["reasons"].items():
+                    echo(f"    {count} x {why}")
+                _clear(cp, namespace)
+
+        measure("none", PLAIN_NAMESPACE, ready)
+        _resource_quota(cp, PLAIN_NAMESPACE, 10_000_000)
+        measure("resourcequota", PLAIN_NAMESPACE, ready)
+        _resource_quota(cp, PLAIN_NAMESPACE, EXACT_GPUS)
+        exact_ready = _mutated(EXACT_CASE, EXACT_NAMESPACE, policy)
+        results["exact resourcequota"] = creator.run(PLAIN_NAMESPACE, exact_ready, EXACT_CREATES, 100)
+        _clear(cp, PLAIN_NAMESPACE)
+        with _webhook(cp, tmp / "plain", policy, tracked=False) as _:
+            measure("cpu+webhook", PLAIN_NAMESPACE, _cpu_pod())
+            measure("no-ledger", THROUGHPUT_NAMESPACE, airflow)
+        with _webhook(cp, tmp / "tracked", policy, tracked=True) as replicas:
+            measure("ledger", THROUGHPUT_NAMESPACE, airflow)
+            results["ledger rounds"] = _ledger_rounds(replicas)
+            results["exact ledger"] = creator.run(EXACT_NAMESPACE, case(EXACT_CASE)["pod"], EXACT_CREATES, 100)
+        for name in ("exact resourcequota", "exact ledger"):
+            row = results[name]
+            echo(f"{name}: {row['admitted']} admitted of {EXACT_CREATES} (quota: {EXACT_GPUS // 2}), "
+                 f"{row['denied']} denied, {row['error']} errors")
+        return results
+
+
+def report(results: dict[str, Any], clients: list[int]) -> str:
+    """Markdown: each scenario's pods/s and p99 per C, and the ledger's ratios to ResourceQuota."""
+    lines = ["| scenario | " + " | ".join(f"C={c}: pods/s, p50 / p99 ms" for c in clients) + " |",
+             "| --- |" + " ---: |" * len(clients)]
+    for scenario in ("none", "cpu+webhook", "resourcequota", "ledger", "no-ledger"):
+        cells = [f"{r['pods_s']:.0f}, {r['p50_ms']:.0f} / {r['p99_ms']:.0f}"
+                 for r in (results[(scenario, c)] for c in clients)]
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    ratios = [f"C={c}: {results[('ledger', c)]['pods_s'] / results[('resourcequota', c)]['pods_s']:.2f}x pods/s, "
+              f"{results[('ledger', c)]['p99_ms'] / results[('resourcequota', c)]['p99_ms']:.2f}x p99" for c in clients]
+    lines += ["", "ledger / resourcequota: " + "; ".join(ratios)]
+    exact = {k: results[f"exact {k}"]["admitted"] for k in ("resourcequota", "ledger")}
+    lines.append(f"exact admission, {EXACT_CREATES} creates at C=100 against room for {EXACT_GPUS // 2}: "
+                 f"resourcequota {exact['resourcequota']}, ledger {exact['ledger']}")
+    lines.append(f"ledger rounds: {results['ledger rounds']}")
+    client_cpu = max(r["client_cpu_ms"] for k, r in results.items() if isinstance(k, tuple))
+    lines.append(f"client CPU: at most {client_cpu:.3f} ms per create")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=1000, help="creates per scenario and C (default 1000)")
+    parser.add_argument("--clients", default="1,20,100", help="concurrent creators, comma-separated")
+    args = parser.parse_args(argv)
+    clients = [int(c) for c in args.clients.split(",")]
+    print(report(run(args.pods, clients), clients))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

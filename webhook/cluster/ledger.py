@@ -517,7 +517,8 @@ class QuotaReserver:
                 batch = [w for w in queue if not w.answer.done()]
                 quota = batch[0].quota if batch else {}
                 batch = [w for w in batch if w.quota == quota][:MAX_BATCH]
-                queue[:] = [w for w in queue if not w.answer.done() and not any(w is b for b in batch)]
+                taken = {id(w) for w in batch}
+                queue[:] = [w for w in queue if not w.answer.done() and id(w) not in taken]
                 if not batch:
                     continue
                 try:

@@ -1,8 +1,10 @@
 """The pure decision's speed on Airflow-built pods, against a JSON parse of the same review.
 
-Target: the decision takes at most 50 us per Airflow GPU pod. The baseline (orjson parsing the
-AdmissionReview the decision reads) is work every webhook must do, so the ratio says what the
-decision costs on top of merely reading its input.
+Target: the decision takes at most 50 us per Airflow GPU pod, as rules are added. The baseline
+(orjson parsing the AdmissionReview the decision reads) is work every webhook must do, so the
+ratio says what the decision costs on top of merely reading its input. The validating decision
+is also timed step by step (the rows starting with "validate:"), so a new rule's cost shows on
+its own row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jsonpatch
 import orjson
 
 from airflow_gpu_webhook.core.mutate import decide_mutation
-from airflow_gpu_webhook.core.policy import load_policy
+from airflow_gpu_webhook.core.policy import Policy, load_policy
 from airflow_gpu_webhook.core.validate import decide_validation
 from airflow_gpu_webhook.server.admission import mutate
 from airflow_gpu_webhook.server.review import parse_review, review_response
@@ -49,6 +51,27 @@ def per_call_us(fn: Callable[[], object], seconds: float = 1.0) -> float:
     return sorted(runs)[2]
 
 
+def validation_steps(mutated: dict, policy: Policy) -> dict[str, Callable[[], object]]:
+    """The steps of :func:`decide_validation` on the mutated GPU pod, each alone, in its order."""
+    from airflow_gpu_webhook.core import validate
+    from airflow_gpu_webhook.core.plan import plan_gpu, scope_of
+    from airflow_gpu_webhook.core.pod import gpu_containers
+    from airflow_gpu_webhook.core.quota import charge, exceeded_lines, gpu_request
+    from airflow_gpu_webhook.core.rules import security_violations
+
+    plan = plan_gpu(mutated, "airflow", policy)
+    containers = gpu_containers(mutated)
+    quota = policy.spec.tenants[plan.tenant].quota
+    return {
+        "validate: scope and GPU containers": lambda: (scope_of(mutated, policy), gpu_containers(mutated)),
+        "validate: security rules (every route to a GPU)": lambda: security_violations(mutated, policy, True),
+        "validate: plan (profile, count, tenant, target)": lambda: plan_gpu(mutated, "airflow", policy),
+        "validate: drift from the plan (the mutation re-run)": lambda: validate._drift(mutated, plan, policy),
+        "validate: quota (charge, exceeded lines)": lambda: exceeded_lines(
+            plan.tenant, quota, charge(gpu_request(containers), plan.profile, policy), {}),
+    }
+
+
 def run() -> list[tuple[str, float, float]]:
     policy = load_policy(ROOT / "manifests" / "policy.yaml")
     gpu, cpu = case(GPU_CASE), case(CPU_CASE)
@@ -62,6 +85,7 @@ def run() -> list[tuple[str, float, float]]:
                                                             decide_validation(cpu["pod"], "airflow", policy, {})),
         "whole /mutate handler without HTTP (parse + decide + encode)": lambda: orjson.dumps(
             review_response("u", mutate(parse_review(gpu_body), policy))),
+        **validation_steps(mutated, policy),
     }
     rows = [("baseline: orjson.loads of the GPU pod's AdmissionReview", baseline, 1.0)]
     for name, fn in scenarios.items():

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client, config
@@ -196,11 +197,12 @@ class Replicas:
         self.balancer.stop()
 
 
-def serving(cp: ControlPlane, tmp: Path, second_kubeconfig: Path | None = None) -> Iterator[Replicas]:
-    """Replicas registered for the duration (the tenant namespaces created), then unregistered and stopped."""
+def serving(cp: ControlPlane, tmp: Path, second_kubeconfig: Path | None = None, **options: Any) -> Iterator[Replicas]:
+    """Replicas registered for the duration (the tenant namespaces created), then unregistered and
+    stopped; ``options`` as :class:`Replicas` takes them."""
     for name in TENANT_NAMESPACES:
         cp.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    started = Replicas(cp, tmp, second_kubeconfig)
+    started = Replicas(cp, tmp, second_kubeconfig, **options)
     try:
         started.first.register()
         yield started

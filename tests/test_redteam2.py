@@ -1,0 +1,132 @@
+"""Red team, second pass (pure and render-level): the Helm chart's namespaces and Airflow pool routing.
+
+The ledger and the tenant-facing e2e cases are in tests/e2e/test_redteam2.py. Each test here is
+written as the attack; a strict xfail is a hole still open, explained in its docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helm import Helm, build_helm
+
+from conftest import POLICY_FILE, ROOT
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(build_helm(), tmp_path_factory.mktemp("helm"))
+
+
+# ----------------------------------------------------------------------------- the chart's namespaces
+@pytest.mark.parametrize("namespace", ["airflow", "ml-jobs"])
+def test_the_chart_cannot_be_installed_into_a_namespace_where_tenants_create_gpu_pods(helm, namespace) -> None:
+    """The release's namespace is always excluded from both webhooks (the webhook's own pods must
+    not wait on it). Installed with ``-n airflow`` (next to Airflow, as people do), that excluded
+    the reference policy's tenant namespace: every pod a tenant with ``edit`` creates there got
+    GPUs with no profile, quota or security rule, and nothing said so. Now the render fails."""
+    done = helm.run("template", "gpu-webhook", str(ROOT / "charts" / "airflow-gpu-webhook"), "--namespace", namespace)
+    assert done.returncode != 0, "rendered a namespaceSelector that excludes a tenant namespace"
+    assert f"the policy's tenants create GPU pods in \"{namespace}\"" in done.stderr, done.stderr
+
+
+def test_the_chart_cannot_be_installed_into_default(helm) -> None:
+    """``helm install`` without ``--namespace`` puts the release in ``default`` (or the context's
+    namespace): ``default`` was then excluded, and whoever may create pods there escaped every rule."""
+    done = helm.run("template", "gpu-webhook", str(ROOT / "charts" / "airflow-gpu-webhook"), "--namespace", "default")
+    assert done.returncode != 0
+    assert "this release is in \"default\"" in done.stderr, done.stderr
+
+
+def test_excluded_namespaces_cannot_list_a_tenant_namespace(helm) -> None:
+    error = helm.template_error("--set", "webhooks.excludedNamespaces={kube-system,ml-jobs}")
+    assert "webhooks.excludedNamespaces lists \"ml-jobs\"" in error, error
+
+
+@pytest.mark.parametrize("ledger, says", [
+    pytest.param("ml-jobs", "a namespace whose users may write ConfigMaps", id="a tenant namespace"),
+    pytest.param("default", "a namespace whose users may write ConfigMaps", id="default"),
+    pytest.param("gpu-webhook", "the release's namespace", id="the release's own namespace"),
+])
+def test_the_ledger_cannot_live_where_others_write_configmaps(helm, ledger, says) -> None:
+    """The webhook trusts every ConfigMap labelled ``gpu.platform/ledger=true`` in the ledger
+    namespace (its cache watches them) and the reservations in them. In a tenant's namespace,
+    ``edit`` may replace them: erase reservations (over-admission in the window before the pod
+    watch sees the pods) or set ``prunedThrough`` past any version (every quota-bound pod of that
+    tenant a 503, forever). The chart rendered that without a word; now it refuses."""
+    error = helm.template_error("--set", f"trackUsage.ledgerNamespace={ledger}", "--set",
+                                "trackUsage.createLedgerNamespace=false")
+    assert says in error, error
+
+
+def test_the_default_render_still_passes_the_namespace_checks(helm) -> None:
+    objs = helm.template()
+    assert any(o["kind"] == "ValidatingWebhookConfiguration" for o in objs)
+
+
+# ----------------------------------------------------------------------------- Airflow pools
+SQUAT = textwrap.dedent("""
+    import json
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.standard.operators.python import PythonOperator
+    from airflow.sdk import DAG
+    from airflow_gpu_webhook.airflow.policy import task_policy
+
+    # A DAG of tenant forecasting (nightly_ prefix) naming vision's GPU pool with all its slots.
+    with DAG("nightly_squat", schedule=None):
+        cpu = PythonOperator(task_id="hog", python_callable=lambda: None, pool="gpu-vision", pool_slots=48)
+        gpu = KubernetesPodOperator(task_id="unrouted", image="t", namespace="{{ var.value.ns }}", pool="gpu-vision",
+                                    pool_slots=48, labels={"gpu.platform/profile": "a100-mig-1g.10gb"})
+        own = KubernetesPodOperator(task_id="routed", image="t", namespace="airflow", pool="gpu-vision",
+                                    labels={"gpu.platform/profile": "a100-mig-1g.10gb"})
+    out = {}
+    for task in (cpu, gpu, own):
+        try:
+            task_policy(task)
+            out[task.task_id] = [task.pool, task.pool_slots]
+        except Exception as err:
+            out[task.task_id] = type(err).__name__
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def squat(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    tmp = tmp_path_factory.mktemp("squat")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__GPU_WEBHOOK__POLICY_FILE=str(POLICY_FILE))
+    done = subprocess.run([sys.executable, "-c", SQUAT], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_routed_gpu_task_naming_another_tenants_pool_goes_to_its_own(squat) -> None:
+    """Held: a GPU task the policy can route is charged and pooled as its own tenant, whatever pool it names."""
+    assert squat["routed"] == ["gpu-forecasting", 1]
+
+
+@pytest.mark.xfail(strict=True, reason="hole: any task the policy does not route keeps a GPU pool of another "
+                                       "tenant with the slots its DAG gives it (pool starvation)")
+def test_a_task_of_one_tenant_cannot_hold_another_tenants_gpu_pool(squat) -> None:
+    """Pools are a queue, and Airflow pools have no owner: any DAG author may name any pool. The
+    cluster policy re-routes only the GPU tasks whose tenant it can tell at parse time; every
+    other task keeps the pool its DAG names. So a forecasting DAG (or any DAG in the shared
+    Airflow) puts a PythonOperator, or a KubernetesPodOperator with a templated namespace, into
+    ``gpu-vision`` with ``pool_slots=48`` (the whole pool) and sleeps: every vision GPU task then
+    waits in "scheduled" for as long as it likes. The webhook still charges the squatter's pod to
+    its own tenant (no quota is stolen, no GPU is handed out), but vision's GPU tasks never start.
+
+    What would close it (a policy choice, so not made here): a task may sit in ``gpu-<tenant>``
+    or a tenant's ``airflowPools`` only when the policy routed it to that tenant; any other task
+    naming such a pool is refused at parse time (``AirflowClusterPolicyViolation``) or moved to
+    ``default_pool``. That also takes the pool away from a tenant's own unroutable tasks (a
+    templated namespace, a requester-matched policy), which today may name their pool by hand."""
+    assert squat["hog"] != ["gpu-vision", 48]
+    assert squat["unrouted"] != ["gpu-vision", 48]

@@ -6,12 +6,12 @@ written as the attack; a strict xfail is a hole still open, explained in its doc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from helm import Helm, build_helm
@@ -130,3 +130,148 @@ def test_a_task_of_one_tenant_cannot_hold_another_tenants_gpu_pool(squat) -> Non
     templated namespace, a requester-matched policy), which today may name their pool by hand."""
     assert squat["hog"] != ["gpu-vision", 48]
     assert squat["unrouted"] != ["gpu-vision", 48]
+
+
+# ----------------------------------------------------------------------------- the ledger's queue
+def test_a_review_whose_caller_went_away_is_not_reserved(tmp_path) -> None:
+    """The group commit drops a queued request "whose call the API server gave up on"
+    (docs/quota.md), but only a cancelled coroutine counts as given up, and uvicorn never cancels
+    a handler when its client disconnects: it only marks the connection. So when the API server's
+    5 s timeout expires while a request waits behind its tenant's round (failurePolicy Fail: the
+    create is refused), the next round reserved for it anyway: a ghost holding the tenant's quota
+    for the grace, and one per timed-out call in a burst. Driven here through the real ASGI app
+    and the real QuotaReserver: round 1 is held open, the second request's client disconnects
+    while it is queued; it must never reach a round."""
+    import asyncio
+    import threading
+
+    import orjson
+
+    from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+    from airflow_gpu_webhook.core.decision import Decision, Reason
+    from airflow_gpu_webhook.core.policy import load_policy
+    from airflow_gpu_webhook.server.app import Runtime, create_app
+
+    policy = load_policy(POLICY_FILE)
+    release = threading.Event()
+    rounds: list[list[str]] = []
+
+    class HeldLedger:
+        book = SimpleBook()
+
+        def reserve_many(self, tenant, quota, requests):
+            rounds.append([r.pod for r in requests])
+            release.wait(5)
+            return [Decision.allow(Reason.ADMITTED, tenant=tenant) for _ in requests]
+
+    reserver = QuotaReserver(HeldLedger())  # type: ignore[arg-type]
+
+    async def reserve(review, decision, policy_):
+        # what the validating step hands the reserver for an admitted, quota-bound GPU pod
+        admitted = Decision.allow(Reason.ADMITTED, tenant="forecasting")
+        return await reserver(review, admitted, policy_)
+
+    app = create_app(Runtime(policy, reserve=reserve))
+
+    def body(name: str, uid: str) -> bytes:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "airflow", "uid": uid},
+               "spec": {"containers": [{"name": "base", "image": "t",
+                                        "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+        return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                             "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                                         "operation": "CREATE", "namespace": "airflow", "object": pod}})
+
+    async def call(name: str, uid: str, gone: asyncio.Event) -> list[dict]:
+        sent: list[dict] = []
+        messages = [{"type": "http.request", "body": body(name, uid), "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/validate", "headers": [
+            (b"content-type", b"application/json")], "state": {}}
+        await app(scope, receive, send)
+        return sent
+
+    async def scenario() -> None:
+        stay, leave = asyncio.Event(), asyncio.Event()
+        first = asyncio.ensure_future(call("p0", "00000000-0000-4000-8000-000000000000", stay))
+        while not rounds:
+            await asyncio.sleep(0.01)   # round 1 (p0) is in flight and held
+        second = asyncio.ensure_future(call("p1", "00000000-0000-4000-8000-000000000001", leave))
+        await asyncio.sleep(0.05)       # p1 is queued behind it
+        leave.set()                     # the API server gave up on p1's call and closed the connection
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(first, 5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(second, 5)
+        stay.set()
+
+    asyncio.run(scenario())
+    assert rounds[0] == ["airflow/p0"]
+    assert all("airflow/p1" not in r for r in rounds), f"reserved for a call nobody waits for: {rounds}"
+
+
+class SimpleBook:
+    def holders(self, tenant):
+        return []
+
+
+def test_uvicorn_reports_a_closed_connection_to_a_waiting_reservation() -> None:
+    """The fix above rests on uvicorn's behaviour: once the body is read, ``receive()`` returns
+    ``http.disconnect`` when the client closes the connection (and the handler is never
+    cancelled). Checked against the real uvicorn (httptools, as ``serve`` runs it)."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from airflow_gpu_webhook.server.app import _unless_disconnected
+
+    outcome: dict[str, object] = {}
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await receive()   # the body
+
+        async def forever():
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                outcome["cancelled"] = True
+                raise
+
+        outcome["result"] = await _unless_disconnected(forever(), receive)
+
+    async def scenario() -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning"))
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()   # what the API server does when its webhook timeout expires
+        for _ in range(200):
+            if "result" in outcome:
+                break
+            await asyncio.sleep(0.01)
+        server.should_exit = True
+        await serving
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert outcome == {"cancelled": True, "result": None}

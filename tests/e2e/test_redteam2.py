@@ -1,0 +1,128 @@
+"""Red team, second pass, on the real API server as a hostile tenant: a ServiceAccount holding the
+default ``edit`` role in ``airflow`` (where tenant forecasting's ``nightly_*`` pods run), against
+``serve --track-usage`` (the quota ledger and its watched cache).
+
+Render-level and pure cases (the chart's namespaces, the ledger's queue, Airflow pools) are in
+tests/test_redteam2.py. Everything here held; each docstring says what was tried.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from .conftest import airflow_pod, tenant_user
+
+pytestmark = pytest.mark.e2e
+
+TENANT_NS = "airflow"
+CASE = "kpo_nightly_a100"      # tenant forecasting (namespace airflow, dag_id nightly_*), 1 x nvidia.com/gpu
+LEDGER_NS = "default"          # where tracked_webhook keeps its ledger (tests/e2e/conftest.py)
+
+
+@pytest.fixture
+def tenant(controlplane, edit_role_ready, tracked_webhook, tmp_path) -> client.ApiClient:
+    return tenant_user(controlplane, TENANT_NS, tmp_path, name=f"rt2-{uuid.uuid4().hex[:6]}")
+
+
+def _poisoned_ledger(prunedThrough: str = "999999999999999") -> dict:
+    """What the webhook's ledger cache would take from a ConfigMap it watched: a reservation
+    filling the quota and a prunedThrough no watch ever reaches (every round a 503)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "gpu-webhook-ledger-forecasting",
+                         "labels": {"app.kubernetes.io/name": "gpu-webhook", "gpu.platform/ledger": "true"}},
+            "data": {"reservations": json.dumps({str(uuid.uuid4()): {"charge": {"nvidia.com/gpu": "100",
+                                                                                 "gpuEquivalent": "100"},
+                                                                      "at": time.time() + 10**9, "pod": "airflow/x"}}),
+                     "prunedThrough": prunedThrough}}
+
+
+def _create_admitted(core: client.CoreV1Api, prefix: str, deadline: float = 20.0) -> client.V1Pod:
+    """A forecasting GPU pod created as the tenant; retried while an earlier one still holds the quota."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return core.create_namespaced_pod(TENANT_NS, airflow_pod(CASE, f"{prefix}-{uuid.uuid4().hex[:6]}"))
+        except ApiException as err:
+            message = json.loads(err.body).get("message", "")
+            if time.monotonic() > give_up or not ("exceeded quota" in message or "retry" in message):
+                raise
+            time.sleep(0.5)
+
+
+def test_a_ledger_look_alike_in_the_tenants_namespace_is_not_read(tenant, tracked_webhook) -> None:
+    """The cache watches ConfigMaps labelled ``gpu.platform/ledger=true``: tried making one, with
+    the ledger's own name, a reservation of 100 GPUs and a prunedThrough no watch reaches, where
+    the tenant may write ConfigMaps (its namespace). The watch is scoped to the ledger namespace:
+    the next quota-bound pod is judged as before (admitted, no 503)."""
+    core = client.CoreV1Api(tenant)
+    core.create_namespaced_config_map(TENANT_NS, _poisoned_ledger())
+    try:
+        pod = _create_admitted(core, "rt2-lookalike")
+        assert pod.metadata.labels["gpu.platform/tenant"] == "forecasting"
+    finally:
+        core.delete_namespaced_config_map("gpu-webhook-ledger-forecasting", TENANT_NS)
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda core: core.create_namespaced_config_map(LEDGER_NS, _poisoned_ledger()), id="create a ledger"),
+    pytest.param(lambda core: core.replace_namespaced_config_map("gpu-webhook-ledger-forecasting", LEDGER_NS,
+                                                                 _poisoned_ledger()), id="replace the ledger"),
+    pytest.param(lambda core: core.patch_namespaced_config_map("gpu-webhook-ledger-forecasting", LEDGER_NS,
+                                                               {"data": {"reservations": "{}"}}), id="erase reservations"),
+    pytest.param(lambda core: core.delete_namespaced_config_map("gpu-webhook-ledger-forecasting", LEDGER_NS),
+                 id="delete the ledger"),
+    pytest.param(lambda core: core.list_namespaced_config_map(LEDGER_NS, watch=False), id="read the ledger"),
+])
+def test_the_tenant_cannot_touch_the_ledger(tenant, call) -> None:
+    with pytest.raises(ApiException) as denied:
+        call(client.CoreV1Api(tenant))
+    assert denied.value.status == 403
+
+
+def test_pod_status_updates_cannot_move_the_stamps(tenant) -> None:
+    """Status updates (``pods/status``) never reach the UPDATE check (docs/security.md), and the
+    API server's pod status strategy keeps the spec but not the labels. Tried removing the
+    accounting stamps through ``pods/status``: ``edit`` grants no update of ``pods/status``."""
+    core = client.CoreV1Api(tenant)
+    pod = _create_admitted(core, "rt2-status")
+    for body in ({"metadata": {"labels": {"gpu.platform/managed": None, "gpu.platform/tenant": None}}},
+                 {"metadata": {"labels": {"gpu.platform/tenant": "vision"}}}):
+        with pytest.raises(ApiException) as denied:
+            core.patch_namespaced_pod_status(pod.metadata.name, TENANT_NS, body)
+        assert denied.value.status == 403
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda api: client.CoreV1Api(api).create_namespaced_service_account_token(
+        "gpu-webhook-certgen", "gpu-webhook", {"spec": {"expirationSeconds": 600}}),
+        id="mint a token of the certgen hook's ServiceAccount"),
+    pytest.param(lambda api: client.CoreV1Api(api).create_namespaced_secret("gpu-webhook", {
+        "metadata": {"name": "gpu-webhook-tls"}, "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "", "tls.key": "", "ca.crt": ""}}), id="plant the serving Secret before certgen"),
+    pytest.param(lambda api: client.AdmissionregistrationV1Api(api).patch_validating_webhook_configuration(
+        "gpu-webhook", [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]),
+        id="patch the webhook configuration"),
+    pytest.param(lambda api: client.CoreV1Api(api).patch_namespace(TENANT_NS, {
+        "metadata": {"labels": {"gpu.platform/exempt": "true"}}}), id="label its namespace exempt"),
+    pytest.param(lambda api: client.CoreV1Api(api).create_namespace({
+        "metadata": {"name": f"rt2-{uuid.uuid4().hex[:6]}", "labels": {"gpu.platform/exempt": "true"}}}),
+        id="create an exempt namespace"),
+])
+def test_the_tenant_cannot_reach_the_charts_certificate_or_opt_out(controlplane, tenant, call) -> None:
+    """The certgen hook trusts whatever valid pair the serving Secret holds (it keeps it and puts
+    its CA into both webhook configurations), and its ServiceAccount may create Secrets and patch
+    the configurations. Tried from the tenant's namespace: each step needs rights in the
+    release's namespace or cluster scope that ``edit`` elsewhere does not give (the namespace
+    is made here so that a 403, not a 404, is what answers)."""
+    controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "gpu-webhook"}})
+    controlplane.apply({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": "gpu-webhook-certgen", "namespace": "gpu-webhook"}})
+    with pytest.raises(ApiException) as denied:
+        call(tenant)
+    assert denied.value.status == 403

@@ -1,6 +1,7 @@
 """Red team, second pass, on the real API server as a hostile tenant: a ServiceAccount holding the
 default ``edit`` role in ``airflow`` (where tenant forecasting's ``nightly_*`` pods run), against
-``serve --track-usage`` (the quota ledger and its watched cache).
+two ``serve --track-usage`` replicas behind a round-robin balancer (tests/e2e/quota_cluster.py:
+tenant forecasting's quota 5 x ``nvidia.com/gpu``, the ledger in ``default``, its watched cache).
 
 Render-level and pure cases (the chart's namespaces, the ledger's queue, Airflow pools) are in
 tests/test_redteam2.py. Everything here held; each docstring says what was tried.
@@ -11,12 +12,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from .conftest import airflow_pod, tenant_user
+from .controlplane import ControlPlane
+from .quota_cluster import QUOTA, Replicas, burst_client, finish, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +30,13 @@ CASE = "kpo_nightly_a100"      # tenant forecasting (namespace airflow, dag_id n
 LEDGER_NS = "default"          # where tracked_webhook keeps its ledger (tests/e2e/conftest.py)
 
 
+@pytest.fixture(scope="module")
+def replicas(controlplane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    yield from serving(controlplane, tmp_path_factory.mktemp("replicas"))
+
+
 @pytest.fixture
-def tenant(controlplane, edit_role_ready, tracked_webhook, tmp_path) -> client.ApiClient:
+def tenant(controlplane, edit_role_ready, replicas, tmp_path) -> client.ApiClient:
     return tenant_user(controlplane, TENANT_NS, tmp_path, name=f"rt2-{uuid.uuid4().hex[:6]}")
 
 
@@ -55,7 +65,7 @@ def _create_admitted(core: client.CoreV1Api, prefix: str, deadline: float = 20.0
             time.sleep(0.5)
 
 
-def test_a_ledger_look_alike_in_the_tenants_namespace_is_not_read(tenant, tracked_webhook) -> None:
+def test_a_ledger_look_alike_in_the_tenants_namespace_is_not_read(tenant) -> None:
     """The cache watches ConfigMaps labelled ``gpu.platform/ledger=true``: tried making one, with
     the ledger's own name, a reservation of 100 GPUs and a prunedThrough no watch reaches, where
     the tenant may write ConfigMaps (its namespace). The watch is scoped to the ledger namespace:
@@ -65,6 +75,7 @@ def test_a_ledger_look_alike_in_the_tenants_namespace_is_not_read(tenant, tracke
     try:
         pod = _create_admitted(core, "rt2-lookalike")
         assert pod.metadata.labels["gpu.platform/tenant"] == "forecasting"
+        finish(core, [pod.metadata.name])
     finally:
         core.delete_namespaced_config_map("gpu-webhook-ledger-forecasting", TENANT_NS)
 
@@ -91,6 +102,7 @@ def test_pod_status_updates_cannot_move_the_stamps(tenant) -> None:
     accounting stamps through ``pods/status``: ``edit`` grants no update of ``pods/status``."""
     core = client.CoreV1Api(tenant)
     pod = _create_admitted(core, "rt2-status")
+    finish(core, [pod.metadata.name])
     for body in ({"metadata": {"labels": {"gpu.platform/managed": None, "gpu.platform/tenant": None}}},
                  {"metadata": {"labels": {"gpu.platform/tenant": "vision"}}}):
         with pytest.raises(ApiException) as denied:
@@ -126,3 +138,52 @@ def test_the_tenant_cannot_reach_the_charts_certificate_or_opt_out(controlplane,
     with pytest.raises(ApiException) as denied:
         call(tenant)
     assert denied.value.status == 403
+
+
+def test_a_mixed_burst_by_the_tenant_over_two_replicas_never_exceeds_the_quota(controlplane, tenant) -> None:
+    """Group commit checks a batch in arrival order, each request against those admitted before
+    it. Tried a burst the batches must order: 60 concurrent creates by the tenant, 1-GPU and
+    2-GPU pods interleaved (a 2-GPU pod denied must not stop a later 1-GPU pod being checked
+    against the right sum), through both replicas. The GPUs held never exceed the quota (5),
+    and the quota is used: a denial leaves less room than the smallest pod it refused."""
+    core = burst_client(controlplane, tenant)
+    wait_free(core)
+
+    def create(i: int) -> tuple[str, int, str]:
+        count = 2 if i % 2 else 1
+        pod = airflow_pod(CASE, f"rt2-mix-{i}-{uuid.uuid4().hex[:6]}", complete_after=None)
+        pod["metadata"]["labels"]["gpu.platform/count"] = str(count)
+        try:
+            core.create_namespaced_pod(TENANT_NS, pod)
+            return pod["metadata"]["name"], count, "admitted"
+        except ApiException as err:
+            return pod["metadata"]["name"], count, json.loads(err.body)["message"]
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        outcomes = list(pool.map(create, range(60)))
+    admitted = [(name, count) for name, count, outcome in outcomes if outcome == "admitted"]
+    try:
+        held = sum(count for _, count in admitted)
+        refusals = {outcome for *_, outcome in outcomes if outcome != "admitted"}
+        assert held <= QUOTA, f"{held} GPUs admitted against a quota of {QUOTA}: {admitted}"
+        assert all("exceeded quota: tenant forecasting" in r or "retry" in r for r in refusals), refusals
+        if any("exceeded quota" in r and "requested: 1," in r for r in refusals):
+            assert held == QUOTA, f"a 1-GPU pod was refused with {QUOTA - held} GPU free"
+        else:
+            assert held >= QUOTA - 1, f"only {held} GPUs admitted: {refusals}"
+    finally:
+        finish(core, [name for name, _ in admitted])
+
+
+def wait_free(core: client.CoreV1Api, deadline: float = 30.0) -> None:
+    """Until a dry run of a 5-GPU pod passes: the earlier tests' pods have finished in every watch."""
+    give_up = time.monotonic() + deadline
+    while True:
+        pod = airflow_pod(CASE, f"rt2-probe-{uuid.uuid4().hex[:6]}")
+        pod["metadata"]["labels"]["gpu.platform/count"] = str(QUOTA)
+        try:
+            core.create_namespaced_pod(TENANT_NS, pod, dry_run="All")
+            return
+        except ApiException:
+            assert time.monotonic() < give_up, "the quota never came free"
+            time.sleep(0.5)

@@ -275,3 +275,27 @@ def test_uvicorn_reports_a_closed_connection_to_a_waiting_reservation() -> None:
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
     assert outcome == {"cancelled": True, "result": None}
+
+
+# ----------------------------------------------------------------------------- ledger names
+@pytest.mark.parametrize("first, second", [
+    pytest.param("Vision", "vision", id="case"),
+    pytest.param("team_a", "team-a", id="underscore and dash"),
+    pytest.param("team.a", "team a", id="dot and space"),
+])
+def test_two_tenants_never_share_a_quota_ledger(first, second) -> None:
+    """The ledger ConfigMap of a tenant is ``gpu-webhook-ledger-`` + its name lower-cased with
+    every other character than ``[a-z0-9-]`` made ``-``; tenant names are free strings. Two
+    tenants whose names map to one ConfigMap share reservations: each one's unseen reservations
+    count against the other (a burst of one refuses the other's pods with "exceeded quota"
+    while it holds nothing) and they share one ``prunedThrough``. Their accounting stamps stay
+    distinct (``safe_label_value`` adds a hash), so only the ledger merged them, silently. The
+    policy now refuses such names, naming both."""
+    from airflow_gpu_webhook.core.policy import PolicyError, parse_policy
+
+    data = json.loads(json.dumps(__import__("yaml").safe_load(POLICY_FILE.read_text())))
+    data["spec"]["tenants"] = {first: {"match": [{"namespace": "a"}], "quota": {"nvidia.com/gpu": 1}},
+                               second: {"match": [{"namespace": "b"}], "quota": {"nvidia.com/gpu": 1}}}
+    with pytest.raises((PolicyError, ValueError)) as refused:
+        parse_policy(data)
+    assert "quota ledger" in str(refused.value) and repr(first) in str(refused.value), str(refused.value)

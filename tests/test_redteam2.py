@@ -299,3 +299,52 @@ def test_two_tenants_never_share_a_quota_ledger(first, second) -> None:
     with pytest.raises((PolicyError, ValueError)) as refused:
         parse_policy(data)
     assert "quota ledger" in str(refused.value) and repr(first) in str(refused.value), str(refused.value)
+
+
+def test_a_batch_never_spans_a_policy_reload(policy) -> None:
+    """Held. Tried: a round of tenant forecasting in flight under quota 5, three requests queued
+    behind it, then a reload lowering the quota to 2 and three more requests. Had the next round
+    taken all six under the first one's quota, the three judged after the reload would have
+    been admitted against 5. The queue splits a batch where the quota changes: the old three go
+    under 5 (decided before the reload, as a pod admitted a moment earlier would be), the new
+    three are checked against 2 with the old ones counted, and refused."""
+    import asyncio
+    import threading
+    from decimal import Decimal as D
+
+    from test_ledger import QUOTA, ConfigMaps, _ledger, _uid
+
+    from airflow_gpu_webhook.cluster.ledger import QuotaReserver, Reservation
+
+    lowered = {"nvidia.com/gpu": D(2), "gpuEquivalent": D(2)}
+    one = {"nvidia.com/gpu": D(1), "gpuEquivalent": D(1)}
+    reserver = QuotaReserver(_ledger(ConfigMaps(), policy))
+    real = reserver.ledger.reserve_many
+    release, batches = threading.Event(), []
+
+    def held(tenant, quota, requests):
+        batches.append((dict(quota), [r.pod for r in requests]))
+        if len(batches) == 1:
+            release.wait(5)
+        return real(tenant, quota, requests)
+
+    reserver.ledger.reserve_many = held  # type: ignore[method-assign]
+
+    async def scenario() -> list:
+        def ask(i: int, quota: dict) -> asyncio.Future:
+            return asyncio.ensure_future(reserver._queued("forecasting", quota, Reservation(_uid(i), f"airflow/p{i}", one)))
+
+        first = ask(0, QUOTA)
+        while not batches:
+            await asyncio.sleep(0.01)
+        before = [ask(i, QUOTA) for i in (1, 2, 3)]
+        after = [ask(i, lowered) for i in (4, 5, 6)]   # the reload
+        await asyncio.sleep(0.05)
+        release.set()
+        return [await f for f in (first, *before, *after)]
+
+    decisions = asyncio.run(scenario())
+    assert [q["nvidia.com/gpu"] for q, _ in batches] == [D(5), D(5), D(2)]
+    assert [pods for _, pods in batches] == [["airflow/p0"], ["airflow/p1", "airflow/p2", "airflow/p3"],
+                                              ["airflow/p4", "airflow/p5", "airflow/p6"]]
+    assert [d.allowed for d in decisions] == [True] * 4 + [False] * 3

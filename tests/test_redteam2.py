@@ -348,3 +348,23 @@ def test_a_batch_never_spans_a_policy_reload(policy) -> None:
     assert [pods for _, pods in batches] == [["airflow/p0"], ["airflow/p1", "airflow/p2", "airflow/p3"],
                                               ["airflow/p4", "airflow/p5", "airflow/p6"]]
     assert [d.allowed for d in decisions] == [True] * 4 + [False] * 3
+
+
+def test_a_failed_certgen_run_leaves_no_service_account_that_may_patch_the_webhooks(helm) -> None:
+    """The certgen hook's ServiceAccount may create Secrets in the release's namespace and patch
+    both webhook configurations (cluster-scoped: failurePolicy, namespaceSelector, rules,
+    clientConfig). Its objects were deleted only on ``hook-succeeded``: a run that failed (an
+    image pull, an API hiccup past ``activeDeadlineSeconds``) left the ServiceAccount and its
+    ClusterRoleBinding behind, so anyone who may create pods or tokens in the release's
+    namespace could run as it and, e.g., widen the mutating webhook to every pod of
+    kube-system. Now the ServiceAccount and RBAC also go on ``hook-failed``; the Job stays for
+    its log."""
+    objs = helm.template()
+    hooks = {(o["kind"], o["metadata"]["name"]): o["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+             for o in objs if "helm.sh/hook" in (o["metadata"].get("annotations") or {})
+             and o["metadata"]["name"].endswith("-certgen")}
+    granted = {k: v for k, v in hooks.items() if k[0] != "Job"}
+    assert set(k[0] for k in granted) == {"ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                                          "ClusterRoleBinding"}
+    assert all("hook-failed" in policy for policy in granted.values()), granted
+    assert "hook-failed" not in hooks[("Job", "gpu-webhook-certgen")]

@@ -187,3 +187,30 @@ def wait_free(core: client.CoreV1Api, deadline: float = 30.0) -> None:
         except ApiException:
             assert time.monotonic() < give_up, "the quota never came free"
             time.sleep(0.5)
+
+
+def test_an_in_place_resize_cannot_add_gpus_after_admission(controlplane, tenant) -> None:
+    """``pods/resize`` (in-place pod resize) is a subresource neither webhook is called for, so
+    had it let a container's ``nvidia.com/gpu`` grow, a pod admitted with 1 GPU would hold more
+    than it was charged. Tried on an admitted pod, raising the GPU container's limit and request
+    to 4: the tenant (``edit``) may not patch ``pods/resize`` at all (403), and even a user who
+    may (the admin here, or a role that grants it) is refused by the API server's validation,
+    which resizes only CPU and memory (422)."""
+    core = client.CoreV1Api(tenant)
+    pod = _create_admitted(core, "rt2-resize")
+    try:
+        target = next(i for i, c in enumerate(pod.spec.containers)
+                      if (c.resources.limits or {}).get("nvidia.com/gpu"))
+        patch = {"spec": {"containers": [{"name": pod.spec.containers[target].name, "resources": {
+            "limits": {"nvidia.com/gpu": "4"}, "requests": {"nvidia.com/gpu": "4"}}}]}}
+        with pytest.raises(ApiException) as refused:
+            core.patch_namespaced_pod_resize(pod.metadata.name, TENANT_NS, patch)
+        assert refused.value.status == 403, refused.value.body
+        with pytest.raises(ApiException) as invalid:
+            client.CoreV1Api(controlplane.api_client()).patch_namespaced_pod_resize(pod.metadata.name, TENANT_NS,
+                                                                                    patch)
+        assert invalid.value.status == 422, invalid.value.body
+        now = core.read_namespaced_pod(pod.metadata.name, TENANT_NS)
+        assert now.spec.containers[target].resources.limits["nvidia.com/gpu"] == "1"
+    finally:
+        finish(core, [pod.metadata.name])

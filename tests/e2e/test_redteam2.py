@@ -214,3 +214,18 @@ def test_an_in_place_resize_cannot_add_gpus_after_admission(controlplane, tenant
         assert now.spec.containers[target].resources.limits["nvidia.com/gpu"] == "1"
     finally:
         finish(core, [pod.metadata.name])
+
+
+def test_pod_level_resources_cannot_ask_for_a_gpu_past_the_webhook(tenant) -> None:
+    """Pod-level ``spec.resources`` (beside the containers') is not read by the CEL conditions
+    or the quota. Tried a pod without the profile label asking for ``nvidia.com/gpu`` there: the
+    API server refuses any pod-level resource but CPU, memory and hugepages (422), so no GPU can
+    be asked for where the webhook does not look."""
+    core = client.CoreV1Api(tenant)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"rt2-podlevel-{uuid.uuid4().hex[:6]}"},
+           "spec": {"resources": {"limits": {"nvidia.com/gpu": "1", "cpu": "1"}},
+                    "containers": [{"name": "base", "image": "trainer"}]}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(TENANT_NS, pod)
+    assert refused.value.status == 422, refused.value.body
+    assert "nvidia.com/gpu" in json.loads(refused.value.body)["message"]

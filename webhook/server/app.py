@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..core.decision import Decision
+from ..core.decision import Decision, Reason
 from ..core.nodes import NodeOffer
 from ..core.pod import metadata
 from ..core.policy import Policy
@@ -199,12 +199,14 @@ class AdmissionEndpoints:
             return
         decision = decide(review)
         if step == "validate" and (reserve := self.runtime.reserve) is not None:
-            reserved = await _unless_disconnected(self._reserve(reserve, review, decision), receive)
-            if reserved is None:
+            if not (decision.allowed and decision.reason == Reason.ADMITTED and decision.tenant):
+                decision = await self._reserve(reserve, review, decision)   # answers at once: nothing to queue
+            elif (reserved := await _unless_disconnected(self._reserve(reserve, review, decision), receive)) is None:
                 log.info("step=validate uid=%s: the client went away while the quota reservation waited; "
                          "not reserved, no answer", review.uid)
                 return
-            decision = reserved
+            else:
+                decision = reserved
         body = orjson.dumps(review_response(review.uid, decision))
         seconds = time.perf_counter() - started
         self.runtime.metrics.observe(step, decision, seconds)

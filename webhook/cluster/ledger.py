@@ -62,7 +62,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.decision import Decision, Reason, Violation
-from ..core.policy import Policy
+from ..core.policy import Policy, ledger_name
 from ..core.quota import ResourceList, add, exceeded_lines, format_quantity
 from .tracker import UsageBook, resource_version, version_number
 from .wiring import DEFAULT_GRACE
@@ -94,7 +94,6 @@ _GETS_PER_ROUND = 4
 _KEY, _PRUNED = "reservations", "prunedThrough"
 #: The label every ledger ConfigMap carries; the cache's watch selects on it.
 LEDGER_SELECTOR = "gpu.platform/ledger=true"
-_UNSAFE = re.compile(r"[^a-z0-9-]")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _UID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -307,7 +306,7 @@ class Ledger:
     def _try(self, tenant: str, quota: Mapping[str, Decimal],
              requests: Sequence[Reservation]) -> list[Decision] | None:
         """One read-check-write round for a batch; None means "lost a race, go again"."""
-        name = f"gpu-webhook-ledger-{_UNSAFE.sub('-', tenant.lower())}"[:253]
+        name = ledger_name(tenant)
         current = self._current(name)
         reservations, pruned_through = _decode(current)
         behind = self._watch_behind(tenant, pruned_through)

@@ -33,6 +33,7 @@ __all__ = [
     "Profile",
     "Tenant",
     "TenantMatch",
+    "ledger_name",
     "load_policy",
     "parse_policy",
     "per_policy",
@@ -203,6 +204,15 @@ class Tenant(_Strict):
         return value
 
 
+_LEDGER_UNSAFE = re.compile(r"[^a-z0-9-]")
+
+
+def ledger_name(tenant: str) -> str:
+    """The ConfigMap holding ``tenant``'s quota reservations (webhook/cluster/ledger.py); the
+    policy refuses two tenants with the same one."""
+    return f"gpu-webhook-ledger-{_LEDGER_UNSAFE.sub('-', tenant.lower())}"[:253]
+
+
 class PolicySpec(_Strict):
     """Everything the webhook decides from. Field order follows the reference file."""
 
@@ -228,6 +238,18 @@ class PolicySpec(_Strict):
     #: Dynamic Resource Allocation claims (spec.resourceClaims): ``deny`` until DRA-backed
     #: profiles exist (issue 19), since a claimed GPU would bypass profiles and quota.
     resourceClaims: Literal["deny", "allow"] = "deny"
+
+    @field_validator("tenants")
+    @classmethod
+    def _one_ledger_each(cls, value: dict[str, Tenant]) -> dict[str, Tenant]:
+        owners: dict[str, str] = {}
+        for name in value:
+            other = owners.setdefault(ledger_name(name), name)
+            if other != name:
+                raise ValueError(f"tenants {other!r} and {name!r} would share one quota ledger ({ledger_name(name)}: "
+                                 f"names are lower-cased and every character other than a-z, 0-9 and - becomes -), "
+                                 f"so each one's reservations would count against the other; rename one")
+        return value
 
     @field_validator("hostPathAllowlist")
     @classmethod

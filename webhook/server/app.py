@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..core.decision import Decision
+from ..core.decision import Decision, Reason
 from ..core.nodes import NodeOffer
 from ..core.pod import metadata
 from ..core.policy import Policy
@@ -198,7 +199,14 @@ class AdmissionEndpoints:
             return
         decision = decide(review)
         if step == "validate" and (reserve := self.runtime.reserve) is not None:
-            decision = await self._reserve(reserve, review, decision)
+            if not (decision.allowed and decision.reason == Reason.ADMITTED and decision.tenant):
+                decision = await self._reserve(reserve, review, decision)   # answers at once: nothing to queue
+            elif (reserved := await _unless_disconnected(self._reserve(reserve, review, decision), receive)) is None:
+                log.info("step=validate uid=%s: the client went away while the quota reservation waited; "
+                         "not reserved, no answer", review.uid)
+                return
+            else:
+                decision = reserved
         body = orjson.dumps(review_response(review.uid, decision))
         seconds = time.perf_counter() - started
         self.runtime.metrics.observe(step, decision, seconds)
@@ -211,6 +219,36 @@ class AdmissionEndpoints:
         except Exception:  # an answer carrying the uid, never an allow by accident
             log.exception("quota reservation failed uid=%s", review.uid)
             return Decision.error(f"gpu-webhook failed to record the quota reservation (uid {review.uid}); retry")
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has gone away (the body is read: nothing else comes but that)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(work: Awaitable[Decision], receive: Receive) -> Decision | None:
+    """``work``'s decision, or None (``work`` cancelled) if the client disconnects first.
+
+    uvicorn never cancels a handler whose client went away; it only reports ``http.disconnect``
+    to ``receive``. The API server closes the connection when its webhook timeout expires (the
+    pod is then refused, failurePolicy Fail), so a reservation still queued behind its tenant's
+    round must be cancelled here: the queue drops a cancelled request (webhook/cluster/ledger.py),
+    instead of reserving for a create that no longer exists (a ghost holding the quota)."""
+    import asyncio
+
+    working = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((working, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if working.done():
+        return working.result()
+    working.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await working
+    return None
 
 
 def with_client_certificate(protocol: type[Any]) -> type[Any]:

@@ -79,8 +79,53 @@ that never run, so the webhook configurations refuse to render then.
 {{- toJson $mc -}}
 {{- end -}}
 
+{{/*
+The namespaces the policy's tenants match by name (`match[].namespace`): GPU pods are created
+there by tenants, so none of them may be excluded from the webhook (the release's namespace is
+excluded always) or hold the quota ledger (a tenant with `edit` there could rewrite it). Nor may
+`default`, where `helm install` without --namespace puts a release and where many users have
+`edit`. With policy.existingConfigMap the chart cannot read the policy: only `default` is checked.
+*/}}
+{{- define "gpu-webhook.tenantNamespaces" -}}
+{{- $found := list -}}
+{{- if not .Values.policy.existingConfigMap -}}
+{{- $spec := (include "gpu-webhook.policy" . | fromYaml).spec | default dict -}}
+{{- range $name, $tenant := ($spec.tenants | default dict) -}}
+{{- range $m := ($tenant.match | default list) -}}
+{{- if $m.namespace }}{{ $found = append $found (toString $m.namespace) }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson ($found | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{- define "gpu-webhook.checkNamespaces" -}}
+{{- $tenants := include "gpu-webhook.tenantNamespaces" . | fromJsonArray -}}
+{{- if eq .Release.Namespace "default" -}}
+{{- fail "the release's namespace is always excluded from the webhook, and this release is in \"default\" (helm install without --namespace): every pod created there would get GPUs with no profile, quota or security rule. Install into a namespace of its own: --namespace gpu-webhook --create-namespace" -}}
+{{- end -}}
+{{- if has .Release.Namespace $tenants -}}
+{{- fail (printf "the release's namespace is always excluded from the webhook, and the policy's tenants create GPU pods in %q: they would escape every rule and quota. Install into a namespace of its own: --namespace gpu-webhook --create-namespace" .Release.Namespace) -}}
+{{- end -}}
+{{- range (.Values.webhooks.excludedNamespaces | default list) -}}
+{{- if has . $tenants -}}
+{{- fail (printf "webhooks.excludedNamespaces lists %q, where the policy's tenants create GPU pods: they would escape every rule and quota. Exclude only namespaces whose pod creators you trust as cluster admins" .) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.trackUsage.enabled -}}
+{{- $ledger := .Values.trackUsage.ledgerNamespace -}}
+{{- if eq $ledger .Release.Namespace -}}
+{{- fail (printf "trackUsage.ledgerNamespace %q is the release's namespace: the webhook's ConfigMap write access would reach its own policy ConfigMap. Give the ledger a namespace of its own (default: gpu-webhook-ledger)" $ledger) -}}
+{{- end -}}
+{{- if or (eq $ledger "default") (has $ledger $tenants) -}}
+{{- fail (printf "trackUsage.ledgerNamespace %q is a namespace whose users may write ConfigMaps (default, or a tenant's): they could erase reservations (over-admission) or block every quota-bound pod. Give the ledger a namespace of its own" $ledger) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Namespaces never sent to the webhook: the release's own always. */}}
 {{- define "gpu-webhook.namespaceSelector" -}}
+{{- include "gpu-webhook.checkNamespaces" . -}}
 matchExpressions:
   - key: kubernetes.io/metadata.name
     operator: NotIn

@@ -430,7 +430,7 @@ def test_with_a_live_cache_one_replica_writes_without_reading(api, policy):
     ledger = _ledger(api, policy, cache=LedgerCache(), cache_live=lambda: True)
     decisions = [ledger.reserve("forecasting", QUOTA, _uid(i), f"airflow/p{i}", ONE_GPU) for i in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
-    assert (api.reads, api.writes) == (0, 5), "its own writes keep its copy current"
+    assert (api.reads, api.writes) == (1, 5), "its own writes keep its copy current; the one denial reads once"
 
 
 def test_a_stale_copy_loses_the_swap_and_is_read_again_once(api, policy):
@@ -463,3 +463,21 @@ def test_a_late_watch_event_never_replaces_a_newer_copy():
     assert cache.get("l")["data"] == {"x": "new"}
     cache.apply("DELETED", {"metadata": {"name": "l", "resourceVersion": "8"}})
     assert cache.get("l") is None
+
+
+def test_a_denial_read_from_a_stale_cache_is_confirmed_by_the_api_server(api, policy):
+    """The cache holds a ledger full of reservations the API server's copy no longer has (pruned
+    by another replica; this replica's ledger watch stalled). A write would have caught the stale
+    copy; a denial writes nothing, so it is read again before it is given: no false denial."""
+    from airflow_gpu_webhook.cluster.ledger import LedgerCache
+    from airflow_gpu_webhook.core.policy import ledger_name
+
+    cache, ended = LedgerCache(), []
+    held = {_uid(i): {"charge": {"nvidia.com/gpu": "1", "gpuEquivalent": "1"}, "at": time.time(), "pod": f"airflow/h{i}"}
+            for i in range(10, 15)}
+    cache.offer({"metadata": {"name": ledger_name("forecasting"), "resourceVersion": "1"},
+                 "data": {"reservations": json.dumps(held), "prunedThrough": "0"}})
+    ledger = _ledger(api, policy, cache=cache, cache_live=lambda: True, counted=ended.append)
+    assert ledger.reserve("forecasting", QUOTA, _uid(0), "airflow/p0", ONE_GPU).allowed
+    assert ended == ["recheck", "written"]
+    assert list(_ledger_data(api)[0]) == [_uid(0)]

@@ -186,7 +186,7 @@ def test_ledger_rounds_count_from_zero_by_how_they_ended():
         counted(result)
     text = metrics.exposition().decode()
     assert {r: sample(text, "gpu_webhook_ledger_rounds_total", result=r) for r in ROUND_RESULTS} == {
-        "written": 1, "over-quota": 0, "conflict": 2, "unavailable": 0, "watch-behind": 0}
+        "written": 1, "over-quota": 0, "conflict": 2, "recheck": 0, "unavailable": 0, "watch-behind": 0}
 
 
 def test_pruned_reservations_count_from_zero_by_how_they_left():

@@ -86,7 +86,7 @@ RESTART_BEHIND = 5.0
 #: How one read-check-write round can end: the reservation written, the quota full, another
 #: replica wrote first (read again), the API server did not answer (retry after a pause), or
 #: this replica's watch is behind the ledger (503).
-ROUND_RESULTS = ("written", "over-quota", "conflict", "unavailable", "watch-behind")
+ROUND_RESULTS = ("written", "over-quota", "conflict", "recheck", "unavailable", "watch-behind")
 #: How a reservation left the ledger: its pod confirmed (seen or fetched), or a ghost.
 PRUNE_KINDS = ("confirmed", "ghost")
 #: Direct GETs of unseen pods per round, so a round stays within its deadline.
@@ -264,9 +264,11 @@ class Ledger:
                 self.counted("unavailable")
                 time.sleep(min(0.05 * attempts, 0.25))
                 continue
+            if isinstance(decisions, str):   # go again: lost the swap, or a denial to confirm
+                self.counted(decisions)
+                continue
             self.counted(_round_result(decisions))
-            if decisions is not None:
-                return decisions
+            return decisions
         late = Decision.deny([Violation(Reason.LEDGER_UNAVAILABLE,
                                         f"gpu-webhook could not record the GPU quota reservation of tenant {tenant} in "
                                         f"time ({attempts} attempts); this is temporary: retry")],
@@ -304,10 +306,12 @@ class Ledger:
                                f"the ledger at {pruned_through})")
 
     def _try(self, tenant: str, quota: Mapping[str, Decimal],
-             requests: Sequence[Reservation]) -> list[Decision] | None:
-        """One read-check-write round for a batch; None means "lost a race, go again"."""
+             requests: Sequence[Reservation]) -> list[Decision] | str:
+        """One read-check-write round for a batch: its decisions, or why to go again: "conflict"
+        (another replica wrote first) or "recheck" (a denial read from the cache, which may be
+        stale: a write would have caught that, a denial writes nothing, so it is read again)."""
         name = ledger_name(tenant)
-        current = self._current(name)
+        current, cached = self._current(name)
         reservations, pruned_through = _decode(current)
         behind = self._watch_behind(tenant, pruned_through)
         if behind is not None:
@@ -331,11 +335,14 @@ class Ledger:
             reservations[request.uid] = {"charge": {k: format_quantity(v) for k, v in request.charge.items()},
                                          "at": round(now, 3), "pod": request.pod}
             decisions.append(Decision.allow(Reason.ADMITTED, tenant=tenant))
+        if cached and not all(d.allowed for d in decisions):
+            self._stale.add(name)
+            return "recheck"
         if not any(d.allowed for d in decisions):
             return decisions   # nothing to record: the quota is full for every request
         if not self._write(name, current, reservations, max(pruned_through, through)):
             self._stale.add(name)
-            return None
+            return "conflict"
         for kind in gone.values():
             self.pruned(kind)
         return decisions
@@ -382,16 +389,16 @@ class Ledger:
             self.cache.offer(json.loads(written.data))
         return True
 
-    def _current(self, name: str) -> dict[str, Any] | None:
-        """The ledger as this replica's cache has it, or as the API server has it when there is
-        no live cache or the cached copy just lost a compare-and-swap."""
+    def _current(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+        """The ledger as this replica's cache has it (and True), or as the API server has it when
+        there is no live cache or the cached copy lost a swap or must confirm a denial."""
         if self.cache is not None and self.cache_live() and name not in self._stale:
-            return self.cache.get(name)
+            return self.cache.get(name), True
         current = self._read(name)
         self._stale.discard(name)
         if self.cache is not None and current is not None:
             self.cache.offer(current)
-        return current
+        return current, False
 
     def _get_pod(self, where: str) -> dict[str, Any] | None:
         """The pod ``ns/name`` as the API server has it now (a quorum read), or None if absent."""
@@ -440,10 +447,8 @@ class _Waiting:
             self.answer.set_result(decision)
 
 
-def _round_result(decisions: Sequence[Decision] | None) -> str:
-    """How a round ended, for :data:`ROUND_RESULTS`: a round that recorded any reservation was written."""
-    if decisions is None:
-        return "conflict"
+def _round_result(decisions: Sequence[Decision]) -> str:
+    """How a final round ended, for :data:`ROUND_RESULTS`: one that recorded any reservation was written."""
     if any(d.allowed for d in decisions):
         return "written"
     return "watch-behind" if decisions and decisions[0].reason == Reason.WATCH_BEHIND else "over-quota"

@@ -98,6 +98,7 @@ def task_policy(task: Any) -> None:
     """Raise ``AirflowClusterPolicyViolation`` when the webhook would refuse a pod of ``task``; else route
     it to its tenant's GPU pool."""
     if not _is_kpo(task) and _pod_override(task) is None:
+        _leave_gpu_pool(task)
         return
     policy = _configured_policy()
     if policy is None:
@@ -151,6 +152,7 @@ def _assign_pool(task: Any, pods: list[_TaskPod], policy: Any) -> None:
     chosen = task_pool(known, task.pool, policy) if len(known) == len(pods) else None
     if chosen is None:
         log.debug("task %s: GPU pool not assigned at parse time; the webhook judges its pod", task.task_id)
+        _leave_gpu_pool(task, policy)
         return
     if task.pool != chosen.pool:
         log.debug("task %s: pool %s -> %s (%d slots)", task.task_id, task.pool, chosen.pool, chosen.slots)
@@ -158,6 +160,29 @@ def _assign_pool(task: Any, pods: list[_TaskPod], policy: Any) -> None:
     for problem in _pool_problems(chosen.pool, policy):
         log.warning("[gpu-webhook] task %r in DAG %r waits in GPU pool %s: %s", task.task_id, task.dag_id,
                     chosen.pool, problem)
+
+
+def _leave_gpu_pool(task: Any, policy: Any = None) -> None:
+    """A task the policy did not route to a tenant may not sit in a tenant's GPU pool: any DAG
+    author may name any pool, and a task holding ``gpu-vision``'s slots would starve vision's GPU
+    tasks. It goes to ``default_pool`` with one slot, and the DAG processor log says why. This
+    includes a tenant's own GPU task whose tenant is known only at run time (docs/pools.md)."""
+    from .pools import DEFAULT_POOL, POOL_PREFIX, policy_pools
+
+    if not str(task.pool or "").startswith(POOL_PREFIX):
+        return   # cheap test first: most tasks of a DAG file name no GPU pool
+    policy = policy or _configured_policy()
+    if policy is None or task.pool not in {p.name for p in policy_pools(policy)}:
+        return
+    from airflow.configuration import conf
+
+    if not conf.getboolean(CONF_SECTION, ASSIGN_POOLS, fallback=True):
+        return
+    log.warning("[gpu-webhook] task %r in DAG %r names GPU pool %s, but its GPU tenant cannot be told when the "
+                "DAG is parsed (not a GPU task, or a namespace or profile known only at run time): it waits in "
+                "%s instead; only tasks the policy routes there may use a tenant's GPU pool",
+                task.task_id, task.dag_id, task.pool, DEFAULT_POOL)
+    task.pool, task.pool_slots = DEFAULT_POOL, 1
 
 
 def _pool_problems(name: str, policy: Any) -> list[str]:

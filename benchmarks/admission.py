@@ -243,10 +243,11 @@ def _groups(policy: Path) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
     ]
 
 
-def run(creates: int, clients: list[int], passes: int = 2, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run(creates: int, clients: list[int], passes: int = 2, only: frozenset[str] = frozenset(),
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Every scenario at every C, ``passes`` times with the groups' order rotated (the machine's
     drift then falls on every scenario alike; each cell reports the median pass), then the two
-    exactness runs; one control plane, one run."""
+    exactness runs; one control plane, one run. ``only``: just these scenarios, no exactness runs."""
     with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp_name, ControlPlane(build()) as cp:
         tmp = Path(tmp_name)
         cp.create_gpu_nodes()   # the webhook's node-capacity check needs them; kwok keeps them Ready
@@ -259,7 +260,9 @@ def run(creates: int, clients: list[int], passes: int = 2, echo: Callable[[str],
                 "cpu+webhook": (PLAIN_NAMESPACE, _cpu_pod()),
                 "ledger": (THROUGHPUT_NAMESPACE, case(THROUGHPUT_CASE)["pod"])}
         pods["resourcequota"], pods["no-ledger"] = pods["none"], pods["ledger"]
-        groups, rounds = _groups(policy), {}
+        groups = [(kept, setup) for scenarios, setup in _groups(policy)
+                  if (kept := tuple(s for s in scenarios if not only or s in only))]
+        rounds: dict[str, float] = {}
         for n in range(passes):
             for index, (scenarios, setup) in enumerate(groups[n % len(groups):] + groups[:n % len(groups)]):
                 with setup(cp, tmp / f"{n}-{index}") as served:
@@ -284,6 +287,8 @@ def run(creates: int, clients: list[int], passes: int = 2, echo: Callable[[str],
         results: dict[Any, Any] = {key: _median_pass(runs) for key, runs in rows.items()}
         results["ledger rounds"] = rounds
         results["ledger creates"] = passes * len(clients) * (creates + min(50, creates))
+        if only:
+            return results
         _resource_quota(cp, PLAIN_NAMESPACE, EXACT_GPUS)
         results["exact resourcequota"] = creator.run(PLAIN_NAMESPACE, _mutated(EXACT_CASE, EXACT_NAMESPACE, policy),
                                                      EXACT_CREATES, 100)
@@ -311,31 +316,40 @@ def _median_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "pods_s_range": (ordered[0]["pods_s"], ordered[-1]["pods_s"])}
 
 
+SCENARIOS = ("none", "cpu+webhook", "resourcequota", "ledger", "no-ledger")
+
+
 def report(results: dict[str, Any], clients: list[int]) -> str:
-    """Markdown: each scenario's pods/s and p99 per C, and the ledger's ratios to ResourceQuota."""
+    """Markdown: each scenario's pods/s and p99 per C, where the CPU went, and the ledger's ratios
+    to ResourceQuota (the scenarios a run left out are left out here)."""
+    ran = [s for s in SCENARIOS if (s, clients[0]) in results]
     lines = ["| scenario | " + " | ".join(f"C={c}: pods/s (range), p50 / p99 ms" for c in clients) + " |",
              "| --- |" + " ---: |" * len(clients)]
-    for scenario in ("none", "cpu+webhook", "resourcequota", "ledger", "no-ledger"):
+    for scenario in ran:
         cells = [f"{r['pods_s']:.0f} ({r['pods_s_range'][0]:.0f}-{r['pods_s_range'][1]:.0f}), "
                  f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}"
                  for r in (results[(scenario, c)] for c in clients)]
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     lines += ["", "| CPU ms per create (median pass) | " + " | ".join(f"C={c}" for c in clients) + " |",
               "| --- |" + " ---: |" * len(clients)]
-    for scenario in ("none", "resourcequota", "ledger", "no-ledger"):
+    for scenario in ran:
         for part in ("kube-apiserver", "etcd", "webhook", "relay"):
             values = [results[(scenario, c)]["cpu_ms"][part] for c in clients]
             if any(v >= 0.05 for v in values):
                 lines.append(f"| {scenario}: {part} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    ratios = [f"C={c}: {results[('ledger', c)]['pods_s'] / results[('resourcequota', c)]['pods_s']:.2f}x pods/s, "
-              f"{results[('ledger', c)]['p99_ms'] / results[('resourcequota', c)]['p99_ms']:.2f}x p99" for c in clients]
-    lines += ["", "ledger / resourcequota: " + "; ".join(ratios)]
-    exact = {k: results[f"exact {k}"]["admitted"] for k in ("resourcequota", "ledger")}
-    lines.append(f"exact admission, {EXACT_CREATES} creates at C=100 against room for {EXACT_GPUS // 2}: "
-                 f"resourcequota {exact['resourcequota']}, ledger {exact['ledger']}")
-    rounds = results["ledger rounds"]
-    lines.append(f"ledger rounds (both replicas, every pass): {sum(rounds.values()):.0f} for "
-                 f"{results['ledger creates']} creates: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds.items()))
+    if {"ledger", "resourcequota"} <= set(ran):
+        ratios = [f"C={c}: {results[('ledger', c)]['pods_s'] / results[('resourcequota', c)]['pods_s']:.2f}x "
+                  f"pods/s, {results[('ledger', c)]['p99_ms'] / results[('resourcequota', c)]['p99_ms']:.2f}x p99"
+                  for c in clients]
+        lines += ["", "ledger / resourcequota: " + "; ".join(ratios)]
+    if "exact ledger" in results:
+        exact = {k: results[f"exact {k}"]["admitted"] for k in ("resourcequota", "ledger")}
+        lines.append(f"exact admission, {EXACT_CREATES} creates at C=100 against room for {EXACT_GPUS // 2}: "
+                     f"resourcequota {exact['resourcequota']}, ledger {exact['ledger']}")
+    if "ledger" in ran:
+        rounds = results["ledger rounds"]
+        lines.append(f"ledger rounds (both replicas, every pass): {sum(rounds.values()):.0f} for "
+                     f"{results['ledger creates']} creates: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds.items()))
     client_cpu = max(r["client_cpu_ms"] for k, r in results.items() if isinstance(k, tuple))
     lines.append(f"client CPU: at most {client_cpu:.3f} ms per create")
     return "\n".join(lines)
@@ -346,9 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=1000, help="creates per scenario and C (default 1000)")
     parser.add_argument("--clients", default="1,20,100", help="concurrent creators, comma-separated")
     parser.add_argument("--passes", type=int, default=2, help="passes over every scenario (default 2)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (default: all, and the "
+                                                  "exactness runs)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
-    print(report(run(args.pods, clients, args.passes), clients))
+    only = frozenset(filter(None, args.only.split(",")))
+    print(report(run(args.pods, clients, args.passes, only), clients))
     return 0
 
 

@@ -35,6 +35,13 @@ def _spec(**fields):
     return lambda p: p["spec"].update(fields)
 
 
+def _env_from(*sources, field="containers"):
+    return lambda p: p["spec"][field][0].setdefault("envFrom", []).extend(sources)
+
+
+CONFIG_MAP = {"configMapRef": {"name": "task-env"}}
+
+
 RULES = [
     # (description, fixture, change, gpu_pod, reaching, reasons)
     ("NVIDIA_VISIBLE_DEVICES anywhere is denied", "kpo_cpu_env_visible_devices", lambda p: None, False, False,
@@ -100,6 +107,21 @@ RULES = [
      lambda p: p["spec"]["containers"][0].setdefault("resources", {}).update(claims=[{"name": "gpu"}]),
      False, False, ["resource-claims"]),
     ("an Airflow GPU pod breaks no rule", "kpo_h100_count2", lambda p: None, True, False, []),
+    ("envFrom without a prefix on a GPU pod is denied: its keys could set NVIDIA_VISIBLE_DEVICES",
+     "kpo_h100_count2", _env_from(CONFIG_MAP), True, False, ["forbidden-env"]),
+    ("envFrom with prefix NVIDIA_ on a GPU pod is denied", "kpo_h100_count2",
+     _env_from({"prefix": "NVIDIA_", **CONFIG_MAP}), True, False, ["forbidden-env"]),
+    ("envFrom with prefix N (it begins NVIDIA_...) is denied", "kpo_h100_count2",
+     _env_from({"prefix": "N", "secretRef": {"name": "s"}}), True, False, ["forbidden-env"]),
+    ("envFrom with prefix LD_ (LD_PRELOAD) is denied", "kpo_h100_count2", _env_from({"prefix": "LD_", **CONFIG_MAP}),
+     True, False, ["forbidden-env"]),
+    ("envFrom with a safe prefix on a GPU pod is fine", "kpo_h100_count2", _env_from({"prefix": "APP_", **CONFIG_MAP}),
+     True, False, []),
+    ("envFrom on a GPU pod's init container counts too", "kpo_h100_count2",
+     lambda p: p["spec"].setdefault("initContainers", []).append({"name": "init", "envFrom": [CONFIG_MAP]}),
+     True, False, ["forbidden-env"]),
+    ("envFrom without a prefix on a CPU pod is fine: it can reach no GPU", "kpo_cpu_plain", _env_from(CONFIG_MAP),
+     False, False, []),
 ]
 
 
@@ -122,6 +144,11 @@ def test_the_host_path_allowlist(description, path, reasons):
     pod = _with("kpo_h100_count2", _volume(path))
     found = security_violations(pod, policy_with(hostPathAllowlist=["/data"]), True)
     assert [v.reason for v in found] == reasons
+
+
+def test_env_from_passes_when_the_policy_allows_it():
+    pod = _with("kpo_h100_count2", _env_from(CONFIG_MAP))
+    assert security_violations(pod, policy_with(gpuPodEnvFrom="allow"), True) == []
 
 
 def test_resource_claims_pass_when_the_policy_allows_them():

@@ -162,8 +162,6 @@ def test_a_pre_made_validator_cannot_hold_extra_gpus_as_a_sidecar(tenant, webhoo
 
 
 # --- 3. envFrom on the GPU container: the toolkit's env route, invisible at admission --------
-@pytest.mark.xfail(strict=True, reason="hole: envFrom on the GPU (target) container can set NVIDIA_VISIBLE_DEVICES "
-                                       "(ConfigMap key, or prefix NVIDIA_) and override the device plugin's allocation")
 def test_env_from_on_the_gpu_container_cannot_widen_its_gpus(tenant, webhook):
     """Attack: a ConfigMap (the ``edit`` role creates them) holds ``VISIBLE_DEVICES=all``; the
     task's ``base`` container reads it with ``envFrom: [{prefix: NVIDIA_, configMapRef}]`` (a
@@ -176,19 +174,24 @@ def test_env_from_on_the_gpu_container_cannot_widen_its_gpus(tenant, webhook):
     charged for its profile's count. docs/security.md's "privilege rules keep an unprivileged
     container from having env var requests honoured" holds only with that setting turned off.
 
-    Not fixed here: closing it means refusing ``envFrom`` on the target container (a product
-    decision: KPO's ``env_from`` is common), or requiring the hardened toolkit setting with the
-    device plugin's volume-mounts strategy, and saying so in docs/security.md.
+    Closed (session 5): on a GPU pod every ``envFrom`` entry needs a prefix that no toolkit
+    variable (nor LD_PRELOAD) begins with (``spec.gpuPodEnvFrom: prefixed``, the default);
+    ``allow`` is for clusters whose toolkit ignores env device requests from unprivileged
+    containers. Both an unprefixed entry and the ``NVIDIA_`` prefix are refused below.
     """
     name = unique("widen")
     cm = unique("gpu-env")
     tenant.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": cm}, "data": {"VISIBLE_DEVICES": "all"}})
     pod = airflow_pod("kpo_h100_count2", name)
     pod["metadata"]["namespace"] = NAMESPACE
-    pod["spec"]["containers"][0]["envFrom"] = [{"prefix": "NVIDIA_", "configMapRef": {"name": cm}}]
-    with pytest.raises(ApiException) as caught:
-        tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
-    assert caught.value.status == 403, caught.value.body
+    for source in ({"prefix": "NVIDIA_", "configMapRef": {"name": cm}}, {"configMapRef": {"name": cm}}):
+        pod["spec"]["containers"][0]["envFrom"] = [source]
+        with pytest.raises(ApiException) as caught:
+            tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+        assert caught.value.status == 403, caught.value.body
+        assert "reads envFrom with" in json.loads(caught.value.body)["message"]
+    pod["spec"]["containers"][0]["envFrom"] = [{"prefix": "APP_", "configMapRef": {"name": cm}}]
+    tenant.create_namespaced_pod(NAMESPACE, pod, dry_run="All")   # a safe prefix passes
 
 
 # --- 4. a ServiceAccount match is only as strong as the ServiceAccount's namespace -----------

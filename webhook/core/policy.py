@@ -238,6 +238,12 @@ class PolicySpec(_Strict):
     #: Dynamic Resource Allocation claims (spec.resourceClaims): ``deny`` until DRA-backed
     #: profiles exist (issue 19), since a claimed GPU would bypass profiles and quota.
     resourceClaims: Literal["deny", "allow"] = "deny"
+    #: ``envFrom`` on a GPU pod's containers: ``prefixed`` (default) lets through only entries
+    #: whose ``prefix`` cannot begin a toolkit variable or LD_PRELOAD, since the keys of a
+    #: ConfigMap or Secret are not in the pod and the kubelet puts them after the device
+    #: plugin's NVIDIA_VISIBLE_DEVICES; ``allow`` where the toolkit ignores env device requests
+    #: from unprivileged containers (docs/security.md).
+    gpuPodEnvFrom: Literal["prefixed", "allow"] = "prefixed"
 
     @field_validator("tenants")
     @classmethod

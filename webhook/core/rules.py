@@ -107,6 +107,29 @@ def _env_violations(containers: list[Container], gpu_pod: bool) -> list[Violatio
     return found
 
 
+def _unsafe_prefix(prefix: Any) -> bool:
+    """Whether ``envFrom`` with this ``prefix`` can name a variable a GPU pod may not set: every
+    name it makes is ``prefix + key``, and a key is anything, so only a prefix that no such
+    name starts with is safe."""
+    return not isinstance(prefix, str) or not prefix or any(name.startswith(prefix) for name in _GPU_POD_RISKS)
+
+
+def _env_from_violations(containers: list[Container]) -> list[Violation]:
+    found = []
+    for field, _, container in containers:
+        for source in as_list(container.get("envFrom")):
+            prefix = as_dict(source).get("prefix")
+            if not _unsafe_prefix(prefix):
+                continue
+            given = f"prefix {prefix!r}" if prefix else "no prefix"
+            found.append(Violation(
+                Reason.FORBIDDEN_ENV,
+                f"{_where(field, container)} reads envFrom with {given}, so its ConfigMap or Secret can set "
+                f"{VISIBLE_DEVICES} and widen the GPUs the device plugin allocated; give every envFrom entry a "
+                f"prefix (for example 'APP_'), or use env with valueFrom for the keys the task needs"))
+    return found
+
+
 def is_void(env: Any) -> bool:
     """True for the env entry ``NVIDIA_VISIBLE_DEVICES=void`` written as a literal value."""
     return (isinstance(env, dict) and env.get("name") == VISIBLE_DEVICES and env.get("value") == VOID
@@ -227,6 +250,8 @@ def security_violations(pod: Mapping[str, Any], policy: Policy, gpu_pod: bool,
     containers = list(all_containers(pod, CONTAINER_FIELDS))   # walked once for every rule
     found = _env_violations(containers, gpu_pod) + _mount_violations(containers) + _claim_violations(
         pod, containers, policy)
+    if gpu_pod and policy.spec.gpuPodEnvFrom == "prefixed":
+        found += _env_from_violations(containers)
     if gpu_pod or reaching:
         why = "a GPU pod" if gpu_pod else "a pod that can reach a GPU node"
         found += (_privilege_violations(pod, containers, why)

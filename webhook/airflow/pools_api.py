@@ -65,11 +65,17 @@ class PoolsApi:
     def slots(self) -> dict[str, int]:
         """Every pool's name and total slots (``-1``: unlimited, as Airflow says it)."""
         found: dict[str, int] = {}
+        offset = 0
         while True:
-            page = _call("GET", f"{self.url}?limit={PAGE}&offset={len(found)}", token=self.token)
+            page = _call("GET", f"{self.url}?limit={PAGE}&offset={offset}", token=self.token)
             pools = page.get("pools", []) if isinstance(page, dict) else []
-            found.update({p["name"]: int(p["slots"]) for p in pools})
-            if not pools or len(found) >= int(page.get("total_entries", 0)):
+            try:
+                found.update({str(p["name"]): int(p["slots"]) for p in pools})
+                total = int(page.get("total_entries", 0))
+            except (KeyError, TypeError, ValueError) as err:
+                raise PoolsApiError(f"GET {self.url}: an answer without pool names and slots ({err!r})") from None
+            offset += len(pools)   # by position, not by names found: a repeated name cannot loop forever
+            if not pools or offset >= total:
                 return found
 
     def apply(self, pools: Iterable[PoolSpec]) -> list[str]:

@@ -1,0 +1,69 @@
+"""Red team, session 3: the envFrom rule (webhook/core/rules.py ``_env_from_violations``) from a tenant's side."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import POLICY_FILE
+
+# ----------------------------------------------------------------------------- Airflow parse time
+#: KubernetesPodOperator has two fields that become envFrom on the base container, ``env_from`` and
+#: ``configmaps``; the webhook denies both on a GPU pod, so the parse-time check must too.
+ENV_FROM = textwrap.dedent("""
+    import json
+    from kubernetes.client import models as k8s
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from airflow.sdk import DAG
+    from airflow_gpu_webhook.airflow.policy import task_policy
+
+    gpu = {"gpu.platform/profile": "a100-80gb"}
+    cm = k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="gpu-knobs"))
+    prefixed = k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="gpu-knobs"), prefix="APP_")
+    with DAG("team_vision__env_from", schedule=None):
+        tasks = [
+            KubernetesPodOperator(task_id="env_from", image="t", namespace="ml-jobs", labels=gpu, env_from=[cm]),
+            KubernetesPodOperator(task_id="configmaps", image="t", namespace="ml-jobs", labels=gpu,
+                                  configmaps=["gpu-knobs"]),
+            KubernetesPodOperator(task_id="secret_env_from", image="t", namespace="ml-jobs", labels=gpu,
+                                  secrets=[Secret("env", None, "gpu-knobs")]),
+            KubernetesPodOperator(task_id="prefixed", image="t", namespace="ml-jobs", labels=gpu,
+                                  env_from=[prefixed]),
+        ]
+    out = {}
+    for task in tasks:
+        try:
+            task_policy(task)
+            out[task.task_id] = "loaded"
+        except Exception as err:
+            out[task.task_id] = f"{type(err).__name__}: {err}"
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def env_from_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("env_from")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__GPU_WEBHOOK__POLICY_FILE=str(POLICY_FILE))
+    done = subprocess.run([sys.executable, "-c", ENV_FROM], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from"])
+def test_a_gpu_task_reading_env_from_without_a_prefix_fails_at_parse_time_as_at_admission(env_from_tasks, task):
+    assert env_from_tasks[task].startswith("AirflowClusterPolicyViolation: "), env_from_tasks[task]
+    assert "reads envFrom with no prefix" in env_from_tasks[task]
+
+
+def test_a_gpu_task_reading_env_from_with_a_safe_prefix_loads(env_from_tasks):
+    assert env_from_tasks["prefixed"] == "loaded"

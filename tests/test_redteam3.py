@@ -20,6 +20,7 @@ ENV_FROM = textwrap.dedent("""
     from kubernetes.client import models as k8s
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow.providers.cncf.kubernetes.secret import Secret
+    from airflow.providers.standard.operators.python import PythonOperator
     from airflow.sdk import DAG
     from airflow_gpu_webhook.airflow.policy import task_policy
 
@@ -35,6 +36,10 @@ ENV_FROM = textwrap.dedent("""
                                   secrets=[Secret("env", None, "gpu-knobs")]),
             KubernetesPodOperator(task_id="prefixed", image="t", namespace="ml-jobs", labels=gpu,
                                   env_from=[prefixed]),
+            PythonOperator(task_id="pod_override", python_callable=lambda: None, executor_config={
+                "pod_override": k8s.V1Pod(
+                    metadata=k8s.V1ObjectMeta(labels=gpu),
+                    spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", env_from=[cm])]))}),
         ]
     out = {}
     for task in tasks:
@@ -59,7 +64,7 @@ def env_from_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from"])
+@pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from", "pod_override"])
 def test_a_gpu_task_reading_env_from_without_a_prefix_fails_at_parse_time_as_at_admission(env_from_tasks, task):
     assert env_from_tasks[task].startswith("AirflowClusterPolicyViolation: "), env_from_tasks[task]
     assert "reads envFrom with no prefix" in env_from_tasks[task]

@@ -36,6 +36,11 @@ ENV_FROM = textwrap.dedent("""
                                   secrets=[Secret("env", None, "gpu-knobs")]),
             KubernetesPodOperator(task_id="prefixed", image="t", namespace="ml-jobs", labels=gpu,
                                   env_from=[prefixed]),
+            KubernetesPodOperator(task_id="full_pod_spec", image="t", namespace="ml-jobs", labels=gpu,
+                                  full_pod_spec=k8s.V1Pod(spec=k8s.V1PodSpec(containers=[
+                                      k8s.V1Container(name="base", env_from=[cm])]))),
+            KubernetesPodOperator(task_id="init_container", image="t", namespace="ml-jobs", labels=gpu,
+                                  init_containers=[k8s.V1Container(name="init", image="t", env_from=[cm])]),
             PythonOperator(task_id="pod_override", python_callable=lambda: None, executor_config={
                 "pod_override": k8s.V1Pod(
                     metadata=k8s.V1ObjectMeta(labels=gpu),
@@ -64,7 +69,8 @@ def env_from_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from", "pod_override"])
+@pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from", "full_pod_spec",
+                                  "init_container", "pod_override"])
 def test_a_gpu_task_reading_env_from_without_a_prefix_fails_at_parse_time_as_at_admission(env_from_tasks, task):
     assert env_from_tasks[task].startswith("AirflowClusterPolicyViolation: "), env_from_tasks[task]
     assert "reads envFrom with no prefix" in env_from_tasks[task]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -78,3 +79,51 @@ def test_a_gpu_task_reading_env_from_without_a_prefix_fails_at_parse_time_as_at_
 
 def test_a_gpu_task_reading_env_from_with_a_safe_prefix_loads(env_from_tasks):
     assert env_from_tasks["prefixed"] == "loaded"
+
+
+# ----------------------------------------------------------------------------- admission (all held)
+CONFIG_MAP = {"configMapRef": {"name": "task-env"}}
+
+
+def _gpu_pod() -> dict:
+    from conftest import airflow_fixture
+
+    return copy.deepcopy(airflow_fixture("kpo_h100_count2")["pod"])
+
+
+@pytest.mark.parametrize("prefix, denied", [
+    (None, True), ("", True), (5, True), (["NVIDIA_"], True), ("NVIDIA_VISIBLE_DEVICES", True), ("LD_PRELOAD", True),
+    # Env names are case- and byte-exact for the toolkit's getenv: these can make no risky name.
+    ("nvidia_", False), ("\uff2eVIDIA_", False), ("NVIDIA_VISIBLE_DEVICES_", False), (" ", False),
+])
+def test_odd_env_from_prefixes(prefix, denied, policy):
+    from airflow_gpu_webhook.core.rules import security_violations
+
+    pod = _gpu_pod()
+    pod["spec"]["containers"][0]["envFrom"] = [{**CONFIG_MAP, **({} if prefix is None else {"prefix": prefix})}]
+    assert bool(security_violations(pod, policy, True)) is denied
+
+
+def test_a_pod_that_is_a_gpu_pod_only_after_mutation_is_denied_by_the_mutating_step_too(policy):
+    from airflow_gpu_webhook.core.mutate import decide_mutation
+
+    pod = _gpu_pod()
+    for container in pod["spec"]["containers"]:
+        container.pop("resources", None)
+    pod["spec"]["containers"][0]["envFrom"] = [CONFIG_MAP]
+    decision = decide_mutation(pod, "ml-jobs", policy)
+    assert not decision.allowed and "reads envFrom with no prefix" in decision.message
+
+
+def test_an_ephemeral_container_with_env_from_on_a_gpu_pod_is_denied(policy):
+    import jsonpatch
+
+    from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
+    from airflow_gpu_webhook.core.validate import decide_ephemeral_validation
+
+    pod = _gpu_pod()
+    pod = jsonpatch.apply_patch(pod, list(decide_mutation(pod, "ml-jobs", policy).patch))
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox", "envFrom": [CONFIG_MAP]}]
+    pod = jsonpatch.apply_patch(pod, list(decide_ephemeral_mutation(pod, policy).patch))
+    decision = decide_ephemeral_validation(pod, policy)
+    assert not decision.allowed and "ephemeral container 'debug' reads envFrom" in decision.message

@@ -139,7 +139,9 @@ _container = st.fixed_dictionaries({"name": st.sampled_from(["base", "sidecar", 
                                     "image": st.just("busybox")}, optional={
     "env": st.lists(_env, max_size=2),
     "volumeMounts": st.lists(st.fixed_dictionaries({"name": st.just("v"), "mountPath": _paths}), max_size=1),
-    "resources": _resources, "securityContext": _security})
+    "resources": _resources, "securityContext": _security,
+    "envFrom": st.lists(st.fixed_dictionaries({"configMapRef": st.just({"name": "task-env"})}, optional={
+        "prefix": st.sampled_from(["", "NVIDIA_", "N", "LD_", "APP_", "nvidia_"])}), max_size=1)})
 _toleration = st.fixed_dictionaries({}, optional={
     "key": st.sampled_from(["nvidia.com/gpu", "dedicated", ""]), "operator": st.sampled_from(["Exists", "Equal"]),
     "value": st.sampled_from(["present", ""]), "effect": st.sampled_from(["NoSchedule", "NoExecute", ""])})

@@ -75,7 +75,7 @@ log = logging.getLogger("gpu_webhook.airflow_policy")
 _TEMPLATE = re.compile(r"\{\{|\{%")
 _KPO_MODULE = "airflow.providers.cncf.kubernetes.operators.pod"
 #: The operator fields the webhook's decision reads (directly, or through Airflow's pod merge).
-_KPO_FIELDS = ("namespace", "labels", "annotations", "env_vars", "container_resources",
+_KPO_FIELDS = ("namespace", "labels", "annotations", "env_vars", "env_from", "configmaps", "container_resources",
                "container_security_context", "volumes", "volume_mounts", "node_selector", "tolerations",
                "init_containers", "base_container_name", "full_pod_spec", "pod_template_dict", "secrets")
 #: Reasons never reported at parse time: usage is a run-time fact.
@@ -365,10 +365,14 @@ def _kpo_model(task: Any, fields: _Fields) -> Any:
     from kubernetes.client import models as k8s
 
     env = fields.get("env_vars", [])
+    # As build_pod_request_obj: configmaps extends env_from (an envFrom entry without a prefix).
+    env_from = [*_list(fields.get("env_from")),
+                *(convert.convert_configmap(name) for name in _list(fields.get("configmaps")))]
     base = k8s.V1Container(
         name=fields.get("base_container_name", _operator_class(task).BASE_CONTAINER_NAME),
         resources=fields.get("container_resources"),
         env=convert.convert_env_vars(env) if isinstance(env, dict | list) else [],
+        env_from=env_from or None,
         security_context=fields.get("container_security_context"),
         volume_mounts=[convert.convert_volume_mount(v) for v in _list(fields.get("volume_mounts"))])
     pod = k8s.V1Pod(

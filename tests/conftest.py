@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,24 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "airflow"
 GOLDEN = ROOT / "tests" / "golden"
 POLICY_FILE = ROOT / "manifests" / "policy.yaml"
+
+
+def airflow_env(tmp: Path, **settings: str) -> dict[str, str]:
+    """The environment of an Airflow run in a test: this one without any AIRFLOW_* variable, a fresh
+    AIRFLOW_HOME under ``tmp``, no example DAGs, and ``settings`` (AIRFLOW__SECTION__KEY=value)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False", **settings)
+    return env
+
+
+def run_with_policy(script: str, tmp: Path) -> Any:
+    """Run a Python script under Airflow with the reference policy as [gpu_webhook] policy_file, in a
+    fresh process (Airflow's settings are read once); its last output line, as JSON."""
+    env = airflow_env(tmp, AIRFLOW__GPU_WEBHOOK__POLICY_FILE=str(POLICY_FILE))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

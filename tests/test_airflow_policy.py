@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import POLICY_FILE, ROOT
+from conftest import POLICY_FILE, ROOT, airflow_env
 from serve import send_json
 
 DAGS = ROOT / "tests" / "airflow_dags"
@@ -123,9 +122,7 @@ def parsed(tmp_path_factory: pytest.TempPathFactory, pools_api: str) -> dict[str
          "write": _policy_text(tenants={**spec["tenants"], "vision": {
              **spec["tenants"]["vision"], "airflowPools": ["vision-urgent"]}})},
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE="airflow")
+    env = airflow_env(tmp, AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), AIRFLOW__KUBERNETES_EXECUTOR__NAMESPACE="airflow")
     out = tmp / "results.json"
     # Run outside the checkout, so the entry point can only come from the installed package.
     run = subprocess.run([sys.executable, "-c", LOADER, str(DAGS), json.dumps(steps), str(out)],

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 from helm import Helm, build_helm
 
-from conftest import POLICY_FILE, ROOT
+from conftest import POLICY_FILE, ROOT, run_with_policy
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +95,7 @@ SQUAT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def squat(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    tmp = tmp_path_factory.mktemp("squat")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__GPU_WEBHOOK__POLICY_FILE=str(POLICY_FILE))
-    done = subprocess.run([sys.executable, "-c", SQUAT], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_with_policy(SQUAT, tmp_path_factory.mktemp("squat"))
 
 
 def test_a_routed_gpu_task_naming_another_tenants_pool_goes_to_its_own(squat) -> None:

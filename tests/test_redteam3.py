@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import copy
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from conftest import POLICY_FILE
+from conftest import run_with_policy
 
 # ----------------------------------------------------------------------------- Airflow parse time
 #: KubernetesPodOperator has two fields that become envFrom on the base container, ``env_from`` and
@@ -60,14 +56,7 @@ ENV_FROM = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def env_from_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    tmp = tmp_path_factory.mktemp("env_from")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__GPU_WEBHOOK__POLICY_FILE=str(POLICY_FILE))
-    done = subprocess.run([sys.executable, "-c", ENV_FROM], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_with_policy(ENV_FROM, tmp_path_factory.mktemp("env_from"))
 
 
 @pytest.mark.parametrize("task", ["env_from", "configmaps", "secret_env_from", "full_pod_spec",

@@ -125,6 +125,7 @@ def test_ephemeral_containers_on_a_running_managed_pod_are_voided_and_judged(deb
              "sets env NVIDIA_VISIBLE_DEVICES='all'"),
             (_debug(privileged=True), "sets securityContext.privileged: true in a GPU pod"),
             (_debug(capabilities={"add": ["SYS_ADMIN"]}), "adds capability SYS_ADMIN"),
+            ({**_debug(), "envFrom": [{"configMapRef": {"name": "any"}}]}, "reads envFrom with no prefix"),
         ]:
             with pytest.raises(ApiException) as caught:
                 _add_ephemeral(tenant, name, hostile)

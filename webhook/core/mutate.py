@@ -2,10 +2,12 @@
 
 For a managed pod (see :mod:`airflow_gpu_webhook.core.plan`) the patch
 - puts ``count`` units of the profile's resource in limits and requests of the target
-  container only, replacing any GPU resource set there by hand (with a warning);
+  container only, replacing any GPU resource set there by hand (with a warning); a DRA
+  ``claim`` profile instead gives the pod ``count`` claims from the profile's
+  ResourceClaimTemplate and lists them on the target container (:mod:`.dra`);
 - merges the profile's tolerations and nodeSelector into the pod's (a nodeSelector key the
   pod already sets to another value is a conflict, and a denial naming both values);
-- inserts the driver-validation init container first, with the same GPU resources;
+- inserts the driver-validation init container first, with the same GPU resources (or claims);
 - gives every other container (sidecars, user init containers) ``NVIDIA_VISIBLE_DEVICES=void``,
   so the container toolkit gives it no GPU (a CUDA image would otherwise get every GPU);
 - stamps the accounting labels.
@@ -24,11 +26,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .decision import UNKNOWN, Decision, Reason, Violation, Whose
+from .dra import CLAIM_PREFIX, claim_entries, claim_list_ops, is_platform_entry
 from .patch import Op, add, insert, pointer, remove, replace, set_entries
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
 from .pod import (
     CONTAINER_FIELDS,
     all_containers,
+    as_dict,
+    as_list,
     container_gpu_resources,
     gpu_containers,
     gpu_entries,
@@ -63,30 +68,63 @@ COUNT_LABEL = STAMP_PREFIX + "count"
 _VALIDATOR_CPU_MEMORY = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
+def _desired_resources(plan: GpuPlan) -> dict[str, str]:
+    """The extended resources the target container gets: none when the GPUs come as DRA claims."""
+    return {} if plan.profile.claims else {plan.profile.resource: str(plan.count)}
+
+
+def _desired_claims(plan: GpuPlan) -> list[dict[str, Any]]:
+    """The target container's (and the validator's) ``resources.claims``: every platform claim."""
+    return [{"name": e["name"]} for e in claim_entries(plan.profile_name, plan.count)] if plan.profile.claims else []
+
+
+def _gives(plan: GpuPlan) -> str:
+    what = f"{plan.count} DRA claim(s) of {plan.profile.resource}" if plan.profile.claims else plan.profile.resource
+    return what if plan.profile.claims else f"{what}: {plan.count}"
+
+
+def _is_platform_claim(entry: Any) -> bool:
+    """A container's ``resources.claims`` entry naming a platform claim."""
+    return isinstance(entry, dict) and str(entry.get("name", "")).startswith(CLAIM_PREFIX)
+
+
 def _resource_ops(container: Mapping[str, Any], index: int, plan: GpuPlan) -> tuple[list[Op], list[str]]:
-    """Make the target container ask for exactly ``count`` of the profile's resource."""
-    resource, count = plan.profile.resource, str(plan.count)
+    """Make the target container ask for exactly the profile's GPUs: ``count`` of its extended
+    resource, or (DRA claims) the platform's claims and no extended GPU resource."""
+    desired = _desired_resources(plan)
+    claims = _desired_claims(plan)
     base = ("spec", "containers", index, "resources")
     by_hand = container_gpu_resources(container)
     warnings = [
         f"container {container.get('name')!r} asked for {name}: {value} by hand; the profile "
-        f"{plan.profile_name} gives it {resource}: {count} instead"
+        f"{plan.profile_name} gives it {_gives(plan)} instead"
         for name, value in sorted(by_hand.items())
-        if name != resource or gpu_quantity(value) != plan.count
+        if name not in desired or gpu_quantity(value) != plan.count
     ]
     resources = container.get("resources")
     if not isinstance(resources, dict):
-        return [add(pointer(*base), {"limits": {resource: count}, "requests": {resource: count}})], warnings
+        whole = ({"limits": dict(desired), "requests": dict(desired)} if desired else {}) | (
+            {"claims": claims} if claims else {})
+        return ([add(pointer(*base), whole)] if whole else []), warnings
     ops: list[Op] = []
     for section in ("limits", "requests"):
         current = resources.get(section)
         current = current if isinstance(current, dict) else None
         for name in sorted(by_hand):
-            if current is not None and name in current and name != resource:
+            if current is not None and name in current and name not in desired:
                 ops.append(remove(pointer(*base, section, name)))
-        if current is None or gpu_quantity(current.get(resource)) != plan.count:
-            ops += set_entries(base + (section,), current, {resource: count})
+        if desired and (current is None or gpu_quantity(current.get(plan.profile.resource)) != plan.count):
+            ops += set_entries(base + (section,), current, desired)
+    ops += claim_list_ops(base + ("claims",), resources.get("claims"), claims, _is_platform_claim)
     return ops, warnings
+
+
+def _pod_claim_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Op]:
+    """The pod's platform claims: one per unit from the profile's template (DRA claims), none
+    otherwise; every other claim is left to the rules."""
+    desired = claim_entries(plan.profile_name, plan.count) if plan.profile.claims else []
+    return claim_list_ops(("spec", "resourceClaims"), spec(pod).get("resourceClaims"), desired,
+                          lambda entry: is_platform_entry(entry, policy))
 
 
 def _toleration_ops(pod: Mapping[str, Any], plan: GpuPlan) -> list[Op]:
@@ -128,6 +166,7 @@ def _validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
     """The driver-validation init container: same GPUs as the task, the policy's minimums."""
     check = policy.spec.driverValidation
     resource, count = plan.profile.resource, str(plan.count)
+    gpus, claims = _desired_resources(plan), _desired_claims(plan)
     return {
         "name": VALIDATOR_NAME,
         "image": check.image,
@@ -138,8 +177,9 @@ def _validator_container(plan: GpuPlan, policy: Policy) -> dict[str, Any]:
         # The termination-log line then names the node, so a bad node is found from the task log.
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "resources": {
-            "requests": {**_VALIDATOR_CPU_MEMORY["requests"], resource: count},
-            "limits": {**_VALIDATOR_CPU_MEMORY["limits"], resource: count},
+            "requests": {**_VALIDATOR_CPU_MEMORY["requests"], **gpus},
+            "limits": {**_VALIDATOR_CPU_MEMORY["limits"], **gpus},
+            **({"claims": claims} if claims else {}),
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -186,7 +226,10 @@ def _is_validator(actual: Any, desired: dict[str, Any]) -> bool:
     def gpus(container: Mapping[str, Any]) -> set[tuple[str, str]]:
         return {(section, name) for section, name, _ in gpu_entries(container)}
 
-    return gpus(actual) == gpus(desired)
+    def claims(container: Mapping[str, Any]) -> list[Any]:
+        return as_list(as_dict(container.get("resources")).get("claims"))
+
+    return gpus(actual) == gpus(desired) and claims(actual) == claims(desired)
 
 
 def _init_container_ops(pod: Mapping[str, Any], desired: dict[str, Any]) -> list[Op]:
@@ -257,7 +300,7 @@ def mutation_ops(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> Mutat
     resource_ops, warnings = _resource_ops(container, plan.target_index, plan)
     selector_ops, conflicts = _node_selector(pod, plan)
     voids = void_ops(pod, policy.spec.targetContainer)
-    ops = (resource_ops + _toleration_ops(pod, plan) + selector_ops + voids
+    ops = (_pod_claim_ops(pod, plan, policy) + resource_ops + _toleration_ops(pod, plan) + selector_ops + voids
            + _init_container_ops(pod, _validator_container(plan, policy)) + _label_ops(pod, plan))
     return Mutation(ops, warnings, conflicts, voids)
 

@@ -57,13 +57,17 @@ def tolerates(tolerations: Sequence[Mapping[str, Any]], taints: tuple[Mapping[st
 
 
 def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: Sequence[NodeOffer],
-                     scale_from_zero: bool) -> tuple[Violation | None, str | None]:
-    """(denial, warning) for a final pod asking ``count`` x ``resource``; both None when a node fits."""
+                     scale_from_zero: bool, keys: tuple[str, ...] = ()) -> tuple[Violation | None, str | None]:
+    """(denial, warning) for a final pod asking ``count`` x ``resource``; both None when a node fits.
+
+    ``keys``: where a node offer counts such units (default: ``resource`` itself, the device
+    plugin's allocatable); a DRA profile's are counted from ResourceSlices under its own key.
+    """
     selector = as_dict(spec(pod).get("nodeSelector"))
     tolerations = [t for t in as_list(spec(pod).get("tolerations")) if isinstance(t, dict)]
     pool = [o for o in offers if all(o.labels.get(k) == v for k, v in selector.items())
             and tolerates(tolerations, o.taints)]
-    largest = max((o.allocatable.get(resource, 0) for o in pool), default=0)
+    largest = max((o.allocatable.get(key, 0) for o in pool for key in keys or (resource,)), default=0)
     if largest >= count:
         return None, None
     where = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any node"

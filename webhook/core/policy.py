@@ -27,12 +27,15 @@ from .names import VERSION, is_gpu_resource
 
 __all__ = [
     "API_VERSION",
+    "CLAIM_TEMPLATE_PREFIX",
     "GPU_EQUIVALENT",
+    "DraBackend",
     "Policy",
     "PolicyError",
     "Profile",
     "Tenant",
     "TenantMatch",
+    "claim_template_name",
     "ledger_name",
     "load_policy",
     "parse_policy",
@@ -46,6 +49,7 @@ GPU_EQUIVALENT = "gpuEquivalent"
 
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _VERSION = f"^{VERSION.pattern}$"   # the validator parses the same syntax (core/names.py)
 
 PositiveQuantity = Annotated[Decimal, Field(gt=0)]
@@ -101,8 +105,38 @@ class Toleration(_Strict):
         return self.model_dump(exclude_none=True)
 
 
+class DraBackend(_Strict):
+    """Get the profile's GPUs through Dynamic Resource Allocation instead of the device plugin
+    (docs/dra.md). Two forms:
+
+    - ``claim``: the pod gets one ResourceClaim per unit, each from the namespace's
+      ResourceClaimTemplate for this profile (``gpu-platform-<profile>``), which asks the
+      DeviceClass ``deviceClassName`` for one device matching ``selector``;
+    - ``extendedResource`` (KEP-5004): the pod asks for ``resource`` as an extended resource, as
+      under the device plugin, and the scheduler serves it from the DeviceClass whose
+      ``extendedResourceName`` is ``resource``; that class's own selectors choose the devices.
+    """
+
+    deviceClassName: str = Field(pattern=_DNS_SUBDOMAIN, max_length=253)
+    #: A CEL device selector, such as ``device.attributes["gpu.nvidia.com"].profile == "1g.10gb"``.
+    selector: str | None = Field(default=None, min_length=1)
+    form: Literal["claim", "extendedResource"] = "claim"
+
+    @model_validator(mode="after")
+    def _selector_only_for_claims(self) -> DraBackend:
+        if self.form == "extendedResource" and self.selector is not None:
+            raise ValueError("selector: in the extendedResource form the DeviceClass's own selectors choose the "
+                             "devices (the pod names only the extended resource); put it in the DeviceClass")
+        return self
+
+
 class Profile(_Strict):
-    """A GPU profile: which resource a task gets, how much, and where it may run."""
+    """A GPU profile: which resource a task gets, how much, and where it may run.
+
+    ``resource`` is what one unit is: what the pod asks for under the device plugin (and DRA's
+    ``extendedResource`` form), and the quota line a DRA ``claim`` counts under, so a tenant's
+    MIG slices are counted together whichever way they are obtained.
+    """
 
     resource: str
     maxCount: int = Field(gt=0)
@@ -111,6 +145,13 @@ class Profile(_Strict):
     tolerations: tuple[Toleration, ...] = ()
     #: The pool autoscales from zero: no node yet is no reason to refuse (a warning instead).
     scaleFromZero: bool = False
+    #: Obtain the GPUs through Dynamic Resource Allocation (None: the device plugin).
+    dra: DraBackend | None = None
+
+    @property
+    def claims(self) -> bool:
+        """True when the pod gets its GPUs as ResourceClaims (DRA's ``claim`` form)."""
+        return self.dra is not None and self.dra.form == "claim"
 
     @field_validator("resource")
     @classmethod
@@ -207,6 +248,15 @@ class Tenant(_Strict):
 _LEDGER_UNSAFE = re.compile(r"[^a-z0-9-]")
 
 
+#: The ResourceClaimTemplate of a DRA ``claim`` profile is named this plus the profile's name.
+CLAIM_TEMPLATE_PREFIX = "gpu-platform-"
+
+
+def claim_template_name(profile: str) -> str:
+    """The name of the ResourceClaimTemplate that a DRA ``claim`` profile's pods claim from."""
+    return CLAIM_TEMPLATE_PREFIX + profile
+
+
 def ledger_name(tenant: str) -> str:
     """The ConfigMap holding ``tenant``'s quota reservations (webhook/cluster/ledger.py); the
     policy refuses two tenants with the same one."""
@@ -255,6 +305,16 @@ class PolicySpec(_Strict):
                 raise ValueError(f"tenants {other!r} and {name!r} would share one quota ledger ({ledger_name(name)}: "
                                  f"names are lower-cased and every character other than a-z, 0-9 and - becomes -), "
                                  f"so each one's reservations would count against the other; rename one")
+        return value
+
+    @field_validator("profiles")
+    @classmethod
+    def _template_names(cls, value: dict[str, Profile]) -> dict[str, Profile]:
+        for name, profile in value.items():
+            template = claim_template_name(name)
+            if profile.claims and (len(template) > 253 or not re.match(_DNS_SUBDOMAIN, template)):
+                raise ValueError(f"profile {name!r} uses DRA claims, so its name must make a valid object name "
+                                 f"({template!r}): lower-case letters, digits, '-' and '.'")
         return value
 
     @field_validator("hostPathAllowlist")

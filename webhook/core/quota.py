@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from .dra import dra_request
 from .mutate import MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL
 from .pod import GpuContainer, airflow_dag_id, as_dict, gpu_containers, gpu_quantity, labels, metadata, safe_label_value
 from .policy import GPU_EQUIVALENT, Policy, Profile, per_policy
@@ -35,6 +36,7 @@ __all__ = [
     "format_quantity",
     "gpu_request",
     "pod_charge",
+    "pod_devices",
     "pod_gpu_request",
     "pod_record",
     "reweigh",
@@ -103,10 +105,16 @@ def charge(request: Mapping[str, Decimal], profile: Profile | None, policy: Poli
     return {**request, GPU_EQUIVALENT: weighted}
 
 
+def pod_devices(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
+    """Every GPU the pod will hold: its containers' extended resources and its claims from DRA
+    profile templates (one device each), by resource."""
+    return add(pod_gpu_request(pod), dra_request(pod, policy))
+
+
 def pod_charge(pod: Mapping[str, Any], policy: Policy) -> ResourceList:
     """What a pod counts against its tenant, weighted by the profile on its label."""
     profile = policy.spec.profiles.get(labels(pod).get(policy.spec.labels.profile, ""))
-    return charge(pod_gpu_request(pod), profile, policy)
+    return charge(pod_devices(pod, policy), profile, policy)
 
 
 #: A holder's name (``dag_id/task_id (ns/name)``) is cut to this many characters.
@@ -123,7 +131,7 @@ class PodRecord(NamedTuple):
     tenant: str
     #: The profile stamp (the safe label value), kept to re-weigh the charge on a policy reload.
     profile: str
-    #: The pod's effective GPU request (device units), unweighted.
+    #: The pod's effective GPU request (device units, DRA claims included), unweighted.
     request: ResourceList
     #: ``request`` plus the weighted gpuEquivalent line under the policy in force.
     charge: ResourceList
@@ -164,7 +172,7 @@ def pod_record(pod: Mapping[str, Any], policy: Policy) -> PodRecord | None:
         return None
     if as_dict(pod.get("status")).get("phase") in FINISHED_PHASES:
         return None
-    request = pod_gpu_request(pod)
+    request = pod_devices(pod, policy)
     if not request:
         return None
     meta = metadata(pod)

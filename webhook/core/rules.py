@@ -10,7 +10,8 @@ On every pod the webhook sees:
   the toolkit's own way to give a container no GPU, which the mutation puts on containers
   that hold none (:data:`VOID`);
 - volume mounts at the toolkit's device-request path (:data:`DEVICE_REQUEST_ROOTS`);
-- ``spec.resourceClaims`` (DRA) unless the policy allows them.
+- ``spec.resourceClaims`` (DRA) unless the policy allows them (the platform's own claims are
+  judged by the GPU rules, webhook/core/dra.py).
 On GPU pods and pods that can reach a GPU node (:func:`gpu_reach`):
 - capabilities the toolkit treats as privileged, ``privileged: true``, ``hostPID``, ``hostIPC``;
 - hostPath volumes outside the policy's ``hostPathAllowlist``;
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .decision import Reason, Violation
+from .dra import is_platform_entry, platform_claim_names
 from .pod import CONTAINER_FIELDS, Container, all_containers, as_dict, as_list, spec
 from .policy import Policy
 
@@ -191,17 +193,23 @@ def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], wh
 
 
 def _claim_violations(pod: Mapping[str, Any], containers: list[Container], policy: Policy) -> list[Violation]:
+    """DRA claims the policy does not hand out. The platform's own claims (:mod:`.dra`) are judged
+    by the GPU rules instead: exactly the profile's on a managed pod, none on any other."""
     if policy.spec.resourceClaims == "allow":
         return []
+    entries = as_list(spec(pod).get("resourceClaims"))
+    ours = platform_claim_names(pod, policy)
     found = [Violation(Reason.RESOURCE_CLAIMS, "the pod sets spec.resourceClaims (Dynamic Resource Allocation), which "
                                                "would get devices outside GPU profiles and quota; remove them (GPUs "
-                                               "come from the GPU profile label; DRA-backed profiles are planned)")
-             ] if as_list(spec(pod).get("resourceClaims")) else []
+                                               "come from the GPU profile label, and DRA profiles add their claims)")
+             ] if any(not is_platform_entry(e, policy) for e in entries) else []
     for field, _, container in containers:
-        if as_list(as_dict(container.get("resources")).get("claims")):
+        claims = as_list(as_dict(container.get("resources")).get("claims"))
+        if any(as_dict(c).get("name") not in ours for c in claims):
             found.append(Violation(Reason.RESOURCE_CLAIMS,
-                                   f"{_where(field, container)} sets resources.claims (Dynamic Resource Allocation); "
-                                   f"remove them (GPUs come from the GPU profile label)"))
+                                   f"{_where(field, container)} sets resources.claims (Dynamic Resource Allocation) "
+                                   f"outside the GPU profile's claims; remove them (GPUs come from the GPU profile "
+                                   f"label)"))
     return found
 
 

@@ -11,17 +11,18 @@ a ``pods/ephemeralcontainers`` update by the same rules.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .decision import Decision, Reason, Violation, Whose
+from .dra import dra_capacity_key, dra_request, platform_claim_names
 from .mutate import MANAGED_LABEL, TENANT_LABEL, VALIDATOR_NAME, mutation_ops, unplanned_labels, void_ops
 from .nodes import NodeOffer, capacity_verdict
 from .patch import Op
 from .plan import GpuPlan, Scope, plan_gpu, scope_of
-from .pod import GpuContainer, gpu_containers, gpu_entries, gpu_quantity, labels
-from .policy import Policy
-from .quota import ResourceList, charge, exceeded_lines, gpu_request
+from .pod import GpuContainer, all_containers, as_dict, as_list, gpu_containers, gpu_entries, gpu_quantity, labels
+from .policy import Policy, claim_template_name
+from .quota import ResourceList, add, charge, exceeded_lines, gpu_request
 from .rules import VISIBLE_DEVICES, VOID, gpu_reach, security_violations
 
 if TYPE_CHECKING:
@@ -87,16 +88,57 @@ def _forged_stamps(pod: Mapping[str, Any]) -> list[Violation]:
     ]
 
 
-def _stray_gpu(plan: GpuPlan, policy: Policy, containers: list[GpuContainer]) -> list[Violation]:
-    """GPU resources on any container but the target (and the validator, checked by re-planning)."""
+def _stray_gpu(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy,
+               containers: list[GpuContainer]) -> list[Violation]:
+    """GPU resources or platform claims on any container but the target (and the validator,
+    checked by re-planning)."""
     target = policy.spec.targetContainer
+    ours = platform_claim_names(pod, policy)
+    claimed = [(field, c, {f"claim {n}" for e in as_list(as_dict(c.get("resources")).get("claims"))
+                           if (n := as_dict(e).get("name")) in ours})
+               for field, _, c in all_containers(pod)]
     return [
         Violation(Reason.GPU_OUTSIDE_TARGET, f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
                                              f"container {target!r} gets the GPU of profile {plan.profile_name}")
-        for field, c, res in containers
+        for field, c, res in [*containers, *(h for h in claimed if h[2])]
         if not (field == "containers" and c.get("name") == target)
         and not (field == "initContainers" and c.get("name") == VALIDATOR_NAME)
     ]
+
+
+def _unmanaged_claims(pod: Mapping[str, Any], policy: Policy) -> list[Violation]:
+    """The platform's claims (a profile's template, or a ``gpu-platform-`` name) on a pod the
+    webhook does not manage: whatever ``resourceClaims`` says, they are quota-charged GPUs."""
+    names = sorted(platform_claim_names(pod, policy))
+    return [Violation(Reason.RESOURCE_CLAIMS,
+                      f"the pod claims {', '.join(names)} from the GPU platform's templates (or under its claim "
+                      f"names), which only the webhook gives, to pods with the {policy.spec.labels.profile} label "
+                      f"built by Airflow; remove them and use the label")] if names else []
+
+
+def _missing_template(plan: GpuPlan, namespace: str, templates: Container[tuple[str, str]] | None) -> list[Violation]:
+    """A DRA claim profile's template must be in the pod's namespace, else the pod would sit
+    Pending (``templates`` None: not known, no check)."""
+    if templates is None or not plan.profile.claims:
+        return []
+    name = claim_template_name(plan.profile_name)
+    if (namespace, name) in templates:
+        return []
+    return [Violation(Reason.NO_CLAIM_TEMPLATE,
+                      f"namespace {namespace!r} has no ResourceClaimTemplate {name!r} for DRA profile "
+                      f"{plan.profile_name} (or it differs from the policy's), so the pod would never be scheduled; "
+                      f"the platform team installs it (the chart, or gpu-webhook serve --track-usage)")]
+
+
+def _capacity(pod: Mapping[str, Any], plan: GpuPlan,
+              nodes: Sequence[NodeOffer]) -> tuple[list[Violation], tuple[str, ...]]:
+    """The node-capacity verdict, where a DRA profile's units are counted from ResourceSlices."""
+    profile = plan.profile
+    keys = (profile.resource,) if profile.dra is None else (
+        (dra_capacity_key(plan.profile_name),) if profile.claims
+        else (profile.resource, dra_capacity_key(plan.profile_name)))
+    no_fit, warning = capacity_verdict(pod, profile.resource, plan.count, nodes, profile.scaleFromZero, keys)
+    return ([no_fit] if no_fit else []), ((warning,) if warning else ())
 
 
 def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violation]:
@@ -115,9 +157,11 @@ def _drift(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy) -> list[Violat
 
 def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
                       usage: Mapping[str, ResourceList], nodes: Sequence[NodeOffer] | None = None,
-                      requester: UserInfo | None = None) -> Decision:
+                      requester: UserInfo | None = None,
+                      templates: Container[tuple[str, str]] | None = None) -> Decision:
     """Allow or deny the final pod; ``usage`` is what each tenant already holds, ``nodes`` the
-    cluster's nodes when they are known (None: no capacity check), ``requester`` who creates it."""
+    cluster's nodes when they are known (None: no capacity check), ``requester`` who creates it,
+    ``templates`` the (namespace, name) of the platform's claim templates in place (None: not known)."""
     scope = scope_of(pod, policy)
     containers = gpu_containers(pod)
     gpu_pod = scope is not Scope.UNLABELLED or bool(containers)
@@ -129,7 +173,7 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if scope is not Scope.MANAGED:
         if containers:
             problems += _unmanaged_gpu(scope, policy, [f"container {c.get('name')!r}" for _, c, _ in containers])
-        problems += _forged_stamps(pod)
+        problems += _forged_stamps(pod) + _unmanaged_claims(pod, policy)
         if routes:
             problems += reaching_violations(pod, policy, routes)
         return Decision.deny(problems) if problems else Decision.allow(scope.reason)
@@ -137,16 +181,16 @@ def decide_validation(pod: Mapping[str, Any], namespace: str, policy: Policy,
     if isinstance(plan, list):
         return Decision.deny(problems + plan, **unplanned_labels(pod, namespace, policy, requester))
     whose: Whose = {"profile": plan.profile_name, "tenant": plan.tenant}
-    problems += _drift(pod, plan, policy) + _stray_gpu(plan, policy, containers)
+    problems += (_drift(pod, plan, policy) + _stray_gpu(pod, plan, policy, containers)
+                 + _missing_template(plan, namespace, templates))
     warnings: tuple[str, ...] = ()
     if nodes is not None and not problems:
-        no_fit, warning = capacity_verdict(pod, plan.profile.resource, plan.count, nodes, plan.profile.scaleFromZero)
-        problems += [no_fit] if no_fit else []
-        warnings = (warning,) if warning else ()
+        no_fit, warnings = _capacity(pod, plan, nodes)
+        problems += no_fit
     if problems:
         return Decision.deny(problems, **whose)
     quota = policy.spec.tenants[plan.tenant].quota
-    requested = charge(gpu_request(containers), plan.profile, policy)
+    requested = charge(add(gpu_request(containers), dra_request(pod, policy)), plan.profile, policy)
     exceeded = exceeded_lines(plan.tenant, quota, requested, usage.get(plan.tenant, {}))
     if exceeded:
         return Decision.deny([Violation(Reason.QUOTA_EXCEEDED, e.message()) for e in exceeded], **whose)

@@ -273,3 +273,74 @@ def test_patches_apply_and_a_second_pass_changes_nothing(policy, variant, foreig
         _one_validator_first_and_void_elsewhere(patched)
     again = decide_mutation(patched, namespace, policy)
     assert again.allowed and again.patch == (), again.patch
+
+
+# ------------------------------------------------------------------------------ DRA claim profiles
+DRA_POLICY_FILE = POLICY_FILE.parent.parent / "docs" / "examples" / "policy-dra.yaml"
+DRA_CASES = [
+    # (fixture, profile, count): Airflow-built pods relabelled to a DRA profile
+    ("kpo_mig_1g_xcom", "a100-dra-mig-1g.10gb", "2"),
+    ("kpo_h100_count2", "a100-dra", "2"),
+    ("executor_gpu_override", "a100-dra", None),
+    ("kpo_manual_gpu_mismatch", "a100-dra-mig-1g.10gb", None),
+    ("kpo_mig_1g_xcom", "a100-mig-1g.10gb-er", None),
+]
+
+
+def dra_case(case_id: str, profile: str, count: str | None) -> dict[str, Any]:
+    case = airflow_fixture(case_id)
+    pod_labels = case["pod"]["metadata"]["labels"]
+    pod_labels["gpu.platform/profile"] = profile
+    pod_labels.pop("gpu.platform/count", None)
+    if count is not None:
+        pod_labels["gpu.platform/count"] = count
+    return case
+
+
+@pytest.fixture(scope="module")
+def dra_policy():
+    return load_policy(DRA_POLICY_FILE)
+
+
+@pytest.mark.parametrize(("case_id", "profile", "count"), DRA_CASES)
+def test_a_dra_pods_mutation_matches_its_golden_file(case_id, profile, count, dra_policy, golden):
+    case = dra_case(case_id, profile, count)
+    decision = decide_mutation(case["pod"], case["namespace"], dra_policy)
+    golden(f"mutate-dra/{case_id}-{profile}", {
+        "allowed": decision.allowed, "reason": decision.reason, "warnings": list(decision.warnings),
+        "patch": list(decision.patch)})
+    pod = jsonpatch.apply_patch(case["pod"], list(decision.patch))
+    assert decide_mutation(pod, case["namespace"], dra_policy).patch == ()
+
+
+def test_a_dra_claim_pod_gets_its_claims_on_base_and_the_validator_and_no_extended_gpu(dra_policy):
+    case = dra_case("kpo_mig_1g_xcom", "a100-dra-mig-1g.10gb", "2")
+    pod = jsonpatch.apply_patch(case["pod"], list(decide_mutation(case["pod"], case["namespace"], dra_policy).patch))
+    names = [{"name": "gpu-platform-0"}, {"name": "gpu-platform-1"}]
+    assert pod["spec"]["resourceClaims"] == [
+        {"name": f"gpu-platform-{i}", "resourceClaimTemplateName": "gpu-platform-a100-dra-mig-1g.10gb"}
+        for i in range(2)]
+    for holder in (container(pod, "base"), container(pod, VALIDATOR_NAME, "initContainers")):
+        assert holder["resources"]["claims"] == names
+        assert not [k for s in ("limits", "requests") for k in holder["resources"].get(s, {}) if "nvidia" in k]
+    assert "claims" not in container(pod, "airflow-xcom-sidecar").get("resources", {})
+
+
+def test_a_gpu_set_by_hand_on_a_dra_pod_is_removed_with_a_warning(dra_policy):
+    case = dra_case("kpo_manual_gpu_mismatch", "a100-dra-mig-1g.10gb", None)
+    decision = decide_mutation(case["pod"], case["namespace"], dra_policy)
+    pod = jsonpatch.apply_patch(case["pod"], list(decision.patch))
+    assert not [k for s in ("limits", "requests") for k in container(pod, "base")["resources"].get(s, {})
+                if k.startswith("nvidia.com/")]
+    assert any("1 DRA claim(s) of nvidia.com/mig-1g.10gb" in w for w in decision.warnings)
+
+
+def test_a_pod_moved_from_a_dra_profile_to_a_device_plugin_one_loses_the_platforms_claims(dra_policy):
+    case = dra_case("kpo_mig_1g_xcom", "a100-dra-mig-1g.10gb", "2")
+    pod = jsonpatch.apply_patch(case["pod"], list(decide_mutation(case["pod"], case["namespace"], dra_policy).patch))
+    pod["metadata"]["labels"]["gpu.platform/profile"] = "a100-mig-1g.10gb"
+    pod["metadata"]["labels"].pop("gpu.platform/count")
+    again = jsonpatch.apply_patch(pod, list(decide_mutation(pod, case["namespace"], dra_policy).patch))
+    assert again["spec"]["resourceClaims"] == []
+    assert "claims" not in {k for k, v in container(again, "base")["resources"].items() if v}
+    assert container(again, "base")["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"

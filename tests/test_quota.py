@@ -130,3 +130,23 @@ def test_the_stamp_to_tenant_map_is_built_once_per_policy(policy):
     from airflow_gpu_webhook.core.quota import _tenant_by_stamp
 
     assert _tenant_by_stamp(policy) is _tenant_by_stamp(policy) and _tenant_by_stamp(policy)["vision"] == "vision"
+
+
+def test_dra_claims_and_device_plugin_gpus_of_a_tenant_are_counted_together():
+    from pathlib import Path
+
+    from airflow_gpu_webhook.core.policy import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "docs" / "examples" / "policy-dra.yaml")
+
+    def admitted(profile: str, count: str, name: str) -> dict:
+        case = airflow_fixture("kpo_mig_1g_xcom")
+        case["pod"]["metadata"]["labels"].update({"gpu.platform/profile": profile, "gpu.platform/count": count})
+        case["pod"]["metadata"].update(name=name, namespace="airflow", uid=name)
+        return jsonpatch.apply_patch(case["pod"], list(decide_mutation(case["pod"], "airflow", policy).patch))
+
+    pods = [admitted("a100-dra-mig-1g.10gb", "3", "dra"), admitted("a100-mig-1g.10gb", "2", "plugin"),
+            admitted("a100-dra", "1", "whole")]
+    assert pod_charge(pods[0], policy) == {"nvidia.com/mig-1g.10gb": D(3), "gpuEquivalent": D("0.375")}
+    assert usage_from_pods(pods, policy) == {"vision": {
+        "nvidia.com/mig-1g.10gb": D(5), "nvidia.com/gpu": D(1), "gpuEquivalent": D("1.625")}}

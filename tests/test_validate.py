@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
 
 from airflow_gpu_webhook.core.mutate import decide_mutation
+from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 from airflow_gpu_webhook.core.validate import decide_validation
 
 from conftest import airflow_fixture, policy_with
@@ -271,3 +273,124 @@ def test_a_pod_no_node_can_hold_is_refused_and_a_fitting_one_admitted(policy):
     assert (decision.allowed, decision.reason) == (False, "no-node-fits")
     assert "the largest offers 1" in decision.message
     assert decide_validation(pod, "ml-jobs", policy, {}, None).reason == "admitted", "no nodes known: no check"
+
+
+# ------------------------------------------------------------------------------ DRA claim profiles
+DRA_POLICY_FILE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "policy-dra.yaml"
+MIG_DRA = "a100-dra-mig-1g.10gb"
+MIG_TEMPLATE = ("airflow", "gpu-platform-" + MIG_DRA)
+
+
+def dra_pod(change: Callable[[dict[str, Any]], Any] = lambda pod: None, count: str = "2",
+            profile: str = MIG_DRA) -> dict[str, Any]:
+    """kpo_mig_1g_xcom (tenant vision, namespace airflow) relabelled to a DRA profile, mutated, then changed."""
+    policy = load_policy(DRA_POLICY_FILE)
+
+    def relabel(pod: dict[str, Any]) -> dict[str, Any]:
+        pod["metadata"]["labels"].update({"gpu.platform/profile": profile, "gpu.platform/count": count})
+        return pod
+
+    case = airflow_fixture("kpo_mig_1g_xcom")
+    pod = relabel(case["pod"])
+    pod = jsonpatch.apply_patch(pod, list(decide_mutation(pod, "airflow", policy).patch))
+    change(pod)
+    return pod
+
+
+def _add_claim(pod: dict[str, Any], entry: dict[str, Any], on: str | None = None) -> None:
+    pod["spec"]["resourceClaims"].append(entry)
+    if on is not None:
+        holder = next(c for c in pod["spec"]["containers"] if c["name"] == on)
+        holder.setdefault("resources", {}).setdefault("claims", []).append({"name": entry["name"]})
+
+
+DRA_CASES = [
+    # (description, pod change, templates known, usage of tenant vision, allowed, reason, words)
+    ("a DRA pod our mutation produced is admitted", lambda p: None, {MIG_TEMPLATE}, {}, True, "admitted", ""),
+    ("templates not known yet: no template check", lambda p: None, None, {}, True, "admitted", ""),
+    ("no template in the namespace: refused, never left Pending", lambda p: None, set(), {}, False,
+     "no-claim-template", "no ResourceClaimTemplate 'gpu-platform-a100-dra-mig-1g.10gb'"),
+    ("the template is in another namespace only", lambda p: None, {("ml-jobs", MIG_TEMPLATE[1])}, {}, False,
+     "no-claim-template", "namespace 'airflow'"),
+    ("a third platform claim added after the mutation",
+     lambda p: _add_claim(p, {"name": "gpu-platform-2", "resourceClaimTemplateName": MIG_TEMPLATE[1]}, "base"),
+     {MIG_TEMPLATE}, {}, False, "not-mutated", "/spec/resourceClaims"),
+    ("the sidecar lists a platform claim", lambda p: p["spec"]["containers"][1].setdefault("resources", {}).update(
+        claims=[{"name": "gpu-platform-0"}]), {MIG_TEMPLATE}, {}, False, "gpu-outside-target",
+     "'airflow-xcom-sidecar' asks for claim gpu-platform-0"),
+    ("a user claim beside the platform's", lambda p: _add_claim(p, {"name": "more", "resourceClaimName": "big"}, "base"),
+     {MIG_TEMPLATE}, {}, False, "resource-claims", "spec.resourceClaims"),
+    ("a platform claim pointed at a claim of the tenant's own",
+     lambda p: p["spec"]["resourceClaims"][0].update(resourceClaimName="mine", resourceClaimTemplateName=None),
+     {MIG_TEMPLATE}, {}, False, "not-mutated", ""),
+    ("the claims of base removed by a later webhook",
+     lambda p: p["spec"]["containers"][0]["resources"].pop("claims"), {MIG_TEMPLATE}, {}, False, "not-mutated",
+     "/spec/containers/0/resources/claims"),
+    ("quota counts the claims: 13 of 14 MIG slices used, 2 more asked",
+     lambda p: None, {MIG_TEMPLATE}, {"nvidia.com/mig-1g.10gb": D(13)}, False, "quota-exceeded",
+     "nvidia.com/mig-1g.10gb, requested: 2, used: 13, limited: 14"),
+    ("quota counts the claims: 12 of 14 used, 2 more fit", lambda p: None, {MIG_TEMPLATE},
+     {"nvidia.com/mig-1g.10gb": D(12)}, True, "admitted", ""),
+]
+
+
+@pytest.mark.parametrize(("description", "change", "templates", "usage", "allowed", "reason", "words"), DRA_CASES,
+                         ids=[c[0] for c in DRA_CASES])
+def test_a_final_dra_pod(description, change, templates, usage, allowed, reason, words):
+    policy = load_policy(DRA_POLICY_FILE)
+    decision = decide_validation(dra_pod(change), "airflow", policy, {"vision": usage}, templates=templates)
+    assert (decision.allowed, decision.reason) == (allowed, reason), decision.message
+    assert words in decision.message
+
+
+UNMANAGED_CLAIMS = [
+    # (description, resourceClaims policy, claims, allowed)
+    ("a profile template on an unlabelled pod", "deny",
+     [{"name": "gpu", "resourceClaimTemplateName": MIG_TEMPLATE[1]}], False),
+    ("a profile template on an unlabelled pod, user claims allowed", "allow",
+     [{"name": "gpu", "resourceClaimTemplateName": MIG_TEMPLATE[1]}], False),
+    ("a platform claim name on an unlabelled pod, user claims allowed", "allow",
+     [{"name": "gpu-platform-0", "resourceClaimName": "mine"}], False),
+    ("a user's own claim, user claims allowed", "allow", [{"name": "scratch", "resourceClaimName": "mine"}], True),
+    ("a user's own claim, user claims denied", "deny", [{"name": "scratch", "resourceClaimName": "mine"}], False),
+]
+
+
+@pytest.mark.parametrize(("description", "mode", "claims", "allowed"), UNMANAGED_CLAIMS,
+                         ids=[c[0] for c in UNMANAGED_CLAIMS])
+def test_only_the_webhook_gives_the_platforms_claims(description, mode, claims, allowed):
+    import yaml
+
+    data = yaml.safe_load(DRA_POLICY_FILE.read_text())
+    data["spec"]["resourceClaims"] = mode
+    policy = parse_policy(data, "dra")
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["spec"]["resourceClaims"] = claims
+    pod["spec"]["containers"][0].setdefault("resources", {})["claims"] = [{"name": c["name"]} for c in claims]
+    decision = decide_validation(pod, "airflow", policy, {})
+    assert decision.allowed is allowed, decision.message
+    if not allowed:
+        assert decision.reason == "resource-claims"
+
+
+def test_dra_capacity_is_read_under_the_profiles_own_key():
+    from airflow_gpu_webhook.core.dra import dra_capacity_key
+    from airflow_gpu_webhook.core.nodes import NodeOffer
+
+    policy = load_policy(DRA_POLICY_FILE)
+    taint = ({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},)
+    pod = dra_pod(count="2")
+
+    def offer(counts: dict[str, int]) -> list[NodeOffer]:
+        return [NodeOffer("dra-a100-0", {}, taint, counts)]
+
+    def verdict(counts: dict[str, int]) -> str:
+        return decide_validation(pod, "airflow", policy, {}, offer(counts), templates={MIG_TEMPLATE}).reason
+
+    assert verdict({dra_capacity_key(MIG_DRA): 7}) == "admitted"
+    assert verdict({dra_capacity_key(MIG_DRA): 1}) == "no-node-fits"
+    assert verdict({"nvidia.com/mig-1g.10gb": 7}) == "no-node-fits", "device-plugin slices do not serve claims"
+    er_pod = dra_pod(count="1", profile="a100-mig-1g.10gb-er")
+    for counts, reason in (({dra_capacity_key("a100-mig-1g.10gb-er"): 1}, "admitted"),
+                           ({"nvidia.com/mig-1g.10gb": 1}, "admitted"), ({}, "no-node-fits")):
+        assert decide_validation(er_pod, "airflow", policy, {}, offer(counts)).reason == reason, counts

@@ -68,6 +68,10 @@ ROUTES = [
     ("a CPU pod with a DRA resource claim is refused",
      "kpo_cpu_plain", _spec(resourceClaims=[{"name": "gpu", "resourceClaimName": "any-gpu"}]),
      "sets spec.resourceClaims (Dynamic Resource Allocation)"),
+    ("a CPU pod asking for a DeviceClass as an extended resource (KEP-5004's implicit name) is refused",
+     "kpo_cpu_plain", lambda pod: base_container(pod).setdefault("resources", {}).update(
+         limits={"deviceclass.resource.kubernetes.io/gpu.nvidia.com": "1"}),
+     "asks for deviceclass.resource.kubernetes.io/gpu.nvidia.com, a DRA DeviceClass as an extended resource"),
     ("a GPU pod adding SYS_ADMIN is refused",
      "kpo_h100_count2", _security(capabilities={"add": ["SYS_ADMIN"]}), "container 'base' adds capability SYS_ADMIN"),
     ("a GPU pod with hostPID is refused", "kpo_h100_count2", _spec(hostPID=True), "sets spec.hostPID: true"),

@@ -11,7 +11,8 @@ On every pod the webhook sees:
   that hold none (:data:`VOID`);
 - volume mounts at the toolkit's device-request path (:data:`DEVICE_REQUEST_ROOTS`);
 - ``spec.resourceClaims`` (DRA) unless the policy allows them (the platform's own claims are
-  judged by the GPU rules, webhook/core/dra.py).
+  judged by the GPU rules, webhook/core/dra.py), and the implicit extended resource of every
+  DeviceClass (``deviceclass.resource.kubernetes.io/<class>``, KEP-5004).
 On GPU pods and pods that can reach a GPU node (:func:`gpu_reach`):
 - capabilities the toolkit treats as privileged, ``privileged: true``, ``hostPID``, ``hostIPC``;
 - hostPath volumes outside the policy's ``hostPathAllowlist``;
@@ -192,6 +193,11 @@ def _host_path_violations(pod: Mapping[str, Any], allowlist: tuple[str, ...], wh
     return found
 
 
+#: KEP-5004: every DeviceClass also answers, as an extended resource, to this prefix plus its name
+#: (``deviceclass.resource.kubernetes.io/gpu.nvidia.com: 1`` gets a whole GPU through DRA).
+DEVICE_CLASS_RESOURCE_PREFIX = "deviceclass.resource.kubernetes.io/"
+
+
 def _claim_violations(pod: Mapping[str, Any], containers: list[Container], policy: Policy) -> list[Violation]:
     """DRA claims the policy does not hand out. The platform's own claims (:mod:`.dra`) are judged
     by the GPU rules instead: exactly the profile's on a managed pod, none on any other."""
@@ -204,7 +210,15 @@ def _claim_violations(pod: Mapping[str, Any], containers: list[Container], polic
                                                "come from the GPU profile label, and DRA profiles add their claims)")
              ] if any(not is_platform_entry(e, policy) for e in entries) else []
     for field, _, container in containers:
-        claims = as_list(as_dict(container.get("resources")).get("claims"))
+        resources = as_dict(container.get("resources"))
+        implicit = sorted({name for section in ("limits", "requests") for name in as_dict(resources.get(section))
+                           if isinstance(name, str) and name.startswith(DEVICE_CLASS_RESOURCE_PREFIX)})
+        if implicit:
+            found.append(Violation(Reason.RESOURCE_CLAIMS,
+                                   f"{_where(field, container)} asks for {', '.join(implicit)}, a DRA DeviceClass "
+                                   f"as an extended resource, which the scheduler serves with devices outside GPU "
+                                   f"profiles and quota; remove it (GPUs come from the GPU profile label)"))
+        claims = as_list(resources.get("claims"))
         if any(as_dict(c).get("name") not in ours for c in claims):
             found.append(Violation(Reason.RESOURCE_CLAIMS,
                                    f"{_where(field, container)} sets resources.claims (Dynamic Resource Allocation) "

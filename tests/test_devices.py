@@ -3,6 +3,8 @@ profile out, merged into the node offers; a count it cannot know never becomes a
 
 from __future__ import annotations
 
+import time
+
 import jsonpatch
 import pytest
 
@@ -137,14 +139,39 @@ def test_a_class_change_counts_every_slice_again(dra_policy):
     assert book.devices() == ({}, {})
 
 
-def test_a_policy_reload_counts_for_the_new_profiles(dra_policy):
-    book, _ = book_with(dra_policy, slices=[resource_slice("s1", [gpu("g0"), gpu("g1", product="NVIDIA H100-80GB-HBM3")])])
+def _until(check, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def _reloaded(dra_policy):
     profiles = {name: p.model_dump(mode="json", exclude_none=True) for name, p in dra_policy.spec.profiles.items()}
     profiles["a100-dra"]["dra"]["selector"] = 'device.attributes["gpu.nvidia.com"].productName.startsWith("NVIDIA")'
-    book.set_policy(policy_with(profiles=profiles))
-    assert book.devices() == ({"node-a": {A100_KEY: 2}}, {})
+    return policy_with(profiles=profiles)
+
+
+def test_a_policy_reload_counts_for_the_new_profiles(dra_policy):
+    book, _ = book_with(dra_policy, slices=[resource_slice("s1", [gpu("g0"), gpu("g1", product="NVIDIA H100-80GB-HBM3")])])
+    book.set_policy(_reloaded(dra_policy))
+    assert _until(lambda: book.devices() == ({"node-a": {A100_KEY: 2}}, {}))
     book.set_policy(policy_with())   # the reference policy: no DRA profile left
-    assert book.devices() == ({}, {})
+    assert _until(lambda: book.devices() == ({}, {}))
+
+
+def test_a_reload_never_waits_for_a_recount_and_knows_nothing_until_it_is_done(dra_policy):
+    """A reload runs on the server's event loop; a recount under way holds the book's lock."""
+    book, published = book_with(dra_policy, slices=[resource_slice("s1", [gpu("g0")])])
+    with book._lock:   # a watch thread counting a large cluster
+        started = time.monotonic()
+        book.set_policy(_reloaded(dra_policy))
+        assert time.monotonic() - started < 0.5
+        unknown = ({}, {A100_KEY: None, MIG_KEY: None, ER_KEY: None})
+        assert published[-1] == unknown
+        book._push()   # the counting thread publishing for the old profiles: held back
+        assert published[-1] == unknown
+    assert _until(lambda: book.devices() == ({"node-a": {A100_KEY: 1}}, {}))
 
 
 def test_a_slice_event_evaluates_that_slice_only_and_an_admission_evaluates_nothing(dra_policy, monkeypatch):

@@ -26,7 +26,7 @@ An unknown count never denies: the capacity check skips a node it cannot know
 that profile can be allocated until it does).
 
 Selectors are evaluated when a slice changes (that slice only) or when a class or the policy
-changes (every slice), on the watch or reload thread, never per admission.
+changes (every slice), on the watch's thread or one of the book's own, never per admission.
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ class DeviceBook:
 
     def __init__(self, policy: Policy, publish: Callable[[dict[str, dict[str, int | None]],
                                                           dict[str, int | None]], None]) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the book's state; held while counting
+        self._publishing = threading.Lock()    # what is published and a reload's pending profiles
         self._publish = publish
         self._selectors = Selectors()
         self._profiles = _profiles(policy)
@@ -129,6 +130,7 @@ class DeviceBook:
         self._classes: dict[str, tuple[str, ...]] = {}
         self._counts: dict[str, dict[str, int | None]] = {}    # slice name -> key -> count (0s left out)
         self._synced = {"slices": False, "classes": False}
+        self._pending: tuple[_Profile, ...] | None = None   # a reload's profiles, not counted yet
         self._published: Devices = ({}, {})
         self.slices = _Source(self._apply_slice, self._replace_slices, lambda: self._lost("slices"))
         self.classes = _Source(self._apply_class, self._replace_classes, lambda: self._lost("classes"))
@@ -178,10 +180,24 @@ class DeviceBook:
                 self._push()
 
     def set_policy(self, policy: Policy) -> None:
-        """A reload: the DRA profiles may have changed; every slice is counted again."""
+        """A reload: when the DRA profiles changed, every slice is counted again, on a thread of
+        its own (a reload runs on the server's event loop, and counting a large cluster takes
+        seconds); meanwhile every DRA count is unknown, never the old profiles' or zero. Takes
+        only the short publishing lock, never the one a recount holds."""
         profiles = _profiles(policy)
+        with self._publishing:
+            if profiles == (self._pending if self._pending is not None else self._profiles):
+                return
+            self._pending = profiles
+            self._published = ({}, {p.key: None for p in profiles})
+            self._publish(*self._published)
+        threading.Thread(target=self._take_profiles, name="dra recount", daemon=True).start()
+
+    def _take_profiles(self) -> None:
         with self._lock:
-            if profiles != self._profiles:
+            with self._publishing:   # the newest profiles win; a later thread finds none pending
+                profiles, self._pending = self._pending, None
+            if profiles is not None:
                 self._profiles = profiles
                 self._recount()
 
@@ -227,8 +243,11 @@ class DeviceBook:
             everywhere: dict[str, int | None] = {p.key: None for p in self._profiles}
         else:
             devices, everywhere = self._totals()
-        self._published = (devices, everywhere)
-        self._publish(devices, everywhere)
+        with self._publishing:
+            if self._pending is not None:
+                return   # a reload's recount is on its way; until then everything is unknown
+            self._published = (devices, everywhere)
+            self._publish(devices, everywhere)
 
     def _totals(self) -> Devices:
         newest: dict[tuple[str, str], int] = {}

@@ -25,25 +25,51 @@ class FakeResponse:
 
 class FakeApi:
     """call_api for PodWatch: a paged list, then watch streams from a script (each a list of
-    events, raw lines as bytes, or an exception: a stream that cannot be opened)."""
+    events, raw lines as bytes, or an exception: a stream that cannot be opened). ``served``:
+    path -> items of other watched lists (one page, then quiet streams); a call of the typed
+    client that writes (POST, PUT, PATCH, DELETE) is kept in ``writes`` and answered with its body."""
 
-    def __init__(self, pods: list[dict], streams: list, nodes: list[dict] | None = None) -> None:
+    def __init__(self, pods: list[dict], streams: list, nodes: list[dict] | None = None,
+                 served: dict[str, list[dict]] | None = None) -> None:
         self.pods, self.streams, self.lists, self.selectors = pods, list(streams), 0, set()
-        self.nodes = nodes
+        self.served = dict(served or {})
+        if nodes is not None:
+            self.served["/api/v1/nodes"] = nodes
         self.list_times: list[float] = []
         self.timeouts: dict[str, object] = {}
         self.responses: list[FakeResponse] = []
+        self.writes: list[tuple[str, str, dict]] = []
 
-    def call_api(self, path, method, query_params, **kw):
-        params = dict(query_params)
+    #: What the typed client (``ResourceV1Api(api)``) asks of its ApiClient besides call_api.
+    client_side_validation = False
+
+    @staticmethod
+    def select_header_accept(accepts):
+        return accepts[0]
+
+    @staticmethod
+    def select_header_content_type(content_types, method=None, body=None):
+        return content_types[0]
+
+    def call_api(self, path, method, *args, query_params=None, **kw):
+        if len(args) >= 2:   # the typed client: path_params, query_params, header_params
+            path, query_params = path.format(**args[0]), args[1]
+        elif args:
+            query_params = args[0]
+        if method != "GET":
+            self.writes.append((method, path, json.loads(json.dumps(kw.get("body") or {}))))
+            body = json.loads(json.dumps(kw.get("body") or {}))
+            body.setdefault("metadata", {}).update(resourceVersion=str(200 + len(self.writes)), uid=f"uid-{path}")
+            return SimpleNamespace(data=json.dumps(body).encode())
+        params = dict(query_params or [])
         self.selectors.add(params.get("labelSelector"))
         kind = "watch" if params.get("watch") == "true" else "list"
         self.timeouts[kind] = kw.get("_request_timeout")
-        if path == "/api/v1/nodes" and self.nodes is not None:   # the node watch: its list, then quiet streams
+        if path in self.served:   # another watch: its list, then quiet streams
             if kind == "watch":
                 time.sleep(0.05)
                 return FakeResponse()
-            body = {"metadata": {"resourceVersion": "100"}, "items": self.nodes}
+            body = {"metadata": {"resourceVersion": "100"}, "items": self.served[path]}
             return SimpleNamespace(data=json.dumps(body).encode())
         if kind == "watch":
             if not self.streams:

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "airflow"
 GOLDEN = ROOT / "tests" / "golden"
 POLICY_FILE = ROOT / "manifests" / "policy.yaml"
+#: The reference policy plus DRA profiles (claim and extendedResource forms).
+DRA_POLICY_FILE = ROOT / "docs" / "examples" / "policy-dra.yaml"
 
 
 def airflow_env(tmp: Path, **settings: str) -> dict[str, str]:
@@ -97,6 +99,11 @@ def policy_with(**spec_changes: Any) -> Policy:
 @pytest.fixture(scope="session")
 def policy() -> Policy:
     return load_policy(POLICY_FILE)
+
+
+@pytest.fixture(scope="session")
+def dra_policy() -> Policy:
+    return load_policy(DRA_POLICY_FILE)
 
 
 @pytest.fixture

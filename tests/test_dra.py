@@ -13,27 +13,24 @@ import jsonpatch
 import pytest
 import yaml
 
+from airflow_gpu_webhook.core import dra
 from airflow_gpu_webhook.core.dra import (
     claim_entries,
     claim_list_ops,
     claim_template,
     decide_template,
+    desired_templates,
     dra_request,
     is_platform_entry,
+    template_matches,
     template_profiles,
 )
-from airflow_gpu_webhook.core.policy import PolicyError, load_policy, parse_policy
+from airflow_gpu_webhook.core.policy import PolicyError, parse_policy
 
-from conftest import ROOT
+from conftest import DRA_POLICY_FILE, policy_with
 
-DRA_POLICY_FILE = ROOT / "docs" / "examples" / "policy-dra.yaml"
 MIG = "a100-dra-mig-1g.10gb"
 MIG_TEMPLATE = "gpu-platform-" + MIG
-
-
-@pytest.fixture(scope="module")
-def dra_policy():
-    return load_policy(DRA_POLICY_FILE)
 
 
 def test_the_example_policy_loads_and_names_a_template_for_each_claim_profile_only(dra_policy):
@@ -207,3 +204,59 @@ def test_the_template_asks_one_device_of_the_profiles_class_and_selector(dra_pol
     assert template["spec"]["spec"]["devices"]["requests"] == [{"name": "gpu", "exactly": {
         "deviceClassName": "mig.nvidia.com", "allocationMode": "ExactCount", "count": 1,
         "selectors": [{"cel": {"expression": 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}]}}]
+
+# ---------------------------------------------------------------- the templates the platform keeps
+def _profile_template(policy, profile="a100-dra", namespace="ml-jobs"):
+    return claim_template(profile, policy.spec.profiles[profile], namespace)
+
+
+def _with(change):
+    def changed(template):
+        change(template)
+        return template
+    return changed
+
+
+def _exactly_of(template):
+    return template["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+
+
+MATCHES = [
+    ("the policy's own template matches", lambda t: t, True),
+    ("the API server's defaults written out still match",
+     _with(lambda t: _exactly_of(t).update(adminAccess=False, tolerations=[])), True),
+    ("labels and annotations do not matter to the spec",
+     _with(lambda t: t["metadata"].update(labels={}, annotations={"a": "b"})), True),
+    ("another selector does not match", _with(lambda t: _exactly_of(t)["selectors"][0]["cel"].update(expression="true")),
+     False),
+    ("two devices per claim do not match", _with(lambda t: _exactly_of(t).update(count=2)), False),
+    ("another device class does not match", _with(lambda t: _exactly_of(t).update(deviceClassName="other")), False),
+    ("extra constraints do not match",
+     _with(lambda t: t["spec"]["spec"]["devices"].update(constraints=[{"matchAttribute": "x"}])), False),
+    ("a template of a profile the policy does not have does not match",
+     _with(lambda t: t["metadata"].update(name="gpu-platform-gone")), False),
+    ("a name that is no string does not match", _with(lambda t: t["metadata"].update(name=["x"])), False),
+]
+
+
+@pytest.mark.parametrize("description, change, matches", MATCHES, ids=[m[0] for m in MATCHES])
+def test_a_template_matches_when_it_holds_the_profiles_spec(dra_policy, description, change, matches):
+    template = change(copy.deepcopy(_profile_template(dra_policy)))
+    assert template_matches(template, dra_policy) is matches
+    if isinstance(template["metadata"]["name"], str) and template["metadata"]["name"].startswith("gpu-platform-"):
+        assert decide_template(template, dra_policy).allowed is matches, "the same judgement as a write"
+
+
+def test_the_platform_keeps_every_claim_profiles_template_in_every_namespace_a_tenant_names(dra_policy):
+    assert dra.template_namespaces(dra_policy) == ("airflow", "ml-jobs")
+    desired = desired_templates(dra_policy)
+    assert sorted(desired) == [("airflow", "gpu-platform-a100-dra"), ("airflow", "gpu-platform-a100-dra-mig-1g.10gb"),
+                               ("ml-jobs", "gpu-platform-a100-dra"), ("ml-jobs", "gpu-platform-a100-dra-mig-1g.10gb")]
+    assert desired["airflow", "gpu-platform-a100-dra"] == _profile_template(dra_policy, namespace="airflow")
+    assert all(template_matches(t, dra_policy) for t in desired.values())
+
+
+def test_tenants_matched_without_a_namespace_name_none_and_a_policy_without_claims_wants_none(dra_policy):
+    tenants = {"anyone": {"match": [{"dagIdPrefix": "x_"}, {"group": "team"}]}}
+    assert dra.template_namespaces(policy_with(tenants=tenants)) == ()
+    assert desired_templates(policy_with()) == {}

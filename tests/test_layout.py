@@ -36,7 +36,7 @@ ALLOWED = {
     "cli": {"core", "server", "cluster", "airflow", "validator"},
 }
 #: Top-level modules the pure core must never load: HTTP, TLS, the cluster client, metrics.
-FORBIDDEN_IN_CORE = {"fastapi", "starlette", "uvicorn", "kubernetes", "urllib3", "ssl", "prometheus_client"}
+FORBIDDEN_IN_CORE = {"fastapi", "starlette", "uvicorn", "kubernetes", "urllib3", "ssl", "prometheus_client", "celpy"}
 
 
 def module_name(path: Path) -> str:

@@ -200,6 +200,18 @@ def test_pruned_reservations_count_from_zero_by_how_they_left():
         "confirmed": 0, "ghost": 1}
 
 
+def test_claim_template_writes_count_from_zero_by_result():
+    from airflow_gpu_webhook.cluster.templates import RESULTS
+
+    metrics = WebhookMetrics()
+    counted = metrics.template_counter(RESULTS)
+    for result in ("created", "created", "replaced"):
+        counted(result)
+    text = metrics.exposition().decode()
+    assert {r: sample(text, "gpu_webhook_claim_templates_total", result=r) for r in RESULTS} == {
+        "created": 2, "replaced": 1, "relabelled": 0, "conflict": 0, "deferred": 0, "no-namespace": 0, "failed": 0}
+
+
 def test_a_file_watch_error_is_its_own_reload_result():
     metrics = WebhookMetrics()
     metrics.reloaded("policy", None)

@@ -81,3 +81,47 @@ def test_the_book_follows_node_events():
         ("h100-0", {"nvidia.com/gpu": 4}), ("mig-0", {"nvidia.com/mig-1g.10gb": 28})]
     book.apply("DELETED", A100_MIG)
     assert [o.name for o in book.offers()] == ["h100-0"]
+
+
+# -- DRA device counts merged into the offers (NodeBook.set_devices; counted by webhook/cluster/devices.py)
+DRA_KEY = "dra.gpu.platform/a100-dra"
+
+
+def test_dra_counts_are_merged_into_the_node_offers_and_kept_apart_from_the_node_watch():
+    book = NodeBook()
+    book.replace_all([H100, A100_MIG])
+    book.set_devices({"h100-0": {DRA_KEY: 3}}, {"dra.gpu.platform/shared": 1})
+    assert {o.name: dict(o.allocatable) for o in book.offers()} == {
+        "h100-0": {"nvidia.com/gpu": 8, DRA_KEY: 3, "dra.gpu.platform/shared": 1},
+        "mig-0": {"nvidia.com/mig-1g.10gb": 28, "dra.gpu.platform/shared": 1}}
+    book.apply("MODIFIED", node("h100-0", "NVIDIA-H100-80GB-HBM3", 4))   # a node event keeps the DRA counts
+    assert dict(next(o for o in book.offers() if o.name == "h100-0").allocatable) == {
+        "nvidia.com/gpu": 4, DRA_KEY: 3, "dra.gpu.platform/shared": 1}
+    book.set_devices({})
+    assert {o.name: dict(o.allocatable) for o in book.offers()} == {
+        "h100-0": {"nvidia.com/gpu": 4}, "mig-0": {"nvidia.com/mig-1g.10gb": 28}}
+
+
+def test_a_count_not_known_on_a_node_or_everywhere_is_listed_as_unknown_not_as_zero():
+    book = NodeBook()
+    book.replace_all([H100, A100_MIG])
+    book.set_devices({"h100-0": {DRA_KEY: None}, "mig-0": {DRA_KEY: 2}})
+    assert {o.name: (dict(o.allocatable).get(DRA_KEY), o.unknown) for o in book.offers()} == {
+        "h100-0": (None, frozenset({DRA_KEY})), "mig-0": (2, frozenset())}
+    book.set_devices({"mig-0": {DRA_KEY: 2}}, {DRA_KEY: None})
+    assert all(o.unknown == {DRA_KEY} and DRA_KEY not in o.allocatable for o in book.offers())
+
+
+UNKNOWN = [
+    ("a node whose count is unknown might fit: no denial", {DRA_KEY: 1}, frozenset({DRA_KEY}), True),
+    ("a known count too small is a denial", {DRA_KEY: 1}, frozenset(), False),
+    ("an unknown key the pod does not use changes nothing", {DRA_KEY: 1}, frozenset({"dra.gpu.platform/other"}), False),
+]
+
+
+@pytest.mark.parametrize("description, allocatable, unknown, fits", UNKNOWN, ids=[u[0] for u in UNKNOWN])
+def test_the_verdict_never_denies_past_a_node_whose_count_is_unknown(policy, description, allocatable, unknown, fits):
+    offer = NodeOffer("h100-0", {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, (GPU_TAINT,), allocatable, unknown)
+    no_fit, warned = capacity_verdict(final_pod("kpo_h100_count2", policy), "nvidia.com/gpu", 2, [offer], False,
+                                      (DRA_KEY,))
+    assert (no_fit is None) is fits and warned is None

@@ -340,3 +340,20 @@ def test_the_watch_hands_the_book_raw_dicts_with_a_read_timeout_on_the_stream(po
         assert api.timeouts == {"list": 60, "watch": (10, _WATCH_READ_TIMEOUT)}
     finally:
         watch.stop()
+
+
+def test_a_dra_claim_pod_is_charged_one_unit_of_its_profiles_resource_per_claim(dra_policy):
+    """The pod watch needs nothing for DRA: the stamps and the platform's claims are on the pod."""
+    case = airflow_fixture("kpo_h100_count2")
+    labels = case["pod"]["metadata"]["labels"]
+    labels.update({"gpu.platform/profile": "a100-dra-mig-1g.10gb", "gpu.platform/count": "3"})
+    pod = jsonpatch.apply_patch(case["pod"], list(decide_mutation(case["pod"], "ml-jobs", dra_policy).patch))
+    pod["metadata"].update(uid="dra", namespace="ml-jobs", name="dra-pod")
+    pod["status"] = {"phase": "Running"}
+    assert [c["resourceClaimTemplateName"] for c in pod["spec"]["resourceClaims"]] == [
+        "gpu-platform-a100-dra-mig-1g.10gb"] * 3
+    book = UsageBook(dra_policy)
+    book.apply("ADDED", pod)
+    assert book.usage() == {"vision": {"nvidia.com/mig-1g.10gb": D(3), "gpuEquivalent": D("0.375")}}
+    book.apply("MODIFIED", {**pod, "status": {"phase": "Succeeded"}})
+    assert book.usage() == {}

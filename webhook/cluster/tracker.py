@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from ..core.mutate import MANAGED_LABEL, TENANT_LABEL
@@ -206,14 +206,18 @@ class Book(Protocol):
 
 class PodWatch:
     """List+watch over the API server into a book (``apply`` per event, ``replace_all`` per list),
-    on a thread: managed pods into a :class:`UsageBook` by default, or nodes into a NodeBook."""
+    on a thread: managed pods into a :class:`UsageBook` by default, or nodes into a NodeBook, or
+    the DRA objects (webhook/cluster/devices.py, templates.py)."""
 
     def __init__(self, api_client: ApiCaller, book: Book, selector: str = MANAGED_SELECTOR,
-                 path: str = "/api/v1/pods") -> None:
+                 path: str = "/api/v1/pods", on_unsync: Callable[[], None] | None = None) -> None:
         self.api = api_client
         self.book = book
         self.selector = selector
         self.path = path
+        #: Told on every failure that clears ``synced``: for a book that must forget what it
+        #: publishes while its view may be behind (the DRA device book).
+        self.on_unsync = on_unsync
         self.synced = threading.Event()
         self._stop = threading.Event()
         self._relist = threading.Event()
@@ -248,6 +252,8 @@ class PodWatch:
         if self.synced.is_set():
             log.warning("%s watch is behind (%s): not ready until the next list completes", self.path, why)
         self.synced.clear()
+        if self.on_unsync is not None:
+            self.on_unsync()
 
     def _get(self, params: list[tuple[str, str]], stream: bool) -> Any:
         params = ([("labelSelector", self.selector)] if self.selector else []) + params

@@ -1,21 +1,27 @@
 """Cluster wiring for `serve --track-usage` and `gpu-webhook usage`: the API client, and the
-pod watch, node watch and quota ledger that a server runtime is built with. Nothing here
-decides anything.
+pod watch, node watch and quota ledger that a server runtime is built with, and for a policy
+with DRA profiles the ResourceSlice, DeviceClass and ResourceClaimTemplate watches and the
+template reconciler. Nothing here decides anything.
 
 :func:`track_usage` returns a :class:`Tracking`: the seams the server's ``Runtime`` takes
-(``usage``, ``nodes``, ``ready``, ``reserve``) and what a policy reload must call. They match the
-server's Protocols (``UsageSource``, ``NodeSource``, ``Reserve`` in webhook/server/app.py)
-structurally, so neither side imports the other::
+(``usage``, ``nodes``, ``templates``, ``ready``, ``reserve``) and what a policy reload must call.
+They match the server's Protocols (``UsageSource``, ``NodeSource``, ``TemplateSource``,
+``Reserve`` in webhook/server/app.py) structurally, so neither side imports the other::
 
     tracking = track_usage(kube_client(None), policy, metrics, DEFAULT_LEDGER_NAMESPACE, grace=10)
-    runtime = Runtime(policy, usage=tracking.usage, nodes=tracking.nodes, ready=tracking.ready,
-                      reserve=tracking.reserve, metrics=metrics)
+    runtime = Runtime(policy, usage=tracking.usage, nodes=tracking.nodes, templates=tracking.templates,
+                      ready=tracking.ready, reserve=tracking.reserve, metrics=metrics)
+
+The DRA watches start with the first policy (at start or reloaded) that has a DRA profile, so a
+cluster without ``resource.k8s.io/v1`` (before Kubernetes 1.34) or without that RBAC never sees
+them; once started they run until the process ends.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +32,7 @@ if TYPE_CHECKING:
     from ..core.policy import Policy
     from ..core.quota import ResourceList
     from .ledger import QuotaReserver
+    from .tracker import PodWatch
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "TOP_HOLDERS", "Tracking", "TrackingMetrics", "kube_client",
            "track_usage"]
@@ -51,6 +58,8 @@ class TrackingMetrics(Protocol):
 
     def ledger_pruned_counter(self, kinds: Sequence[str]) -> Callable[[str], None]: ...
 
+    def template_counter(self, results: Sequence[str]) -> Callable[[str], None]: ...
+
     def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
                         synced: Mapping[str, Callable[[], bool]]) -> None: ...
 
@@ -69,8 +78,32 @@ class Tracking:
     reserve: QuotaReserver
     #: A policy reload: the book re-charges its pods under the new policy.
     apply_policy: Callable[[Policy], None]
-    #: Ends both watches (tests and one-shot tools; ``serve`` runs them until the process exits).
+    #: Ends the watches (tests and one-shot tools; ``serve`` runs them until the process exits).
     stop: Callable[[], None]
+    #: (namespace, name) of the platform's claim templates whose spec is the policy's, None while
+    #: not known (no DRA profile yet, or the template watch has not synced): no template check.
+    templates: Callable[[], frozenset[tuple[str, str]] | None] = lambda: None
+
+
+class _Synced(Mapping[str, Callable[[], bool]]):
+    """Watch name -> whether it has synced, for the watches running now (the metrics' view; the
+    DRA watches join when they start). ``add`` swaps in a new dict, so a scrape that is iterating
+    the old one is not disturbed."""
+
+    def __init__(self, watches: Mapping[str, PodWatch]) -> None:
+        self._watches = dict(watches)
+
+    def add(self, watches: Mapping[str, PodWatch]) -> None:
+        self._watches = {**self._watches, **watches}
+
+    def __getitem__(self, name: str) -> Callable[[], bool]:
+        return self._watches[name].synced.is_set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._watches)
+
+    def __len__(self) -> int:
+        return len(self._watches)
 
 
 def kube_client(kubeconfig: str | None) -> ApiClient:
@@ -85,13 +118,17 @@ def kube_client(kubeconfig: str | None) -> ApiClient:
 
 def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger_namespace: str,
                 grace: float) -> Tracking:
-    """Start the pod and node watches and the quota ledger on ``api``; the runtime built with
-    the returned :class:`Tracking` charges against the cluster, checks node capacity, and is
-    ready once the pod watch has synced."""
+    """Start the pod and node watches and the quota ledger on ``api`` (and the DRA watches and
+    template reconciler once the policy has a DRA profile); the runtime built with the returned
+    :class:`Tracking` charges against the cluster, checks node capacity and claim templates, and
+    is ready once the pod watch has synced."""
     from kubernetes import client
 
     from ..core.nodes import NodeBook
+    from .devices import CLASSES_PATH, SLICES_PATH, DeviceBook
     from .ledger import LEDGER_SELECTOR, PRUNE_KINDS, ROUND_RESULTS, Ledger, LedgerCache, QuotaReserver
+    from .templates import RESULTS as TEMPLATE_RESULTS
+    from .templates import TEMPLATES_PATH, TEMPLATES_SELECTOR, ResourceV1Templates, TemplateBook, TemplateReconciler
     from .tracker import PodWatch, UsageBook
 
     book, nodes = UsageBook(policy), NodeBook()
@@ -99,6 +136,26 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
     ledgers = LedgerCache()
     ledger_watch = PodWatch(api, ledgers, selector=LEDGER_SELECTOR,
                             path=f"/api/v1/namespaces/{ledger_namespace}/configmaps")
+    # DRA: built now (the device book marks every DRA count unknown until its watches have
+    # synced), started with the first policy that has a DRA profile.
+    devices = DeviceBook(policy, nodes.set_devices)
+    slice_watch = PodWatch(api, devices.slices, selector="", path=SLICES_PATH, on_unsync=devices.slices.lost)
+    class_watch = PodWatch(api, devices.classes, selector="", path=CLASSES_PATH, on_unsync=devices.classes.lost)
+    claim_templates = TemplateBook(policy)
+    template_watch = PodWatch(api, claim_templates, selector=TEMPLATES_SELECTOR, path=TEMPLATES_PATH)
+    reconciler = TemplateReconciler(ResourceV1Templates(client.ResourceV1Api(api)), claim_templates,
+                                    live=template_watch.synced.is_set,
+                                    counted=metrics.template_counter(TEMPLATE_RESULTS))
+    claim_templates.changed = reconciler.trigger
+    synced = _Synced({"pods": watch, "nodes": node_watch, "ledger": ledger_watch})
+    dra_started = threading.Lock()
+
+    def start_dra(policy: Policy) -> None:
+        if not any(p.dra is not None for p in policy.spec.profiles.values()) or not dra_started.acquire(False):
+            return   # no DRA profile, or started already (the lock is never released)
+        synced.add({"resourceslices": slice_watch, "deviceclasses": class_watch, "claimtemplates": template_watch})
+        for watching in (slice_watch, class_watch, template_watch, reconciler):
+            watching.start()
 
     def usage() -> dict[str, ResourceList] | None:
         return book.usage() if watch.synced.is_set() else None
@@ -106,17 +163,26 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
     def offers() -> tuple[Sequence[NodeOffer] | None, bool]:
         return (nodes.offers(), True) if node_watch.synced.is_set() else (None, False)
 
+    def templates() -> frozenset[tuple[str, str]] | None:
+        return claim_templates.templates() if template_watch.synced.is_set() else None
+
+    def apply_policy(new: Policy) -> None:
+        book.set_policy(new)
+        devices.set_policy(new)
+        claim_templates.set_policy(new)   # its change wakes the reconciler
+        start_dra(new)
+
     def stop() -> None:
-        for watching in (watch, node_watch, ledger_watch):
+        for watching in (watch, node_watch, ledger_watch, slice_watch, class_watch, template_watch, reconciler):
             watching.stop()
 
     reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
                                    counted=metrics.ledger_counter(ROUND_RESULTS),
                                    pruned=metrics.ledger_pruned_counter(PRUNE_KINDS),
                                    cache=ledgers, cache_live=ledger_watch.synced.is_set))
-    metrics.follow_tracking(usage, {"pods": watch.synced.is_set, "nodes": node_watch.synced.is_set,
-                                    "ledger": ledger_watch.synced.is_set})
+    metrics.follow_tracking(usage, synced)
     for watching in (watch, node_watch, ledger_watch):
         watching.start()
+    start_dra(policy)
     return Tracking(usage=usage, nodes=offers, ready=watch.synced.is_set, reserve=reserve,
-                    apply_policy=book.set_policy, stop=stop)
+                    apply_policy=apply_policy, stop=stop, templates=templates)

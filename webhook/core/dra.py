@@ -34,10 +34,13 @@ __all__ = [
     "claim_list_ops",
     "claim_template",
     "decide_template",
+    "desired_templates",
     "dra_capacity_key",
     "dra_request",
     "is_platform_entry",
     "platform_claim_names",
+    "template_matches",
+    "template_namespaces",
     "template_profiles",
     "template_spec",
 ]
@@ -152,6 +155,30 @@ def _normal_requests(template_spec_: Any) -> Any:
     return {"requests": requests, **extra}
 
 
+def template_matches(template: Mapping[str, Any], policy: Policy) -> bool:
+    """True when ``template`` is a DRA claim profile's template (by its name) and holds that
+    profile's spec, the API server's defaults aside: what :func:`decide_template` lets be
+    written there, and what a pod of the profile may be admitted to claim from."""
+    name = as_dict(template.get("metadata")).get("name")
+    profile_name = template_profiles(policy).get(name) if isinstance(name, str) else None
+    return profile_name is not None and _normal_requests(template.get("spec")) == _normal_requests(
+        template_spec(policy.spec.profiles[profile_name]))
+
+
+def template_namespaces(policy: Policy) -> tuple[str, ...]:
+    """The namespaces the tenants' match entries name, sorted: where the platform installs its
+    claim templates (a tenant matched only by labels, dag_id or requester names none)."""
+    return tuple(sorted({m.namespace for t in policy.spec.tenants.values() for m in t.match if m.namespace}))
+
+
+def desired_templates(policy: Policy) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the template the platform keeps there: every DRA claim profile's, in
+    every namespace of :func:`template_namespaces`. A fresh dict each call (the caller may keep it)."""
+    return {(namespace, template): claim_template(profile_name, policy.spec.profiles[profile_name], namespace)
+            for template, profile_name in sorted(template_profiles(policy).items())
+            for namespace in template_namespaces(policy)}
+
+
 def decide_template(template: Mapping[str, Any], policy: Policy, deleting: bool = False) -> Decision:
     """A write to a ResourceClaimTemplate named ``gpu-platform-<profile>``: only the policy's own
     spec may be stored there, since every later pod of that profile claims from it and is
@@ -165,8 +192,8 @@ def decide_template(template: Mapping[str, Any], policy: Policy, deleting: bool 
         return Decision.deny([Violation(
             Reason.PLATFORM_TEMPLATE, f"ResourceClaimTemplate names starting {CLAIM_TEMPLATE_PREFIX!r} are the GPU "
                                       f"platform's, and {name!r} is no DRA profile's template; choose another name")])
-    desired = template_spec(policy.spec.profiles[profile_name])
-    if _normal_requests(template.get("spec")) != _normal_requests(desired):
+    if not template_matches(template, policy):
+        desired = template_spec(policy.spec.profiles[profile_name])
         return Decision.deny([Violation(
             Reason.PLATFORM_TEMPLATE, f"ResourceClaimTemplate {name!r} is the GPU platform's template of profile "
                                       f"{profile_name}; its spec must be the policy's ({desired['spec']}), since "

@@ -7,13 +7,19 @@ pod whose node selector and tolerations match no node able to hold ``count`` uni
 exists instead. A pool that autoscales from zero has no nodes to look at: its profile says
 ``scaleFromZero: true`` and the verdict is then a warning. Until the node watch has synced, the
 webhook only warns: it never denies on a guess.
+
+A DRA profile's units are counted from ResourceSlices (webhook/cluster/devices.py) under the
+profile's own key (``dra_capacity_key``) and merged into the offers with
+:meth:`NodeBook.set_devices`. A count that could not be known there (a selector the webhook
+cannot evaluate, slices not read yet) is listed in the offer's ``unknown``: such a node might
+fit, so the verdict never denies past it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .decision import Reason, Violation
@@ -26,12 +32,14 @@ _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
 @dataclass(frozen=True)
 class NodeOffer:
-    """What scheduling needs of one node: labels, blocking taints, allocatable GPU units."""
+    """What scheduling needs of one node: labels, blocking taints, allocatable GPU units, and
+    the keys whose count is not known there (``unknown``: the node may hold any number)."""
 
     name: str
     labels: Mapping[str, str]
     taints: tuple[Mapping[str, Any], ...]
     allocatable: Mapping[str, int]
+    unknown: frozenset[str] = frozenset()
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeOffer:
@@ -67,9 +75,10 @@ def capacity_verdict(pod: Mapping[str, Any], resource: str, count: int, offers: 
     tolerations = [t for t in as_list(spec(pod).get("tolerations")) if isinstance(t, dict)]
     pool = [o for o in offers if all(o.labels.get(k) == v for k, v in selector.items())
             and tolerates(tolerations, o.taints)]
-    largest = max((o.allocatable.get(key, 0) for o in pool for key in keys or (resource,)), default=0)
-    if largest >= count:
-        return None, None
+    keys = keys or (resource,)
+    largest = max((o.allocatable.get(key, 0) for o in pool for key in keys), default=0)
+    if largest >= count or any(key in o.unknown for o in pool for key in keys):
+        return None, None   # a node fits, or one whose count is unknown might: never deny on a guess
     where = ", ".join(f"{k}={v}" for k, v in sorted(selector.items())) or "any node"
     if not pool and scale_from_zero:
         return None, (f"no node matches {where} yet; the pool scales from zero, so the pod waits for "
@@ -90,6 +99,8 @@ class NodeBook:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._nodes: dict[str, NodeOffer] = {}
+        self._devices: Mapping[str, Mapping[str, int | None]] = {}
+        self._everywhere: Mapping[str, int | None] = {}
         self._snapshot: tuple[NodeOffer, ...] = ()
 
     def apply(self, event: str, node: Mapping[str, Any]) -> None:
@@ -99,13 +110,41 @@ class NodeBook:
                 self._nodes.pop(offer.name, None)
             else:
                 self._nodes[offer.name] = offer
-            self._snapshot = tuple(self._nodes.values())
+            self._rebuild()
 
     def replace_all(self, nodes: Iterable[Mapping[str, Any]]) -> None:
         offers = [NodeOffer.from_node(n) for n in nodes]
         with self._lock:
             self._nodes = {o.name: o for o in offers}
-            self._snapshot = tuple(self._nodes.values())
+            self._rebuild()
+
+    def set_devices(self, devices: Mapping[str, Mapping[str, int | None]],
+                    everywhere: Mapping[str, int | None] | None = None) -> None:
+        """Replace the DRA device counts: node name -> key -> devices there, and ``everywhere``:
+        key -> devices added on every node. None is a count not known (on that node, or on every
+        node); a key absent from both counts 0. The node watch's own allocatable is kept apart,
+        so either side may change without the other."""
+        copied = {name: dict(counts) for name, counts in devices.items()}
+        with self._lock:
+            self._devices, self._everywhere = copied, dict(everywhere or {})
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._snapshot = tuple(self._with_devices(o) for o in self._nodes.values())
+
+    def _with_devices(self, offer: NodeOffer) -> NodeOffer:
+        here = self._devices.get(offer.name, {})
+        if not here and not self._everywhere:
+            return offer
+        counts: dict[str, int] = {}
+        unknown: set[str] = set()
+        for key in {*here, *self._everywhere}:
+            local, shared = here.get(key, 0), self._everywhere.get(key, 0)
+            if local is None or shared is None:
+                unknown.add(key)
+            else:
+                counts[key] = local + shared
+        return replace(offer, allocatable={**offer.allocatable, **counts}, unknown=frozenset(unknown))
 
     def offers(self) -> tuple[NodeOffer, ...]:
         return self._snapshot

@@ -11,7 +11,7 @@ A decision that raises becomes a denial with code 500: never an allow by acciden
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import replace
 
 import jsonpatch
@@ -85,16 +85,20 @@ NODES_NOT_SYNCED = ("gpu-webhook has not finished reading the cluster's nodes, s
 
 
 def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
-             nodes: Sequence[NodeOffer] | None = None, nodes_synced: bool = True) -> Decision:
-    """The /validate step on the final pod: rules, node capacity and quota.
+             nodes: Sequence[NodeOffer] | None = None, nodes_synced: bool = True,
+             templates: Container[tuple[str, str]] | None = None) -> Decision:
+    """The /validate step on the final pod: rules, node capacity, claim templates and quota.
 
     ``usage`` is None while the cluster's usage is not known yet (the pod watch has not
     synced): then a pod that would be charged to a tenant is denied with a retryable message
     (fail closed), and every other pod is judged as usual. ``nodes`` None: no capacity check;
     with ``nodes_synced`` false (the node watch is not there yet), a warning, never a denial.
+    ``templates``: the (namespace, name) of the platform's claim templates in place (None: not
+    known, no check), webhook/cluster/templates.py.
     """
     def decide(pod: dict) -> Decision:
-        decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes, request.user_info)
+        decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes, request.user_info,
+                                     templates)
         if usage is None and decision.allowed and decision.reason == Reason.ADMITTED:
             return Decision.deny([NOT_SYNCED], code=503, profile=decision.profile, tenant=decision.tenant)
         if not nodes_synced and decision.allowed and decision.reason == Reason.ADMITTED:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
 __all__ = ["CLIENT_CERTIFICATE", "MAX_BODY_BYTES", "AdmissionEndpoints", "NodeSource", "Reserve", "Runtime",
-           "UsageSource", "create_app", "with_client_certificate"]
+           "TemplateSource", "UsageSource", "create_app", "with_client_certificate"]
 
 log = logging.getLogger("gpu_webhook.http")
 
@@ -59,6 +59,13 @@ class NodeSource(Protocol):
     def __call__(self) -> tuple[Sequence[NodeOffer] | None, bool]: ...
 
 
+class TemplateSource(Protocol):
+    """(namespace, name) of the platform's claim templates in place, or None while not known (no
+    check). ``serve --track-usage``: the cluster tracking's template watch (webhook/cluster/templates.py)."""
+
+    def __call__(self) -> Container[tuple[str, str]] | None: ...
+
+
 class Reserve(Protocol):
     """Records an admitted pod's charge (the quota ledger, webhook/cluster/ledger.py) and returns
     the decision to answer with: the same, or a denial when the quota is full after all."""
@@ -72,6 +79,10 @@ def _no_usage() -> Usage | None:
 
 def _no_nodes() -> tuple[Sequence[NodeOffer] | None, bool]:
     return None, True
+
+
+def _no_templates() -> Container[tuple[str, str]] | None:
+    return None
 
 
 def _always_ready() -> bool:
@@ -91,6 +102,8 @@ class Runtime:
     usage: UsageSource = _no_usage
     ready: Callable[[], bool] = _always_ready
     nodes: NodeSource = _no_nodes
+    #: The platform's claim templates in place (DRA claim profiles); None: no check.
+    templates: TemplateSource = _no_templates
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Reserve | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
@@ -176,7 +189,8 @@ class AdmissionEndpoints:
         self.fallback = fallback
         self.steps: dict[str, Callable[[AdmissionRequest], Decision]] = {
             "/mutate": lambda r: mutate(r, runtime.policy),
-            "/validate": lambda r: validate(r, runtime.policy, runtime.usage(), *runtime.nodes()),
+            "/validate": lambda r: validate(r, runtime.policy, runtime.usage(), *runtime.nodes(),
+                                            templates=runtime.templates()),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -134,6 +134,12 @@ class WebhookMetrics:
             "gpu_webhook_ledger_pruned", "Reservations removed from the quota ledger, by how: confirmed (the pod was "
             "seen or fetched) or ghost (the create failed after /validate).",
             ["how"], registry=self.registry)
+        self.claim_templates = Counter(
+            "gpu_webhook_claim_templates", "Writes of the platform's ResourceClaimTemplates by the reconciler (serve "
+            "--track-usage with DRA claim profiles), by result: created, replaced (its spec differed: deleted and "
+            "created), relabelled, conflict (another writer kept changing it; next pass), deferred (replaced by this "
+            "replica moments ago), no-namespace (a tenant's namespace does not exist), failed.",
+            ["result"], registry=self.registry)
         self.latency = Histogram(
             "gpu_webhook_decision_seconds", "Time to read, decide and answer one AdmissionReview.",
             ["step"], buckets=_LATENCY_BUCKETS, registry=self.registry)
@@ -156,6 +162,10 @@ class WebhookMetrics:
     def ledger_pruned_counter(self, kinds: Sequence[str]) -> Callable[[str], None]:
         """What a quota ledger tells how each pruned reservation left it (from 0, as above)."""
         return _counter_of(self.ledger_pruned, kinds)
+
+    def template_counter(self, results: Sequence[str]) -> Callable[[str], None]:
+        """What the claim-template reconciler tells how each template's write ended (from 0, as above)."""
+        return _counter_of(self.claim_templates, results)
 
     def follow_tracking(self, usage: Callable[[], Mapping[str, ResourceList] | None],
                         synced: Mapping[str, Callable[[], bool]]) -> None:

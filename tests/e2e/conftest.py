@@ -52,8 +52,8 @@ def controlplane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 
 @pytest.fixture
 def namespace(controlplane: ControlPlane) -> str:
-    """A fresh namespace per test (never deleted: without kube-controller-manager a deleted
-    namespace stays Terminating; the whole etcd is thrown away at the end)."""
+    """A fresh namespace per test (never deleted: no namespace controller runs, so a deleted
+    namespace would stay Terminating; the whole etcd is thrown away at the end)."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
@@ -168,7 +168,8 @@ def tracked_webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPat
 def aggregate_cluster_roles(controlplane: ControlPlane) -> None:
     """Fill every aggregated ClusterRole (``edit``, ``view``, ``admin``) with the rules of the
     roles its selectors pick, as kube-controller-manager's clusterrole-aggregation controller
-    does. The testbed runs no controller manager, so without this ``edit`` grants nothing.
+    does. The testbed's controller manager runs only the resourceclaim controller, so without
+    this ``edit`` grants nothing.
 
     Aggregated roles aggregate each other (``view`` is labelled into ``edit``, ``edit`` into
     ``admin``), so the passes repeat, reading the roles again, until nothing changes."""

@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from airflow_gpu_webhook.cli.certs import ca_bundle, inject_ca_bundle, load_documents
 
+from . import dra_cluster
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
 from conftest import POLICY_FILE, ROOT, airflow_fixture
 from serve import WebhookServer, send_json
@@ -32,7 +33,9 @@ TENANT_NAMESPACES = ("ml-jobs", "airflow", "analytics")
 
 @pytest.fixture(scope="session")
 def controlplane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
-    """The running testbed with the simulated GPU/CPU node pools Ready.
+    """The running testbed with the simulated GPU/CPU node pools Ready: the device-plugin pools of
+    testbed/nodes.yaml and the DRA pool of testbed/dra-nodes.yaml with its ResourceSlices and
+    NVIDIA's DeviceClasses (``dra_cluster.install``).
 
     Register webhooks with ``controlplane.apply(config_dict)``; create pods with
     ``kubernetes.client.CoreV1Api(controlplane.api_client())`` or ``controlplane.apply``.
@@ -47,6 +50,7 @@ def controlplane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     request.addfinalizer(cp.stop)  # also atexit and PR_SET_PDEATHSIG in the children
     cp.start()
     cp.create_gpu_nodes()
+    dra_cluster.install(cp)  # the DRA pool beside the device-plugin pools (tests/e2e/dra_cluster.py)
     yield cp
 
 

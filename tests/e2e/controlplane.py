@@ -3,12 +3,13 @@
 Starts etcd, kube-apiserver, kube-controller-manager (its resourceclaim controller only),
 kube-scheduler and kwok (built by ``testbed/build.sh`` from upstream Go modules) as child
 processes, so the webhook is tested against the real admission chain, the real scheduler's
-placement decisions and a pod lifecycle that Airflow's operators accept.
+placement decisions (device plugin and DRA) and a pod lifecycle that Airflow's operators accept.
 
 Usage from Python::
 
     cp = ControlPlane(build()).start()      # PKI, etcd, apiserver, controller-manager, scheduler, kwok
     cp.create_gpu_nodes()                    # testbed/nodes.yaml -> Ready fake nodes
+    dra_cluster.install(cp)                  # testbed/dra-nodes.yaml, ResourceSlices, DeviceClasses
     cp.apply([webhook_configuration, pod])  # server-side apply of any dicts / YAML
     client = cp.api_client()                 # kubernetes.client.ApiClient (admin)
     cp.stop()                                # kills every process group, removes temp dirs
@@ -441,7 +442,7 @@ class ControlPlane:
         DRAExtendedResource (KEP-5004, beta and on by default since 1.36: DeviceClass
         ``spec.extendedResourceName``, the scheduler's extended-resource claims, the pod's
         ``status.extendedResourceClaimStatus``; read by kube-apiserver and kube-scheduler, not by
-        this controller)."""
+        this controller). tests/e2e/test_dra_testbed.py proves both."""
         kc = str(self.kubeconfig)
         self._spawn("kube-controller-manager", [
             f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
@@ -606,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp.start()
         if not args.no_nodes:
+            from . import dra_cluster  # imports this module: not at the top
+
             cp.create_gpu_nodes()
+            dra_cluster.install(cp)
         print(f"""
 testbed up in {cp.startup_seconds['total']}s: {cp.server}  (components: {', '.join(cp.components)})
 logs: {cp.dir / 'logs'}
@@ -614,6 +618,7 @@ logs: {cp.dir / 'logs'}
   export KUBECONFIG={cp.kubeconfig}
   export PATH={bin_dir}:$PATH      # kubectl, kube-apiserver, etcd, kwok ...
   kubectl get nodes -L {POOL_LABEL},nvidia.com/gpu.product,nvidia.com/mig.strategy
+  kubectl get deviceclasses,resourceslices     # the DRA pool (tests/e2e/dra_cluster.py)
   # a pod kwok will run, then finish after 5s:
   #   metadata.labels: {{{COMPLETE_AFTER_LABEL}: 5s}}
 

@@ -200,8 +200,8 @@ def _clear(cp: ControlPlane, namespace: str) -> None:
 
 
 def _resource_quota(cp: ControlPlane, namespace: str, gpus: int | None) -> None:
-    """A ResourceQuota on requests.nvidia.com/gpu with its status set, as the controller manager
-    (absent from the testbed) would: admission then counts against ``status.used``. None: none."""
+    """A ResourceQuota on requests.nvidia.com/gpu with its status set, as the quota controller
+    (not run by the testbed) would: admission then counts against ``status.used``. None: none."""
     from kubernetes import client
 
     core = client.CoreV1Api(cp.api_client())

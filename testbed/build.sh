@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the e2e testbed (etcd, kube-apiserver, kube-scheduler, kubectl, kwok) from upstream Go
-# modules into a cache outside the repository, so fresh clones and CI runs on the same machine
-# reuse them. No downloaded binaries, no Docker: only the Go toolchain and the Go module proxy.
+# Build the e2e testbed (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl,
+# kwok) from upstream Go modules into a cache outside the repository, so fresh clones and CI runs
+# on the same machine reuse them. No downloaded binaries, no Docker: only the Go toolchain and the
+# Go module proxy.
 #
 # `go install pkg@version` refuses k8s.io/kubernetes and go.etcd.io/etcd/server/v3 (their go.mod
 # has replace directives), so each program is built inside a generated wrapper module where the
@@ -10,7 +11,8 @@
 #
 # Idempotent: only missing binaries are built. Prints the bin dir as its last line.
 # Env: TESTBED_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gpu-webhook/testbed),
-#      TESTBED_COMPONENTS (default "etcd kube-apiserver kube-scheduler kwok kubectl"),
+#      TESTBED_COMPONENTS (default "etcd kube-apiserver kube-scheduler kube-controller-manager kwok
+#      kubectl"),
 #      TESTBED_GOFLAGS (extra go flags, e.g. -p=1), GO (the go binary).
 set -euo pipefail
 
@@ -20,7 +22,7 @@ source "$here/versions.env"
 
 cache=${TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/airflow-gpu-webhook/testbed}
 bin=$cache/bin-$K8S_VERSION-$ETCD_VERSION-$KWOK_VERSION
-components=${TESTBED_COMPONENTS:-etcd kube-apiserver kube-scheduler kwok kubectl}
+components=${TESTBED_COMPONENTS:-etcd kube-apiserver kube-scheduler kube-controller-manager kwok kubectl}
 go=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 
 # Self-contained Go caches under $cache (it survives between CI runs; ~/go does not), writable
@@ -66,7 +68,7 @@ fi
 
 # --- kubernetes -------------------------------------------------------------------------------
 k8s_cmds=()
-for c in kube-apiserver kube-scheduler kubectl; do missing "$c" && k8s_cmds+=("$c"); done
+for c in kube-apiserver kube-scheduler kube-controller-manager kubectl; do missing "$c" && k8s_cmds+=("$c"); done
 if ((${#k8s_cmds[@]})); then
   d=$cache/src/kubernetes-$K8S_VERSION
   if [[ ! -f $d/go.mod ]]; then

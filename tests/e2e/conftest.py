@@ -21,6 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from airflow_gpu_webhook.cli.certs import ca_bundle, inject_ca_bundle, load_documents
 
+from . import dra_cluster
 from .controlplane import COMPLETE_AFTER_LABEL, ControlPlane, build
 from conftest import POLICY_FILE, ROOT, airflow_fixture
 from serve import WebhookServer, send_json
@@ -32,7 +33,9 @@ TENANT_NAMESPACES = ("ml-jobs", "airflow", "analytics")
 
 @pytest.fixture(scope="session")
 def controlplane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
-    """The running testbed with the simulated GPU/CPU node pools Ready.
+    """The running testbed with the simulated GPU/CPU node pools Ready: the device-plugin pools of
+    testbed/nodes.yaml and the DRA pool of testbed/dra-nodes.yaml with its ResourceSlices and
+    NVIDIA's DeviceClasses (``dra_cluster.install``).
 
     Register webhooks with ``controlplane.apply(config_dict)``; create pods with
     ``kubernetes.client.CoreV1Api(controlplane.api_client())`` or ``controlplane.apply``.
@@ -47,13 +50,14 @@ def controlplane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     request.addfinalizer(cp.stop)  # also atexit and PR_SET_PDEATHSIG in the children
     cp.start()
     cp.create_gpu_nodes()
+    dra_cluster.install(cp)  # the DRA pool beside the device-plugin pools (tests/e2e/dra_cluster.py)
     yield cp
 
 
 @pytest.fixture
 def namespace(controlplane: ControlPlane) -> str:
-    """A fresh namespace per test (never deleted: without kube-controller-manager a deleted
-    namespace stays Terminating; the whole etcd is thrown away at the end)."""
+    """A fresh namespace per test (never deleted: no namespace controller runs, so a deleted
+    namespace would stay Terminating; the whole etcd is thrown away at the end)."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     controlplane.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
@@ -168,7 +172,8 @@ def tracked_webhook(controlplane: ControlPlane, tmp_path_factory: pytest.TempPat
 def aggregate_cluster_roles(controlplane: ControlPlane) -> None:
     """Fill every aggregated ClusterRole (``edit``, ``view``, ``admin``) with the rules of the
     roles its selectors pick, as kube-controller-manager's clusterrole-aggregation controller
-    does. The testbed runs no controller manager, so without this ``edit`` grants nothing.
+    does. The testbed's controller manager runs only the resourceclaim controller, so without
+    this ``edit`` grants nothing.
 
     Aggregated roles aggregate each other (``view`` is labelled into ``edit``, ``edit`` into
     ``admin``), so the passes repeat, reading the roles again, until nothing changes."""

@@ -1,13 +1,15 @@
 """A real Kubernetes control plane for end-to-end tests, on loopback, with simulated GPU nodes.
 
-Starts etcd, kube-apiserver, kube-scheduler and kwok (built by ``testbed/build.sh`` from upstream
-Go modules) as child processes, so the webhook is tested against the real admission chain, the
-real scheduler's placement decisions and a pod lifecycle that Airflow's operators accept.
+Starts etcd, kube-apiserver, kube-controller-manager (its resourceclaim controller only),
+kube-scheduler and kwok (built by ``testbed/build.sh`` from upstream Go modules) as child
+processes, so the webhook is tested against the real admission chain, the real scheduler's
+placement decisions (device plugin and DRA) and a pod lifecycle that Airflow's operators accept.
 
 Usage from Python::
 
-    cp = ControlPlane(build()).start()      # PKI, etcd, apiserver, scheduler, kwok; bounded wait
+    cp = ControlPlane(build()).start()      # PKI, etcd, apiserver, controller-manager, scheduler, kwok
     cp.create_gpu_nodes()                    # testbed/nodes.yaml -> Ready fake nodes
+    dra_cluster.install(cp)                  # testbed/dra-nodes.yaml, ResourceSlices, DeviceClasses
     cp.apply([webhook_configuration, pod])  # server-side apply of any dicts / YAML
     client = cp.api_client()                 # kubernetes.client.ApiClient (admin)
     cp.stop()                                # kills every process group, removes temp dirs
@@ -230,7 +232,8 @@ def _sweep_stale_dirs() -> None:
 
 # -------------------------------------------------------------------------------- control plane
 class ControlPlane:
-    """etcd + kube-apiserver + kube-scheduler + kwok on 127.0.0.1 with TLS and RBAC.
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on 127.0.0.1 with
+    TLS and RBAC.
 
     The admin identity (client cert, O=system:masters) is in ``kubeconfig``; every component uses
     it. Webhooks are registered by ``apply()``-ing their configurations (``url:`` to 127.0.0.1).
@@ -246,7 +249,8 @@ class ControlPlane:
             (d / "owner.pid").write_text(str(os.getpid()))
         self.components: dict[str, Component] = {}
         self.ca = CertificateAuthority.create()
-        self.ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "scheduler", "kwok")}
+        self.ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler",
+                                               "kwok")}
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
         self.kubeconfig = self.dir / "admin.kubeconfig"
         #: The API server's webhook client pair and its CA (client-ca.crt, apiserver-client.crt/.key).
@@ -269,7 +273,9 @@ class ControlPlane:
             t0 = time.monotonic()
             self._start_etcd(deadline)
             self._start_apiserver(deadline)
+            self._start_controller_manager()
             self._start_scheduler_and_kwok(deadline)
+            self._wait_controller_manager(deadline)
             self.startup_seconds["total"] = round(time.monotonic() - t0, 1)
         except BaseException:
             self.stop()
@@ -410,13 +416,45 @@ class ControlPlane:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=RBAC", "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
-            # No kube-controller-manager: nothing would create default ServiceAccounts or lift the
-            # not-ready taint, so these two plugins would block every pod / every node.
+            # kube-controller-manager runs only the resourceclaim controller: nothing creates default
+            # ServiceAccounts or lifts the not-ready taint, so these two plugins would block every
+            # pod / every node.
             "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
             f"--admission-control-config-file={self.admission_config}",
         ])
         self._wait(c, lambda: _probe(f"{self.server}/readyz", self._admin_ctx) == "ok", deadline)
+
+    def _start_controller_manager(self) -> None:
+        """kube-controller-manager with one controller: ``resourceclaim-controller`` (the canonical
+        name in k8s 1.36's cmd/kube-controller-manager/names; alias ``resource-claim-controller``).
+        It creates a pod's ResourceClaims from its ResourceClaimTemplates (and writes
+        ``status.resourceClaimStatuses``, which the scheduler waits for), drops done or deleted pods
+        from ``status.reservedFor``, deallocates a claim nobody reserves any more, and deletes the
+        generated claims of finished pods. Nothing else runs: no garbage collector, namespace,
+        ServiceAccount, ResourceQuota or Job controller, so the tests that set ResourceQuota status
+        or run Jobs by hand, and the never-deleted namespaces, behave as before. The generated claim
+        of a *deleted* pod stays (the garbage collector would remove it), deallocated.
+
+        Feature gates: none passed, on any component. What the testbed's DRA needs is on by default
+        in 1.36 (pkg/features/kube_features.go): DynamicResourceAllocation (GA since 1.34, locked on
+        since 1.35: resource.k8s.io/v1, claims from templates, CEL selectors, this controller) and
+        DRAExtendedResource (KEP-5004, beta and on by default since 1.36: DeviceClass
+        ``spec.extendedResourceName``, the scheduler's extended-resource claims, the pod's
+        ``status.extendedResourceClaimStatus``; read by kube-apiserver and kube-scheduler, not by
+        this controller). tests/e2e/test_dra_testbed.py proves both."""
+        kc = str(self.kubeconfig)
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--controllers=resourceclaim-controller",
+            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={self.ports['controller-manager']}",
+            f"--cert-dir={self.dir / 'controller-manager-certs'}",
+        ])
+
+    def _wait_controller_manager(self, deadline: float) -> None:
+        insecure = ssl._create_unverified_context()  # its self-signed serving cert
+        self._wait(self.components["kube-controller-manager"], lambda: _probe(
+            f"https://127.0.0.1:{self.ports['controller-manager']}/healthz", insecure) == "ok", deadline)
 
     def _start_scheduler_and_kwok(self, deadline: float) -> None:
         kc = str(self.kubeconfig)
@@ -569,7 +607,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cp.start()
         if not args.no_nodes:
+            from . import dra_cluster  # imports this module: not at the top
+
             cp.create_gpu_nodes()
+            dra_cluster.install(cp)
         print(f"""
 testbed up in {cp.startup_seconds['total']}s: {cp.server}  (components: {', '.join(cp.components)})
 logs: {cp.dir / 'logs'}
@@ -577,6 +618,7 @@ logs: {cp.dir / 'logs'}
   export KUBECONFIG={cp.kubeconfig}
   export PATH={bin_dir}:$PATH      # kubectl, kube-apiserver, etcd, kwok ...
   kubectl get nodes -L {POOL_LABEL},nvidia.com/gpu.product,nvidia.com/mig.strategy
+  kubectl get deviceclasses,resourceslices     # the DRA pool (tests/e2e/dra_cluster.py)
   # a pod kwok will run, then finish after 5s:
   #   metadata.labels: {{{COMPLETE_AFTER_LABEL}: 5s}}
 

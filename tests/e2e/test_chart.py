@@ -2,8 +2,8 @@
 Go module), the certgen hook Job's command run with the Job's own ServiceAccount token, a GPU pod
 mutated through the installed configurations, and the chart rendering the kustomize base.
 
-The testbed runs no kube-controller-manager, so nothing runs a Job's pod: :class:`JobRunner`
-stands in for the Job controller. For each certgen Job helm creates it runs the Job's container
+The testbed's kube-controller-manager runs no Job controller, so nothing runs a Job's pod:
+:class:`JobRunner` stands in for it. For each certgen Job helm creates it runs the Job's container
 args with the local ``gpu-webhook``, authenticated only by a token of the Job's ServiceAccount
 (TokenRequest API), then writes the Job's status Complete (or Failed) so helm goes on, as it
 would in a cluster. Nor does the Deployment's pod run: the webhook is served locally with the

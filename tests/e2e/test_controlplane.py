@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from .conftest import StubWebhook, denying
 from .controlplane import COMPLETE_AFTER_LABEL, POOL_LABEL, CertificateAuthority, ControlPlane, node_objects
+from .dra_cluster import DRA_NODES_FILE
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +52,7 @@ def scheduled_condition(cp: ControlPlane, namespace: str, name: str) -> Any:
 def test_node_pools_have_gpu_capacity_labels_and_taints(controlplane: ControlPlane) -> None:
     core = client.CoreV1Api(controlplane.api_client())
     nodes = {n.metadata.name: n for n in core.list_node().items}
-    assert set(nodes) == {n["metadata"]["name"] for n in node_objects()}
+    assert set(nodes) == {n["metadata"]["name"] for n in node_objects() + node_objects(DRA_NODES_FILE)}
     mig = nodes["a100-mig-mixed-0"]
     assert mig.status.allocatable["nvidia.com/mig-1g.10gb"] == "28"
     assert mig.status.allocatable["nvidia.com/mig-3g.40gb"] == "4"
@@ -70,9 +71,13 @@ def test_gpu_pod_without_toleration_stays_pending(controlplane: ControlPlane, na
     controlplane.apply(pod("no-toleration", namespace, resources={"nvidia.com/gpu": 1}))
     cond = scheduled_condition(controlplane, namespace, "no-toleration")
     assert (cond.status, cond.reason) == ("False", "Unschedulable")
-    # GPU pools refuse on the taint, CPU nodes on the missing resource.
-    assert "7 node(s) had untolerated taint(s)" in cond.message, cond.message
-    assert "2 Insufficient nvidia.com/gpu" in cond.message
+    # GPU pools (device plugin and DRA) refuse on the taint, CPU nodes on the missing resource. As
+    # NVIDIA's chart maps nvidia.com/gpu to its gpu.nvidia.com DeviceClass (KEP-5004), a node that
+    # does not advertise it is tried through DRA and fails there, not on "Insufficient".
+    nodes = client.CoreV1Api(controlplane.api_client()).list_node().items
+    tainted = sum(1 for n in nodes if n.spec.taints)
+    assert f"{tainted} node(s) had untolerated taint(s)" in cond.message, cond.message
+    assert f"{len(nodes) - tainted} cannot allocate all claims" in cond.message, cond.message
     client.CoreV1Api(controlplane.api_client()).delete_namespaced_pod("no-toleration", namespace)
 
 

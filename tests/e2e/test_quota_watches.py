@@ -230,7 +230,7 @@ def _resource_quota(cp: ControlPlane, core: client.CoreV1Api, tmp: Path, filled:
     admin = client.CoreV1Api(cp.api_client())
     hard = {"requests.nvidia.com/gpu": "1"}
     admin.create_namespaced_resource_quota(NAMESPACE, {"metadata": {"name": "ghost-test"}, "spec": {"hard": hard}})
-    # No controller manager in the testbed: the status a quota controller would write, full.
+    # No quota controller in the testbed: the status it would write, full.
     admin.patch_namespaced_resource_quota_status("ghost-test", NAMESPACE, {"status": {"hard": hard, "used": hard}})
     _until_refused(core, lambda name: airflow_pod(CASE, name, complete_after=None), "exceeded quota: ghost-test")
     message = _fail_create(core, airflow_pod(CASE, f"over-rq-{uuid.uuid4().hex[:6]}", complete_after=None))

@@ -172,9 +172,10 @@ def test_claim_from_template_is_created_allocated_and_the_pod_runs_on_a_dra_node
     # A deleted pod frees the device: reservation and allocation gone (the claim itself stays:
     # deleting it is the garbage collector's job, which does not run here).
     pods.delete(name)
+    # The controller may clear the allocation and drop the finalizer in two writes: wait for both.
     freed = wait_for(lambda: (c := pods.claim(claim.metadata.name)) and not c.status.reserved_for
-                             and c.status.allocation is None and c)
-    assert not freed.metadata.finalizers
+                             and c.status.allocation is None and not c.metadata.finalizers and c)
+    assert freed.status.allocation is None
 
 
 def test_a_finished_pods_generated_claim_is_deleted(pods: Pods, namespace: str) -> None:

@@ -87,6 +87,22 @@ def admission_review(pod: dict[str, Any], namespace: str, *, operation: str = "C
     }
 
 
+def claim_template_review(template: dict[str, Any] | None, namespace: str, *, operation: str = "CREATE",
+                          old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An AdmissionReview request as kube-apiserver sends it for a write to a resource.k8s.io/v1
+    ResourceClaimTemplate (an UPDATE with ``old``), made by a namespace user."""
+    review = admission_review(template or {}, namespace, operation=operation, old=old,
+                              user={"username": "system:serviceaccount:ml-jobs:tenant",
+                                    "groups": ["system:serviceaccounts", "system:authenticated"]})
+    review["request"]["object"] = copy.deepcopy(template)   # None on DELETE
+    group_version = {"group": "resource.k8s.io", "version": "v1"}
+    review["request"].update(kind={**group_version, "kind": "ResourceClaimTemplate"},
+                             resource={**group_version, "resource": "resourceclaimtemplates"},
+                             requestKind={**group_version, "kind": "ResourceClaimTemplate"},
+                             requestResource={**group_version, "resource": "resourceclaimtemplates"})
+    return review
+
+
 def policy_with(**spec_changes: Any) -> Policy:
     """The reference policy with some spec fields replaced."""
     import yaml

@@ -103,6 +103,22 @@ def claim_template_review(template: dict[str, Any] | None, namespace: str, *, op
     return review
 
 
+def dra_template(profile: str, **exactly_changes: Any) -> dict[str, Any]:
+    """The DRA example policy's ResourceClaimTemplate of ``profile`` in ml-jobs, as the API server
+    stores it (its defaults explicit), with fields of the device request's ``exactly`` changed
+    (None removes one)."""
+    from airflow_gpu_webhook.core.dra import claim_template
+
+    template = claim_template(profile, load_policy(DRA_POLICY_FILE).spec.profiles[profile], "ml-jobs")
+    exactly = template["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+    for key, value in exactly_changes.items():
+        if value is None:
+            exactly.pop(key, None)
+        else:
+            exactly[key] = value
+    return template
+
+
 def policy_with(**spec_changes: Any) -> Policy:
     """The reference policy with some spec fields replaced."""
     import yaml

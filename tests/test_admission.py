@@ -11,7 +11,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_gpu_webhook.core.dra import claim_template
 from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
@@ -25,6 +24,7 @@ from conftest import (
     airflow_fixture,
     airflow_fixture_ids,
     claim_template_review,
+    dra_template,
     policy_with,
 )
 from routes import ROUTES
@@ -280,16 +280,7 @@ def test_while_the_node_list_is_not_synced_a_gpu_pod_is_admitted_with_a_warning(
 # --- ResourceClaimTemplates: only the policy's spec under a platform template's name ---
 
 def _template(name: str = "a100-dra", **exactly_changes) -> dict:
-    """The policy's template of profile ``name`` in ml-jobs, with ``exactly`` fields changed
-    (None removes one)."""
-    template = claim_template(name, load_policy(DRA_POLICY_FILE).spec.profiles[name], "ml-jobs")
-    exactly = template["spec"]["spec"]["devices"]["requests"][0]["exactly"]
-    for key, value in exactly_changes.items():
-        if value is None:
-            exactly.pop(key, None)
-        else:
-            exactly[key] = value
-    return template
+    return dra_template(name, **exactly_changes)
 
 
 def _renamed(template: dict, name: str) -> dict:

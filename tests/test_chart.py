@@ -9,6 +9,7 @@ render is the kustomize base, object for object.
 from __future__ import annotations
 
 import base64
+import copy
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from helm import CHART, Helm, build_helm, one
 from airflow_gpu_webhook.cli.conditions import condition_inputs, configurations, helm_values
 from airflow_gpu_webhook.core.policy import parse_policy
 
-from conftest import POLICY_FILE, ROOT
+from conftest import DRA_POLICY_FILE, POLICY_FILE, ROOT
 
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 HOOK = "helm.sh/hook"
@@ -134,7 +135,7 @@ def test_existing_secret_puts_the_given_ca_bundle_in_both_webhooks(helm) -> None
     bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...\n").decode()
     objs = helm.template("--set", "certificates.mode=existingSecret", "--set", f"certificates.existingSecret.caBundle={bundle}",
                          "--set", "certificates.secretName=corp-tls")
-    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle, bundle]
+    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle, bundle, bundle]
     assert not [o for o in objs if o["kind"] in ("Job", "Secret") or o["apiVersion"].startswith("cert-manager.io/")]
     assert {"name": "tls", "secret": {"secretName": "corp-tls"}} in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
 
@@ -156,7 +157,7 @@ def test_the_releases_namespace_is_always_excluded_and_the_opt_out_label_can_be_
 def test_failure_policy_timeout_and_reinvocation_reach_the_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.failurePolicy=Ignore", "--set", "webhooks.timeoutSeconds=10",
                          "--set", "webhooks.reinvocationPolicy=Never")
-    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 2
+    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 3
     assert one(objs, "MutatingWebhookConfiguration")["webhooks"][0]["reinvocationPolicy"] == "Never"
 
 
@@ -219,6 +220,7 @@ def test_the_network_policy_opens_the_port_to_the_given_api_server_addresses_onl
 def test_a_url_replaces_the_service_in_both_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.url=https://127.0.0.1:9443/")
     assert [w["clientConfig"] for w in webhooks(objs)] == [{"url": "https://127.0.0.1:9443/mutate"},
+                                                           {"url": "https://127.0.0.1:9443/validate"},
                                                            {"url": "https://127.0.0.1:9443/validate"}]
     assert "webhooks/url" in helm.template_error("--set", "webhooks.url=http://127.0.0.1:9443")
 
@@ -265,6 +267,11 @@ POLICY_CHANGES = [
     ("other GPU runtime classes", _set("spec.gpuRuntimeClasses", ["nvidia", "nvidia-cdi"])),
     ("DRA claims allowed", _set("spec.resourceClaims", "allow")),
     ("reaching pods voided", _set("spec.gpuReachingPods", "void")),
+    ("a DRA claim profile", _set("spec.profiles.h100-dra", {
+        "resource": "nvidia.com/gpu", "maxCount": 8, "dra": {"deviceClassName": "gpu.nvidia.com", "selector":
+                                                             "device.attributes['gpu.nvidia.com'].productName == 'H100'"}})),
+    ("a profile moved to DRA claims without a selector", _set("spec.profiles.a100-80gb.dra", {
+        "deviceClassName": "gpu.nvidia.com", "form": "claim"})),
 ]
 
 
@@ -278,7 +285,7 @@ def test_a_policy_change_the_conditions_depend_on_needs_conditions_generated_for
     assert "gpu-webhook policy conditions --helm-values" in error
     objs = helm.template(*policy_values(tmp_path, change, conditions=True))
     policy = parse_policy(yaml.safe_load((tmp_path / "policy.yaml").read_text()))
-    expected = [d["webhooks"][0]["matchConditions"] for d in configurations(policy)]
+    expected = [w["matchConditions"] for d in configurations(policy) for w in d["webhooks"]]
     assert [w["matchConditions"] for w in webhooks(objs)] == expected
     assert condition_inputs(policy) != condition_inputs(parse_policy(yaml.safe_load(POLICY_FILE.read_text())))
 
@@ -287,6 +294,40 @@ def test_a_policy_change_the_conditions_do_not_depend_on_renders_with_the_shippe
     objs = helm.template(*policy_values(tmp_path, _set("spec.tenants.vision.quota.gpuEquivalent", 2), conditions=False))
     assert yaml.safe_load(one(objs, "ConfigMap")["data"]["policy.yaml"])["spec"]["tenants"]["vision"]["quota"][
         "gpuEquivalent"] == 2
+
+
+def test_a_dra_claim_profiles_own_template_is_not_sent_and_the_policy_check_sees_its_spec(helm, tmp_path) -> None:
+    """The template webhook skips exactly the policy's templates, so the conditions depend on each
+    claim profile's device class and selector: changing the selector needs new conditions too."""
+    dra = yaml.safe_load(DRA_POLICY_FILE.read_text())
+
+    def use_dra(policy: dict[str, Any]) -> None:
+        policy.clear()
+        policy.update(copy.deepcopy(dra))
+
+    objs = helm.template(*policy_values(tmp_path, use_dra, conditions=True))
+    templates = one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]
+    assert [c["name"] for c in templates["matchConditions"]] == ["platform-template-name", "writes-the-spec",
+                                                                  "not-the-policys-template"]
+    assert "'gpu-platform-a100-dra-mig-1g.10gb'" in templates["matchConditions"][2]["expression"]
+
+    def reselect(policy: dict[str, Any]) -> None:
+        use_dra(policy)
+        policy["spec"]["profiles"]["a100-dra"]["dra"]["selector"] = "device.attributes['gpu.nvidia.com'].productName == 'X'"
+
+    (tmp_path / "stale").mkdir()
+    stale = policy_values(tmp_path / "stale", use_dra, conditions=True)[2:]
+    error = helm.template_error(*policy_values(tmp_path, reselect, conditions=False), *stale)
+    assert "webhooks.matchConditions were generated for a policy with" in error and "productName == 'X'" in error
+
+
+def test_conditions_generated_before_the_template_webhook_still_render_it(helm, tmp_path) -> None:
+    values = yaml.safe_load(helm_values(parse_policy(yaml.safe_load(POLICY_FILE.read_text()))))
+    del values["webhooks"]["matchConditions"]["templates"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(values))
+    objs = helm.template("-f", str(tmp_path / "old.yaml"))
+    shipped = yaml.safe_load((CHART / "files" / "match-conditions.yaml").read_text())
+    assert one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]["matchConditions"] == shipped["templates"]
 
 
 def test_helm_values_prints_the_charts_value_for_a_policy() -> None:

@@ -192,6 +192,19 @@ def test_without_track_usage_the_webhook_gets_no_cluster_rights_and_no_ledger(he
     assert not [a for a in args if "track-usage" in a or "ledger" in a]
 
 
+def test_the_webhooks_rbac_is_the_kustomize_bases(helm) -> None:
+    """Rule for rule, with the DRA reconciler's: the ResourceClaimTemplates it keeps in the tenants'
+    namespaces (delete: a template's spec is immutable, so a stale one is replaced), and the
+    ResourceSlices and DeviceClasses it reads."""
+    base = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all((ROOT / "manifests" / "base" /
+                                                                            "rbac.yaml").read_text())}
+    objs = helm.template()
+    for kind, name in (("ClusterRole", "gpu-webhook"), ("Role", "gpu-webhook-ledger")):
+        assert one(objs, kind, name)["rules"] == base[(kind, name)]["rules"]
+    assert {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "deviceclasses"],
+            "verbs": ["list", "watch"]} in base[("ClusterRole", "gpu-webhook")]["rules"]
+
+
 def test_track_usage_keeps_its_ledger_in_the_namespace_given(helm) -> None:
     objs = helm.template("--set", "trackUsage.ledgerNamespace=quota")
     assert one(objs, "Namespace")["metadata"]["name"] == "quota"

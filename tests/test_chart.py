@@ -9,7 +9,6 @@ render is the kustomize base, object for object.
 from __future__ import annotations
 
 import base64
-import copy
 import re
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import yaml
 from helm import CHART, Helm, build_helm, one
 
 from airflow_gpu_webhook.cli.conditions import condition_inputs, configurations, helm_values
-from airflow_gpu_webhook.core.policy import parse_policy
+from airflow_gpu_webhook.core.dra import claim_template, decide_template
+from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 
 from conftest import DRA_POLICY_FILE, POLICY_FILE, ROOT
 
@@ -268,6 +268,12 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _dra_policy(policy: dict[str, Any]) -> None:
+    """The reference policy replaced by docs/examples/policy-dra.yaml."""
+    policy.clear()
+    policy.update(yaml.safe_load(DRA_POLICY_FILE.read_text()))
+
+
 def _keyless(policy: dict[str, Any]) -> None:
     policy["spec"]["profiles"]["h100-80gb"]["tolerations"] = [{"operator": "Exists"}]
 
@@ -312,24 +318,18 @@ def test_a_policy_change_the_conditions_do_not_depend_on_renders_with_the_shippe
 def test_a_dra_claim_profiles_own_template_is_not_sent_and_the_policy_check_sees_its_spec(helm, tmp_path) -> None:
     """The template webhook skips exactly the policy's templates, so the conditions depend on each
     claim profile's device class and selector: changing the selector needs new conditions too."""
-    dra = yaml.safe_load(DRA_POLICY_FILE.read_text())
-
-    def use_dra(policy: dict[str, Any]) -> None:
-        policy.clear()
-        policy.update(copy.deepcopy(dra))
-
-    objs = helm.template(*policy_values(tmp_path, use_dra, conditions=True))
+    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True))
     templates = one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]
     assert [c["name"] for c in templates["matchConditions"]] == ["platform-template-name", "writes-the-spec",
                                                                   "not-the-policys-template"]
     assert "'gpu-platform-a100-dra-mig-1g.10gb'" in templates["matchConditions"][2]["expression"]
 
     def reselect(policy: dict[str, Any]) -> None:
-        use_dra(policy)
+        _dra_policy(policy)
         policy["spec"]["profiles"]["a100-dra"]["dra"]["selector"] = "device.attributes['gpu.nvidia.com'].productName == 'X'"
 
     (tmp_path / "stale").mkdir()
-    stale = policy_values(tmp_path / "stale", use_dra, conditions=True)[2:]
+    stale = policy_values(tmp_path / "stale", _dra_policy, conditions=True)[2:]
     error = helm.template_error(*policy_values(tmp_path, reselect, conditions=False), *stale)
     assert "webhooks.matchConditions were generated for a policy with" in error and "productName == 'X'" in error
 
@@ -341,6 +341,52 @@ def test_conditions_generated_before_the_template_webhook_still_render_it(helm, 
     objs = helm.template("-f", str(tmp_path / "old.yaml"))
     shipped = yaml.safe_load((CHART / "files" / "match-conditions.yaml").read_text())
     assert one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]["matchConditions"] == shipped["templates"]
+
+
+# ----------------------------------------------------------------------------- DRA claim templates
+def claim_templates(objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs if o["kind"] == "ResourceClaimTemplate"]
+
+
+def test_the_reference_policy_renders_no_claim_template(helm) -> None:
+    assert claim_templates(helm.template()) == []
+    assert claim_templates(helm.template("--set", "claimTemplates.extraNamespaces={team-a}")) == []
+
+
+def test_a_dra_policy_renders_each_claim_profiles_template_in_each_tenant_namespace(helm, tmp_path) -> None:
+    """The objects of ``gpu-webhook dra templates`` (webhook/core/dra.py claim_template), with Helm's
+    labels: the extendedResource profile gets none, and the spec is the one the template webhook
+    does not need to see."""
+    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True))
+    profiles = ["a100-dra", "a100-dra-mig-1g.10gb"]
+    assert claim_templates(objs) == [(ns, f"gpu-platform-{p}") for ns in ("airflow", "ml-jobs") for p in profiles]
+    policy = load_policy(DRA_POLICY_FILE)
+    rendered = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs if o["kind"] == "ResourceClaimTemplate"}
+    for namespace, name in rendered:
+        profile = name.removeprefix("gpu-platform-")
+        expected = claim_template(profile, policy.spec.profiles[profile], namespace)
+        obj = rendered[(namespace, name)]
+        assert (obj["apiVersion"], obj["spec"]) == (expected["apiVersion"], expected["spec"])
+        assert obj["metadata"]["labels"]["gpu.platform/profile"] == profile
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert decide_template(obj, policy).reason == "platform-template-ok"
+
+
+def test_extra_namespaces_get_the_templates_too_and_the_knob_turns_them_off(helm, tmp_path) -> None:
+    args = policy_values(tmp_path, _dra_policy, conditions=True)
+    objs = helm.template(*args, "--set", "claimTemplates.extraNamespaces={team-b,ml-jobs}")
+    assert sorted({ns for ns, _ in claim_templates(objs)}) == ["airflow", "ml-jobs", "team-b"]
+    assert len(claim_templates(objs)) == 6
+    assert claim_templates(helm.template(*args, "--set", "claimTemplates.enabled=false")) == []
+
+
+def test_extra_namespaces_with_a_policy_the_chart_cannot_read_are_refused(helm, tmp_path) -> None:
+    conditions = policy_values(tmp_path, _dra_policy, conditions=True)[2:]
+    error = helm.template_error("--set", "policy.existingConfigMap=corp-gpu-policy", "--set",
+                                "claimTemplates.extraNamespaces={team-a}", *conditions)
+    assert "claimTemplates.extraNamespaces: with policy.existingConfigMap the chart cannot read" in error
+    assert "gpu-webhook dra templates" in error
+    assert "claimTemplates/extraNamespaces" in helm.template_error("--set", "claimTemplates.extraNamespaces={Team_A}")
 
 
 def test_helm_values_prints_the_charts_value_for_a_policy() -> None:

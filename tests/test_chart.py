@@ -353,11 +353,13 @@ def test_the_reference_policy_renders_no_claim_template(helm) -> None:
     assert claim_templates(helm.template("--set", "claimTemplates.extraNamespaces={team-a}")) == []
 
 
-def test_a_dra_policy_renders_each_claim_profiles_template_in_each_tenant_namespace(helm, tmp_path) -> None:
-    """The objects of ``gpu-webhook dra templates`` (webhook/core/dra.py claim_template), with Helm's
-    labels: the extendedResource profile gets none, and the spec is the one the template webhook
-    does not need to see."""
-    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True))
+def test_without_track_usage_a_dra_policy_renders_each_claim_profiles_template_in_each_tenant_namespace(
+        helm, tmp_path) -> None:
+    """The objects of ``gpu-webhook dra templates`` (webhook/core/dra.py claim_template), their
+    labels included (the validating step's template watch selects on managed-by), plus the
+    release's: the extendedResource profile gets none, and the spec is the one the template
+    webhook does not need to see."""
+    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True), "--set", "trackUsage.enabled=false")
     profiles = ["a100-dra", "a100-dra-mig-1g.10gb"]
     assert claim_templates(objs) == [(ns, f"gpu-platform-{p}") for ns in ("airflow", "ml-jobs") for p in profiles]
     policy = load_policy(DRA_POLICY_FILE)
@@ -367,13 +369,24 @@ def test_a_dra_policy_renders_each_claim_profiles_template_in_each_tenant_namesp
         expected = claim_template(profile, policy.spec.profiles[profile], namespace)
         obj = rendered[(namespace, name)]
         assert (obj["apiVersion"], obj["spec"]) == (expected["apiVersion"], expected["spec"])
-        assert obj["metadata"]["labels"]["gpu.platform/profile"] == profile
-        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert obj["metadata"]["labels"].items() >= expected["metadata"]["labels"].items()
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "gpu-webhook"
         assert decide_template(obj, policy).reason == "platform-template-ok"
 
 
-def test_extra_namespaces_get_the_templates_too_and_the_knob_turns_them_off(helm, tmp_path) -> None:
+def test_with_track_usage_the_reconciler_owns_the_tenant_namespaces_and_the_chart_only_the_extra_ones(
+        helm, tmp_path) -> None:
+    """One owner per template: the reconciler replaces a stale template (delete, create), which a
+    Helm upgrade could not (the spec is immutable), and Helm will not adopt an object it did not
+    create; namespaces no tenant names are left to the chart."""
     args = policy_values(tmp_path, _dra_policy, conditions=True)
+    assert claim_templates(helm.template(*args)) == []
+    objs = helm.template(*args, "--set", "claimTemplates.extraNamespaces={team-b,ml-jobs}")
+    assert claim_templates(objs) == [("team-b", "gpu-platform-a100-dra"), ("team-b", "gpu-platform-a100-dra-mig-1g.10gb")]
+
+
+def test_extra_namespaces_get_the_templates_too_and_the_knob_turns_them_off(helm, tmp_path) -> None:
+    args = [*policy_values(tmp_path, _dra_policy, conditions=True), "--set", "trackUsage.enabled=false"]
     objs = helm.template(*args, "--set", "claimTemplates.extraNamespaces={team-b,ml-jobs}")
     assert sorted({ns for ns, _ in claim_templates(objs)}) == ["airflow", "ml-jobs", "team-b"]
     assert len(claim_templates(objs)) == 6

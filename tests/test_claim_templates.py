@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from airflow_gpu_webhook.cli.claim_templates import run_dra, templates, tenant_namespaces
+from airflow_gpu_webhook.cli.claim_templates import open_match_entries, run_dra, templates
 from airflow_gpu_webhook.cli.explain import POLICY_ENV
 from airflow_gpu_webhook.cli.main import main
 from airflow_gpu_webhook.core.dra import claim_template, decide_template
@@ -72,13 +72,17 @@ def _with_tenants(tenants: dict) -> dict:
 @pytest.mark.parametrize("tenants, namespaces, open_entries", [
     pytest.param({"a": {"match": [{"namespace": "z"}, {"namespace": "y", "podLabels": {"team": "a"}}]},
                   "b": {"match": [{"namespace": "z"}]}}, ["y", "z"], [],
-                 id="named namespaces are listed sorted and once"),
+                 id="named namespaces are used sorted and once, and no entry is open"),
     pytest.param({"a": {"match": [{"namespace": "y"}, {"dagIdPrefix": "a_"}]},
                   "b": {"match": [{"serviceAccount": "ops/worker"}]}}, ["y"], ["a #2", "b #1"],
                  id="entries without a namespace are reported, a ServiceAccount's namespace included"),
 ])
-def test_tenant_namespaces(tenants, namespaces, open_entries):
-    assert tenant_namespaces(parse_policy(_with_tenants(tenants))) == (namespaces, open_entries)
+def test_default_namespaces_and_open_match_entries(tmp_path, capsys, tenants, namespaces, open_entries):
+    policy = _with_tenants(tenants)
+    assert open_match_entries(parse_policy(policy)) == open_entries
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    _, objs, _ = _printed(capsys, ["templates", "--policy", str(tmp_path / "policy.yaml")])
+    assert list(dict.fromkeys(o["metadata"]["namespace"] for o in objs)) == namespaces
 
 
 def test_match_entries_without_a_namespace_are_named_on_stderr(tmp_path, capsys):

@@ -3,8 +3,9 @@ need, as a YAML stream for ``kubectl apply``.
 
 A pod of such a profile gets its GPUs as claims from the template ``gpu-platform-<profile>`` of
 its own namespace (:mod:`airflow_gpu_webhook.core.dra`), so every namespace where tenants run GPU
-pods needs one per profile. The Helm chart renders them; with kustomize, or for namespaces the
-chart does not know, print them here::
+pods needs one per profile. ``serve --track-usage`` keeps them in the namespaces the tenants'
+``match`` entries name (webhook/cluster/templates.py); for other namespaces (tenants matched
+without a namespace), or a webhook without ``--track-usage``, print them here::
 
     gpu-webhook dra templates --policy policy.yaml | kubectl apply -f -
     gpu-webhook dra templates --policy policy.yaml --namespace team-a --namespace team-b
@@ -26,28 +27,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..core.dra import claim_template
+from ..core.dra import claim_template, template_namespaces
 from ..core.policy import Policy, PolicyError, load_policy
 from .explain import POLICY_ENV
 
-__all__ = ["run_dra", "templates", "tenant_namespaces"]
+__all__ = ["open_match_entries", "run_dra", "templates"]
 
 USAGE_ERROR = 2
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def tenant_namespaces(policy: Policy) -> tuple[list[str], list[str]]:
-    """The namespaces the tenants' ``match`` entries name (sorted, once each), and the entries
-    that name none (``tenant #n``): their pods may run in any namespace, which no default covers."""
-    named: set[str] = set()
-    open_entries: list[str] = []
-    for tenant_name, tenant in policy.spec.tenants.items():
-        for number, entry in enumerate(tenant.match, 1):
-            if entry.namespace:
-                named.add(entry.namespace)
-            else:
-                open_entries.append(f"{tenant_name} #{number}")
-    return sorted(named), open_entries
+def open_match_entries(policy: Policy) -> list[str]:
+    """The tenants' ``match`` entries that name no namespace (``tenant #n``): their pods may run in
+    any namespace, which the default (:func:`~airflow_gpu_webhook.core.dra.template_namespaces`)
+    cannot cover."""
+    return [f"{name} #{number}" for name, tenant in policy.spec.tenants.items()
+            for number, entry in enumerate(tenant.match, 1) if not entry.namespace]
 
 
 def templates(policy: Policy, namespaces: Sequence[str]) -> list[dict[str, Any]]:
@@ -103,10 +98,10 @@ def run_dra(argv: Sequence[str]) -> int:
         print(f"gpu-webhook dra: policy {policy.metadata.name} has no DRA claim profile: no templates to make",
               file=sys.stderr)
         return 0
-    namespaces, open_entries = tenant_namespaces(policy)
+    namespaces = list(template_namespaces(policy))
     if args.namespace:
         namespaces = list(dict.fromkeys(args.namespace))
-    elif open_entries:
+    elif open_entries := open_match_entries(policy):
         print(f"gpu-webhook dra: match entries without a namespace ({', '.join(open_entries)}) let pods run in any "
               f"namespace: give those namespaces with --namespace", file=sys.stderr)
     if not namespaces:

@@ -104,6 +104,8 @@ def values_schema() -> dict[str, Any]:
                 # Empty: the reference policy; otherwise a whole GPUPolicy, checked by its own schema.
                 "inline": {"type": "object", "if": {"minProperties": 1}, "then": {"$ref": "#/$defs/GPUPolicy"}},
                 "existingConfigMap": {"type": "string"}}),
+            "claimTemplates": _strict({"enabled": {"type": "boolean"},
+                                       "extraNamespaces": {"type": "array", "items": _KUBE_NAME, "uniqueItems": True}}),
             "trackUsage": _strict({"enabled": {"type": "boolean"}, "ledgerNamespace": _KUBE_NAME,
                                    "createLedgerNamespace": {"type": "boolean"}}),
             "webhooks": _strict({
@@ -114,7 +116,9 @@ def values_schema() -> dict[str, Any]:
                 "exemptNamespaceLabel": {"type": "string"},
                 "matchConditions": {"type": "object", "if": {"minProperties": 1}, "then": _strict({
                     "for": _OBJECT, "mutating": {"type": "array", "items": condition, "minItems": 1},
-                    "validating": {"type": "array", "items": condition, "minItems": 1}},
+                    "validating": {"type": "array", "items": condition, "minItems": 1},
+                    # Optional: values generated before the template webhook existed lack it.
+                    "templates": {"type": "array", "items": condition, "minItems": 1}},
                     ["for", "mutating", "validating"])},
                 "url": {"type": "string", "pattern": "^(https://[^?#]+)?$"},
             }),

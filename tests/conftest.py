@@ -87,6 +87,38 @@ def admission_review(pod: dict[str, Any], namespace: str, *, operation: str = "C
     }
 
 
+def claim_template_review(template: dict[str, Any] | None, namespace: str, *, operation: str = "CREATE",
+                          old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An AdmissionReview request as kube-apiserver sends it for a write to a resource.k8s.io/v1
+    ResourceClaimTemplate (an UPDATE with ``old``), made by a namespace user."""
+    review = admission_review(template or {}, namespace, operation=operation, old=old,
+                              user={"username": "system:serviceaccount:ml-jobs:tenant",
+                                    "groups": ["system:serviceaccounts", "system:authenticated"]})
+    review["request"]["object"] = copy.deepcopy(template)   # None on DELETE
+    group_version = {"group": "resource.k8s.io", "version": "v1"}
+    review["request"].update(kind={**group_version, "kind": "ResourceClaimTemplate"},
+                             resource={**group_version, "resource": "resourceclaimtemplates"},
+                             requestKind={**group_version, "kind": "ResourceClaimTemplate"},
+                             requestResource={**group_version, "resource": "resourceclaimtemplates"})
+    return review
+
+
+def dra_template(profile: str, **exactly_changes: Any) -> dict[str, Any]:
+    """The DRA example policy's ResourceClaimTemplate of ``profile`` in ml-jobs, as the API server
+    stores it (its defaults explicit), with fields of the device request's ``exactly`` changed
+    (None removes one)."""
+    from airflow_gpu_webhook.core.dra import claim_template
+
+    template = claim_template(profile, load_policy(DRA_POLICY_FILE).spec.profiles[profile], "ml-jobs")
+    exactly = template["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+    for key, value in exactly_changes.items():
+        if value is None:
+            exactly.pop(key, None)
+        else:
+            exactly[key] = value
+    return template
+
+
 def policy_with(**spec_changes: Any) -> Policy:
     """The reference policy with some spec fields replaced."""
     import yaml

@@ -7,16 +7,26 @@ import re
 import jsonpatch
 import orjson
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
+from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
 from airflow_gpu_webhook.server import admission
 from airflow_gpu_webhook.server.admission import mutate, review_chain, validate
 from airflow_gpu_webhook.server.review import parse_review
 
-from conftest import admission_review, airflow_fixture, airflow_fixture_ids, policy_with
+from conftest import (
+    DRA_POLICY_FILE,
+    admission_review,
+    airflow_fixture,
+    airflow_fixture_ids,
+    claim_template_review,
+    dra_template,
+    policy_with,
+)
 from routes import ROUTES
 
 
@@ -265,3 +275,86 @@ def test_while_the_node_list_is_not_synced_a_gpu_pod_is_admitted_with_a_warning(
     final = jsonpatch.apply_patch(request.object, list(mutate(request, policy).patch))
     decision = validate(request._replace(object=final), policy, {}, None, nodes_synced=False)
     assert decision.allowed and any("did not check that a node can hold" in w for w in decision.warnings)
+
+
+# --- ResourceClaimTemplates: only the policy's spec under a platform template's name ---
+
+def _template(name: str = "a100-dra", **exactly_changes) -> dict:
+    return dra_template(name, **exactly_changes)
+
+
+def _renamed(template: dict, name: str) -> dict:
+    return {**template, "metadata": {**template["metadata"], "name": name}}
+
+
+def _relabelled(template: dict) -> dict:
+    return {**template, "metadata": {**template["metadata"], "labels": {"team": "vision"}}}
+
+
+ROGUE = _template(count=8)
+TEMPLATES = [
+    ("the policy's own template is admitted", "validate", "CREATE", _template(), None, True, "platform-template-ok"),
+    ("the policy's template without the defaults the API server fills in is admitted", "validate", "CREATE",
+     _template(allocationMode=None, count=None), None, True, "platform-template-ok"),
+    ("a platform template asking for 8 devices per claim is refused", "validate", "CREATE", ROGUE, None, False,
+     "platform-template"),
+    ("a platform template of another device class is refused", "validate", "CREATE",
+     _template(deviceClassName="any.gpu.example"), None, False, "platform-template"),
+    ("a platform template without the profile's selector is refused", "validate", "CREATE",
+     _template(selectors=None), None, False, "platform-template"),
+    ("a platform template with admin access is refused", "validate", "CREATE", _template(adminAccess=True), None,
+     False, "platform-template"),
+    ("a gpu-platform- name that is no claim profile's template is refused", "validate", "CREATE",
+     _renamed(_template(), "gpu-platform-a100-mig-1g.10gb-er"), None, False, "platform-template"),
+    ("a template of another name passes untouched", "validate", "CREATE", _renamed(ROGUE, "my-own-gpus"), None, True,
+     "not-platform-template"),
+    ("an update of the labels only passes, whatever the stored spec", "validate", "UPDATE", _relabelled(ROGUE), ROGUE,
+     True, "update"),
+    ("an update that changes the spec is judged and refused", "validate", "UPDATE", ROGUE, _template(), False,
+     "platform-template"),
+    ("a delete passes untouched", "validate", "DELETE", None, _template(), True, "not-create"),
+    ("mutation leaves a template untouched", "mutate", "CREATE", ROGUE, None, True, "not-pod"),
+]
+
+
+@pytest.mark.parametrize("description, step, operation, template, old, allowed, reason", TEMPLATES,
+                         ids=[t[0] for t in TEMPLATES])
+def test_a_resource_claim_template_write_is_judged_by_the_validating_step(description, step, operation, template, old,
+                                                                          allowed, reason, dra_policy):
+    review = claim_template_review(template, "ml-jobs", operation=operation, old=old)
+    request = parse_review(orjson.dumps(review))
+    decision = mutate(request, dra_policy) if step == "mutate" else validate(request, dra_policy, {})
+    assert (decision.allowed, decision.reason, decision.patch) == (allowed, reason, ()), decision.message
+    if not allowed:
+        assert decision.code == 403 and "gpu-platform-" in decision.message
+
+
+def test_a_refused_template_names_the_policys_spec_and_why():
+    request = parse_review(orjson.dumps(claim_template_review(ROGUE, "ml-jobs")))
+    message = validate(request, load_policy(DRA_POLICY_FILE), {}).message
+    assert "'gpu-platform-a100-dra' is the GPU platform's template of profile a100-dra" in message
+    assert "each claim from it is charged as one device" in message
+
+
+def test_the_offline_chain_judges_a_template_as_the_validating_step_does(dra_policy):
+    request = parse_review(orjson.dumps(claim_template_review(ROGUE, "ml-jobs")))
+    assert review_chain(request, dra_policy, {}) == validate(request, dra_policy, {})
+    assert review_chain(request._replace(object=_template()), dra_policy, {}).allowed
+
+
+def test_warn_mode_turns_a_template_denial_into_a_warning():
+    data = yaml.safe_load(DRA_POLICY_FILE.read_text())
+    data["spec"]["enforcement"] = "warn"
+    warn = parse_policy(data)
+    decision = validate(parse_review(orjson.dumps(claim_template_review(ROGUE, "ml-jobs"))), warn, {})
+    assert decision.allowed and decision.warned and decision.reason == "platform-template"
+    assert decision.warnings[0].startswith("[gpu-webhook warn-only] ResourceClaimTemplate 'gpu-platform-a100-dra'")
+
+
+def test_a_template_decision_that_raises_is_a_500_denial(dra_policy, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(admission, "decide_template", broken)
+    decision = validate(parse_review(orjson.dumps(claim_template_review(_template(), "ml-jobs"))), dra_policy, {})
+    assert (decision.allowed, decision.code, decision.reason) == (False, 500, "internal-error")

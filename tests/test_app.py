@@ -20,7 +20,7 @@ from airflow_gpu_webhook.cli.certs import generate_client
 from airflow_gpu_webhook.cli.main import GRACEFUL_SHUTDOWN_SECONDS
 from airflow_gpu_webhook.server.app import MAX_BODY_BYTES
 
-from conftest import admission_review, airflow_fixture
+from conftest import admission_review, airflow_fixture, claim_template_review
 from serve import WebhookServer
 
 
@@ -136,6 +136,29 @@ def test_health_readiness_and_metrics(server):
     assert 'gpu_webhook_admissions_total{outcome="denied",profile="unknown",reason="unknown-profile",step="mutate",tenant="vision"}' in metrics
     assert 'gpu_webhook_bad_requests_total{status="415",step="mutate"}' in metrics
     assert "gpu_webhook_decision_seconds_bucket" in metrics
+
+
+def test_a_resource_claim_template_is_judged_on_validate_and_counted_by_its_reason(server):
+    """The reference policy has no DRA profile, so no template may take a platform name."""
+    template = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+                "metadata": {"name": "gpu-platform-a100-80gb", "namespace": "ml-jobs"},
+                "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                    "deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": 8}}]}}}}
+    review = claim_template_review(template, "ml-jobs")
+    response = post(server, "/validate", orjson.dumps(review)).json()["response"]
+    assert (response["uid"], response["allowed"], response["status"]["code"]) == (review["request"]["uid"], False, 403)
+    assert "'gpu-platform-a100-80gb' is no DRA profile's template; choose another name" in response["status"]["message"]
+    mine = claim_template_review({**template, "metadata": {"name": "my-gpus", "namespace": "ml-jobs"}}, "ml-jobs")
+    assert post(server, "/validate", orjson.dumps(mine)).json()["response"]["allowed"] is True
+    assert post(server, "/mutate", orjson.dumps(review)).json()["response"] == {"uid": review["request"]["uid"],
+                                                                                  "allowed": True}
+    metrics = server.client.get("/metrics").text
+    for reason, step, outcome in (("platform-template", "validate", "denied"),
+                                  ("not-platform-template", "validate", "allowed"), ("not-pod", "mutate", "allowed")):
+        assert (f'gpu_webhook_admissions_total{{outcome="{outcome}",profile="none",reason="{reason}",step="{step}",'
+                f'tenant="none"}} 1.0') in metrics
+    time.sleep(0.2)
+    assert "namespace=ml-jobs resourceclaimtemplate=gpu-platform-a100-80gb allowed=False" in server.log.read_text()
 
 
 def test_the_server_logs_one_line_per_decision(server):

@@ -77,9 +77,9 @@ def test_existing_files_are_not_overwritten_without_force(files):
 
 def test_the_ca_bundle_goes_into_every_webhook_of_the_shipped_configurations(files):
     docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
-    assert inject_ca_bundle(docs, ca_bundle(files.ca_cert)) == 2
-    for doc in docs:
-        client = doc["webhooks"][0]["clientConfig"]
+    assert inject_ca_bundle(docs, ca_bundle(files.ca_cert)) == 3   # pods (2) and the DRA templates
+    for webhook in (w for doc in docs for w in doc["webhooks"]):
+        client = webhook["clientConfig"]
         assert base64.b64decode(client["caBundle"]) == files.ca_cert.read_bytes()
         assert client["service"]["name"] == "gpu-webhook"
 
@@ -87,6 +87,7 @@ def test_the_ca_bundle_goes_into_every_webhook_of_the_shipped_configurations(fil
 def test_a_url_replaces_the_service_and_keeps_each_path(files):
     docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
     inject_ca_bundle(docs, ca_bundle(files.ca_cert), url="https://127.0.0.1:9443/")
-    urls = [d["webhooks"][0]["clientConfig"]["url"] for d in docs]
-    assert urls == ["https://127.0.0.1:9443/mutate", "https://127.0.0.1:9443/validate"]
-    assert all("service" not in d["webhooks"][0]["clientConfig"] for d in docs)
+    urls = [w["clientConfig"]["url"] for d in docs for w in d["webhooks"]]
+    assert urls == ["https://127.0.0.1:9443/mutate", "https://127.0.0.1:9443/validate",
+                    "https://127.0.0.1:9443/validate"]
+    assert all("service" not in w["clientConfig"] for d in docs for w in d["webhooks"])

@@ -21,9 +21,10 @@ import yaml
 from helm import CHART, Helm, build_helm, one
 
 from airflow_gpu_webhook.cli.conditions import condition_inputs, configurations, helm_values
-from airflow_gpu_webhook.core.policy import parse_policy
+from airflow_gpu_webhook.core.dra import claim_template, decide_template
+from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 
-from conftest import POLICY_FILE, ROOT
+from conftest import DRA_POLICY_FILE, POLICY_FILE, ROOT
 
 WEBHOOK_KINDS = ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration")
 HOOK = "helm.sh/hook"
@@ -134,7 +135,7 @@ def test_existing_secret_puts_the_given_ca_bundle_in_both_webhooks(helm) -> None
     bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...\n").decode()
     objs = helm.template("--set", "certificates.mode=existingSecret", "--set", f"certificates.existingSecret.caBundle={bundle}",
                          "--set", "certificates.secretName=corp-tls")
-    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle, bundle]
+    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle, bundle, bundle]
     assert not [o for o in objs if o["kind"] in ("Job", "Secret") or o["apiVersion"].startswith("cert-manager.io/")]
     assert {"name": "tls", "secret": {"secretName": "corp-tls"}} in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
 
@@ -156,7 +157,7 @@ def test_the_releases_namespace_is_always_excluded_and_the_opt_out_label_can_be_
 def test_failure_policy_timeout_and_reinvocation_reach_the_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.failurePolicy=Ignore", "--set", "webhooks.timeoutSeconds=10",
                          "--set", "webhooks.reinvocationPolicy=Never")
-    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 2
+    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 3
     assert one(objs, "MutatingWebhookConfiguration")["webhooks"][0]["reinvocationPolicy"] == "Never"
 
 
@@ -191,6 +192,19 @@ def test_without_track_usage_the_webhook_gets_no_cluster_rights_and_no_ledger(he
     assert not [a for a in args if "track-usage" in a or "ledger" in a]
 
 
+def test_the_webhooks_rbac_is_the_kustomize_bases(helm) -> None:
+    """Rule for rule, with the DRA reconciler's: the ResourceClaimTemplates it keeps in the tenants'
+    namespaces (delete: a template's spec is immutable, so a stale one is replaced), and the
+    ResourceSlices and DeviceClasses it reads."""
+    base = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all((ROOT / "manifests" / "base" /
+                                                                            "rbac.yaml").read_text())}
+    objs = helm.template()
+    for kind, name in (("ClusterRole", "gpu-webhook"), ("Role", "gpu-webhook-ledger")):
+        assert one(objs, kind, name)["rules"] == base[(kind, name)]["rules"]
+    assert {"apiGroups": ["resource.k8s.io"], "resources": ["resourceslices", "deviceclasses"],
+            "verbs": ["list", "watch"]} in base[("ClusterRole", "gpu-webhook")]["rules"]
+
+
 def test_track_usage_keeps_its_ledger_in_the_namespace_given(helm) -> None:
     objs = helm.template("--set", "trackUsage.ledgerNamespace=quota")
     assert one(objs, "Namespace")["metadata"]["name"] == "quota"
@@ -219,6 +233,7 @@ def test_the_network_policy_opens_the_port_to_the_given_api_server_addresses_onl
 def test_a_url_replaces_the_service_in_both_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.url=https://127.0.0.1:9443/")
     assert [w["clientConfig"] for w in webhooks(objs)] == [{"url": "https://127.0.0.1:9443/mutate"},
+                                                           {"url": "https://127.0.0.1:9443/validate"},
                                                            {"url": "https://127.0.0.1:9443/validate"}]
     assert "webhooks/url" in helm.template_error("--set", "webhooks.url=http://127.0.0.1:9443")
 
@@ -253,6 +268,12 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _dra_policy(policy: dict[str, Any]) -> None:
+    """The reference policy replaced by docs/examples/policy-dra.yaml."""
+    policy.clear()
+    policy.update(yaml.safe_load(DRA_POLICY_FILE.read_text()))
+
+
 def _keyless(policy: dict[str, Any]) -> None:
     policy["spec"]["profiles"]["h100-80gb"]["tolerations"] = [{"operator": "Exists"}]
 
@@ -265,6 +286,11 @@ POLICY_CHANGES = [
     ("other GPU runtime classes", _set("spec.gpuRuntimeClasses", ["nvidia", "nvidia-cdi"])),
     ("DRA claims allowed", _set("spec.resourceClaims", "allow")),
     ("reaching pods voided", _set("spec.gpuReachingPods", "void")),
+    ("a DRA claim profile", _set("spec.profiles.h100-dra", {
+        "resource": "nvidia.com/gpu", "maxCount": 8, "dra": {"deviceClassName": "gpu.nvidia.com", "selector":
+                                                             "device.attributes['gpu.nvidia.com'].productName == 'H100'"}})),
+    ("a profile moved to DRA claims without a selector", _set("spec.profiles.a100-80gb.dra", {
+        "deviceClassName": "gpu.nvidia.com", "form": "claim"})),
 ]
 
 
@@ -278,7 +304,7 @@ def test_a_policy_change_the_conditions_depend_on_needs_conditions_generated_for
     assert "gpu-webhook policy conditions --helm-values" in error
     objs = helm.template(*policy_values(tmp_path, change, conditions=True))
     policy = parse_policy(yaml.safe_load((tmp_path / "policy.yaml").read_text()))
-    expected = [d["webhooks"][0]["matchConditions"] for d in configurations(policy)]
+    expected = [w["matchConditions"] for d in configurations(policy) for w in d["webhooks"]]
     assert [w["matchConditions"] for w in webhooks(objs)] == expected
     assert condition_inputs(policy) != condition_inputs(parse_policy(yaml.safe_load(POLICY_FILE.read_text())))
 
@@ -287,6 +313,93 @@ def test_a_policy_change_the_conditions_do_not_depend_on_renders_with_the_shippe
     objs = helm.template(*policy_values(tmp_path, _set("spec.tenants.vision.quota.gpuEquivalent", 2), conditions=False))
     assert yaml.safe_load(one(objs, "ConfigMap")["data"]["policy.yaml"])["spec"]["tenants"]["vision"]["quota"][
         "gpuEquivalent"] == 2
+
+
+def test_a_dra_claim_profiles_own_template_is_not_sent_and_the_policy_check_sees_its_spec(helm, tmp_path) -> None:
+    """The template webhook skips exactly the policy's templates, so the conditions depend on each
+    claim profile's device class and selector: changing the selector needs new conditions too."""
+    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True))
+    templates = one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]
+    assert [c["name"] for c in templates["matchConditions"]] == ["platform-template-name", "writes-the-spec",
+                                                                  "not-the-policys-template"]
+    assert "'gpu-platform-a100-dra-mig-1g.10gb'" in templates["matchConditions"][2]["expression"]
+
+    def reselect(policy: dict[str, Any]) -> None:
+        _dra_policy(policy)
+        policy["spec"]["profiles"]["a100-dra"]["dra"]["selector"] = "device.attributes['gpu.nvidia.com'].productName == 'X'"
+
+    (tmp_path / "stale").mkdir()
+    stale = policy_values(tmp_path / "stale", _dra_policy, conditions=True)[2:]
+    error = helm.template_error(*policy_values(tmp_path, reselect, conditions=False), *stale)
+    assert "webhooks.matchConditions were generated for a policy with" in error and "productName == 'X'" in error
+
+
+def test_conditions_generated_before_the_template_webhook_still_render_it(helm, tmp_path) -> None:
+    values = yaml.safe_load(helm_values(parse_policy(yaml.safe_load(POLICY_FILE.read_text()))))
+    del values["webhooks"]["matchConditions"]["templates"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(values))
+    objs = helm.template("-f", str(tmp_path / "old.yaml"))
+    shipped = yaml.safe_load((CHART / "files" / "match-conditions.yaml").read_text())
+    assert one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]["matchConditions"] == shipped["templates"]
+
+
+# ----------------------------------------------------------------------------- DRA claim templates
+def claim_templates(objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objs if o["kind"] == "ResourceClaimTemplate"]
+
+
+def test_the_reference_policy_renders_no_claim_template(helm) -> None:
+    assert claim_templates(helm.template()) == []
+    assert claim_templates(helm.template("--set", "claimTemplates.extraNamespaces={team-a}")) == []
+
+
+def test_without_track_usage_a_dra_policy_renders_each_claim_profiles_template_in_each_tenant_namespace(
+        helm, tmp_path) -> None:
+    """The objects of ``gpu-webhook dra templates`` (webhook/core/dra.py claim_template), their
+    labels included (the validating step's template watch selects on managed-by), plus the
+    release's: the extendedResource profile gets none, and the spec is the one the template
+    webhook does not need to see."""
+    objs = helm.template(*policy_values(tmp_path, _dra_policy, conditions=True), "--set", "trackUsage.enabled=false")
+    profiles = ["a100-dra", "a100-dra-mig-1g.10gb"]
+    assert claim_templates(objs) == [(ns, f"gpu-platform-{p}") for ns in ("airflow", "ml-jobs") for p in profiles]
+    policy = load_policy(DRA_POLICY_FILE)
+    rendered = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs if o["kind"] == "ResourceClaimTemplate"}
+    for namespace, name in rendered:
+        profile = name.removeprefix("gpu-platform-")
+        expected = claim_template(profile, policy.spec.profiles[profile], namespace)
+        obj = rendered[(namespace, name)]
+        assert (obj["apiVersion"], obj["spec"]) == (expected["apiVersion"], expected["spec"])
+        assert obj["metadata"]["labels"].items() >= expected["metadata"]["labels"].items()
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "gpu-webhook"
+        assert decide_template(obj, policy).reason == "platform-template-ok"
+
+
+def test_with_track_usage_the_reconciler_owns_the_tenant_namespaces_and_the_chart_only_the_extra_ones(
+        helm, tmp_path) -> None:
+    """One owner per template: the reconciler replaces a stale template (delete, create), which a
+    Helm upgrade could not (the spec is immutable), and Helm will not adopt an object it did not
+    create; namespaces no tenant names are left to the chart."""
+    args = policy_values(tmp_path, _dra_policy, conditions=True)
+    assert claim_templates(helm.template(*args)) == []
+    objs = helm.template(*args, "--set", "claimTemplates.extraNamespaces={team-b,ml-jobs}")
+    assert claim_templates(objs) == [("team-b", "gpu-platform-a100-dra"), ("team-b", "gpu-platform-a100-dra-mig-1g.10gb")]
+
+
+def test_extra_namespaces_get_the_templates_too_and_the_knob_turns_them_off(helm, tmp_path) -> None:
+    args = [*policy_values(tmp_path, _dra_policy, conditions=True), "--set", "trackUsage.enabled=false"]
+    objs = helm.template(*args, "--set", "claimTemplates.extraNamespaces={team-b,ml-jobs}")
+    assert sorted({ns for ns, _ in claim_templates(objs)}) == ["airflow", "ml-jobs", "team-b"]
+    assert len(claim_templates(objs)) == 6
+    assert claim_templates(helm.template(*args, "--set", "claimTemplates.enabled=false")) == []
+
+
+def test_extra_namespaces_with_a_policy_the_chart_cannot_read_are_refused(helm, tmp_path) -> None:
+    conditions = policy_values(tmp_path, _dra_policy, conditions=True)[2:]
+    error = helm.template_error("--set", "policy.existingConfigMap=corp-gpu-policy", "--set",
+                                "claimTemplates.extraNamespaces={team-a}", *conditions)
+    assert "claimTemplates.extraNamespaces: with policy.existingConfigMap the chart cannot read" in error
+    assert "gpu-webhook dra templates" in error
+    assert "claimTemplates/extraNamespaces" in helm.template_error("--set", "claimTemplates.extraNamespaces={Team_A}")
 
 
 def test_helm_values_prints_the_charts_value_for_a_policy() -> None:

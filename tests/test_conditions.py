@@ -15,13 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_gpu_webhook.cli.conditions import mutating_expression, render, validating_expression
+from airflow_gpu_webhook.cli.conditions import mutating_expression, render, template_conditions, validating_expression
 from airflow_gpu_webhook.core.mutate import decide_ephemeral_mutation, decide_mutation
 from airflow_gpu_webhook.core.policy import load_policy
 from airflow_gpu_webhook.core.rules import DEVICE_REQUEST_ROOTS, GPU_POD_FORBIDDEN_ENV, TOOLKIT_ENV
 from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decide_validation
+from airflow_gpu_webhook.server.admission import validate_claim_template
+from airflow_gpu_webhook.server.review import CLAIM_TEMPLATE, AdmissionRequest
 
-from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, policy_with
+from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, dra_template, policy_with
 
 SHIPPED = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 _ENV = celpy.Environment()
@@ -186,3 +188,86 @@ def _policy(key: tuple, changes: dict[str, Any]):
     if key not in _POLICIES:
         _POLICIES[key] = policy_with(**changes)
     return _POLICIES[key]
+
+
+# --- the platform's DRA templates: every write a decision would refuse is sent ---
+
+def template_sent(policy, template: dict[str, Any], operation: str = "CREATE", old: dict[str, Any] | None = None) -> bool:
+    """All the template webhook's matchConditions hold (the API server sends only then)."""
+    return all(sends(c["expression"], template, operation, old=old) for c in template_conditions(policy))
+
+
+def _stored(name: str, **exactly_changes: Any) -> dict[str, Any]:
+    template = dra_template(name, **exactly_changes)
+    template["metadata"]["uid"] = "8d6f"   # as the API server sends it
+    return template
+
+
+def _named(template: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**template, "metadata": {**template["metadata"], "name": name}}
+
+
+ROGUE = _stored("a100-dra", count=8)
+TEMPLATE_WRITES = [
+    ("the policy's own template is not sent", "CREATE", _stored("a100-dra"), None, False),
+    ("the other claim profile's own template is not sent", "CREATE", _stored("a100-dra-mig-1g.10gb"), None, False),
+    ("one profile's spec under the other profile's name is sent", "CREATE",
+     _named(_stored("a100-dra"), "gpu-platform-a100-dra-mig-1g.10gb"), None, True),
+    ("8 devices per claim under a platform name are sent", "CREATE", ROGUE, None, True),
+    ("another device class is sent", "CREATE", _stored("a100-dra", deviceClassName="gpu.example.com"), None, True),
+    ("no selector is sent", "CREATE", _stored("a100-dra", selectors=None), None, True),
+    ("admitting adminAccess: false is left to the webhook", "CREATE", _stored("a100-dra", adminAccess=False), None,
+     True),
+    ("a spec without the API server's defaults is left to the webhook", "CREATE",
+     _stored("a100-dra", allocationMode=None, count=None), None, True),
+    ("a gpu-platform- name of no claim profile is sent", "CREATE", _named(ROGUE, "gpu-platform-a100-mig-1g.10gb-er"),
+     None, True),
+    ("a template of another name is not sent", "CREATE", _named(ROGUE, "team-gpus"), None, False),
+    ("a metadata-only update of any platform template is not sent", "UPDATE",
+     {**ROGUE, "metadata": {**ROGUE["metadata"], "labels": {"a": "b"}}}, ROGUE, False),
+    ("an update that changes the spec is sent", "UPDATE", ROGUE, _stored("a100-dra"), True),
+]
+
+
+@pytest.mark.parametrize("description, operation, template, old, sent", TEMPLATE_WRITES,
+                         ids=[t[0] for t in TEMPLATE_WRITES])
+def test_template_writes_under_the_dra_policy(description, operation, template, old, sent, dra_policy):
+    assert template_sent(dra_policy, template, operation, old) is sent
+
+
+def test_without_claim_profiles_every_platform_named_template_is_sent(policy):
+    assert template_sent(policy, _stored("a100-dra"))
+    assert not template_sent(policy, _named(_stored("a100-dra"), "team-gpus"))
+    assert [c["name"] for c in template_conditions(policy)] == ["platform-template-name", "writes-the-spec"]
+
+
+_exactly = st.fixed_dictionaries({}, optional={
+    "deviceClassName": st.sampled_from(["gpu.nvidia.com", "mig.nvidia.com", "mig-1g.10gb.gpu.platform"]),
+    "selectors": st.sampled_from([
+        [{"cel": {"expression": 'device.attributes["gpu.nvidia.com"].productName == "NVIDIA A100-SXM4-80GB"'}}],
+        [{"cel": {"expression": 'device.attributes["gpu.nvidia.com"].profile == "1g.10gb"'}}], [{"cel": {}}], []]),
+    "allocationMode": st.sampled_from(["ExactCount", "All"]), "count": st.sampled_from([1, 2, 0]),
+    "adminAccess": st.booleans(), "tolerations": st.just([{"operator": "Exists"}])})
+_request = st.fixed_dictionaries({"name": st.sampled_from(["gpu", "x"])}, optional={
+    "exactly": _exactly, "firstAvailable": st.just([{"name": "a", "deviceClassName": "gpu.nvidia.com"}])})
+_templates = st.builds(
+    lambda name, requests, extra: {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+                                   "metadata": {"name": name, "namespace": "ml-jobs"},
+                                   "spec": {"spec": {"devices": {"requests": requests, **extra}}}},
+    st.sampled_from(["gpu-platform-a100-dra", "gpu-platform-a100-dra-mig-1g.10gb", "gpu-platform-a100-mig-1g.10gb-er",
+                     "gpu-platform-", "gpu-platforms", "team-gpus"]),
+    st.lists(_request, min_size=1, max_size=2),
+    st.fixed_dictionaries({}, optional={"constraints": st.just([{"requests": ["gpu"]}]),
+                                        "config": st.just([{"opaque": {"driver": "x", "parameters": {}}}])}))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template=_templates, old=st.none() | _templates, operation=st.sampled_from(["CREATE", "UPDATE"]))
+def test_whenever_the_validating_step_would_refuse_a_template_write_the_conditions_send_it(template, old, operation,
+                                                                                          dra_policy):
+    old = (old or template) if operation == "UPDATE" else None
+    if old is not None:
+        old = {**old, "metadata": template["metadata"]}
+    request = AdmissionRequest("u", operation, "ml-jobs", "", False, template, old, kind=CLAIM_TEMPLATE)
+    if not validate_claim_template(request, dra_policy).allowed:
+        assert template_sent(dra_policy, template, operation, old)

@@ -9,7 +9,7 @@ import yaml
 from airflow_gpu_webhook.cli.explain import POLICY_ENV, ExplainError, explain, run_explain
 from airflow_gpu_webhook.core.mutate import decide_mutation
 
-from conftest import POLICY_FILE, airflow_fixture
+from conftest import DRA_POLICY_FILE, POLICY_FILE, airflow_fixture
 
 KNOWN = "a100-80gb, h100-80gb, a100-mig-1g.10gb, a100-mig-2g.20gb, a100-mig-3g.40gb"
 INDENT = " " * 12
@@ -164,3 +164,72 @@ def test_explain_reads_who_creates_the_pod(tmp_path, capsys, who, code, words):
 
 def test_a_dag_id_with_odd_characters_gets_the_label_airflow_gives_it(policy):
     assert "tenant forecasting" in explain(policy, "a100-80gb", namespace="airflow", dag_id="nightly_/ü" + "x" * 70)
+
+
+# --- DRA profiles (docs/examples/policy-dra.yaml) ---
+
+A100_SELECTOR = 'device.attributes["gpu.nvidia.com"].productName == "NVIDIA A100-SXM4-80GB"'
+
+
+@pytest.mark.parametrize("args, kwargs, expected, absent", [
+    pytest.param(("a100-dra", "2"), {"namespace": "ml-jobs"}, [
+        "profile a100-dra: 2 DRA claims of one device each, counted as nvidia.com/gpu (maxCount 8; one unit weighs 1 "
+        "in gpuEquivalent)",
+        "resources   2 ResourceClaims (gpu-platform-0, gpu-platform-1) from ResourceClaimTemplate gpu-platform-a100-dra "
+        "of namespace ml-jobs (made by the chart or gpu-webhook dra templates): each one device of DeviceClass "
+        "gpu.nvidia.com",
+        f"{INDENT}selector {A100_SELECTOR}",
+        f"{INDENT}container base: resources.claims gpu-platform-0, gpu-platform-1 (every other container: "
+        f"NVIDIA_VISIBLE_DEVICES=void)",
+        "validation  init container gpu-driver-validation runs first, on the same GPUs (claims gpu-platform-0, "
+        "gpu-platform-1)",
+        f"{INDENT}  nvidia.com/gpu: 2 of 4",
+        f"{INDENT}  gpuEquivalent: 2 of 6",
+    ], ["2 x nvidia.com/gpu", "limits and requests"],
+        id="two claims from the profile's template, its class and selector, on base and the validator, charged as GPUs"),
+    pytest.param(("a100-dra-mig-1g.10gb",), {}, [
+        "profile a100-dra-mig-1g.10gb: 1 DRA claim of one device, counted as nvidia.com/mig-1g.10gb (maxCount 7; one "
+        "unit weighs 0.125 in gpuEquivalent)",
+        "resources   1 ResourceClaim (gpu-platform-0) from ResourceClaimTemplate gpu-platform-a100-dra-mig-1g.10gb of the "
+        "pod's namespace (made by the chart or gpu-webhook dra templates): one device of DeviceClass mig.nvidia.com",
+        f'{INDENT}selector device.attributes["gpu.nvidia.com"].profile == "1g.10gb"',
+        "quota       charges nvidia.com/mig-1g.10gb 1, gpuEquivalent 0.125 to its tenant; give --namespace (and "
+        "--dag-id) to see which tenant and its limits",
+    ], ["1 x "], id="one MIG claim without a namespace names the pod's namespace for the template"),
+    pytest.param(("a100-mig-1g.10gb-er", "2"), {"namespace": "ml-jobs"}, [
+        "profile a100-mig-1g.10gb-er: 2 x nvidia.com/mig-1g.10gb (maxCount 7; one unit weighs 0.125 in gpuEquivalent)",
+        "resources   container base: limits and requests nvidia.com/mig-1g.10gb: 2 (every other container: "
+        "NVIDIA_VISIBLE_DEVICES=void)",
+        f"{INDENT}served by DRA, not a device plugin: the scheduler allocates nvidia.com/mig-1g.10gb from DeviceClass "
+        f"mig-1g-10gb.gpu.nvidia.com (its extendedResourceName), whose selectors choose the devices",
+        "validation  init container gpu-driver-validation runs first, on the same GPUs (nvidia.com/mig-1g.10gb: 2)",
+    ], ["ResourceClaim"], id="the extendedResource form asks for the resource, served by DRA through its DeviceClass"),
+    pytest.param(("a100-80gb",), {"namespace": "ml-jobs"}, [
+        "profile a100-80gb: 1 x nvidia.com/gpu (maxCount 8; one unit weighs 1 in gpuEquivalent)",
+    ], ["DRA", "ResourceClaim"], id="a device-plugin profile of the same policy says nothing of DRA"),
+])
+def test_explain_tells_what_a_dra_task_gets(dra_policy, args, kwargs, expected, absent):
+    text = explain(dra_policy, *args, **kwargs)
+    lines = text.splitlines()
+    missing = [line for line in expected if line not in lines]
+    assert not missing, text
+    assert not [word for word in absent if word in text], text
+
+
+def test_explain_of_a_claim_profile_matches_the_webhooks_patch(dra_policy):
+    pod = airflow_fixture("kpo_h100_count2")["pod"]
+    pod["metadata"]["labels"]["gpu.platform/profile"] = "a100-dra"
+    patched = jsonpatch.apply_patch(pod, list(decide_mutation(pod, "ml-jobs", dra_policy).patch))
+    claims = [c["name"] for c in patched["spec"]["resourceClaims"]]
+    templates = {c["resourceClaimTemplateName"] for c in patched["spec"]["resourceClaims"]}
+    lines = explain(dra_policy, "a100-dra", "2", namespace="ml-jobs").splitlines()
+    assert claims == ["gpu-platform-0", "gpu-platform-1"] and templates == {"gpu-platform-a100-dra"}
+    assert any(f"({', '.join(claims)}) from ResourceClaimTemplate gpu-platform-a100-dra" in line for line in lines)
+    base = next(c for c in patched["spec"]["containers"] if c["name"] == "base")
+    assert f"{INDENT}container base: resources.claims {', '.join(c['name'] for c in base['resources']['claims'])} " \
+           f"(every other container: NVIDIA_VISIBLE_DEVICES=void)" in lines
+
+
+def test_run_explain_of_a_dra_profile_exits_0(capsys):
+    assert run_explain(["a100-dra", "--count", "3", "--namespace", "ml-jobs", "--policy", str(DRA_POLICY_FILE)]) == 0
+    assert "3 DRA claims of one device each" in capsys.readouterr().out

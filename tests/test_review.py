@@ -10,13 +10,23 @@ import pytest
 
 from airflow_gpu_webhook.core.decision import Decision, Violation
 from airflow_gpu_webhook.core.tenancy import ANONYMOUS, UserInfo
-from airflow_gpu_webhook.server.review import BadReview, parse_review, review_response
+from airflow_gpu_webhook.server.review import CLAIM_TEMPLATE, POD, BadReview, parse_review, review_response
 
-from conftest import admission_review, airflow_fixture
+from conftest import admission_review, airflow_fixture, claim_template_review
+
+TEMPLATE = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+            "metadata": {"name": "gpu-platform-a100-dra", "namespace": "ml-jobs"},
+            "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}}}}
 
 
 def _review(**request_changes) -> bytes:
     review = admission_review(airflow_fixture("kpo_cpu_plain")["pod"], "airflow")
+    review["request"].update(request_changes)
+    return orjson.dumps(review)
+
+
+def _template_review(**request_changes) -> bytes:
+    review = claim_template_review(TEMPLATE, "ml-jobs")
     review["request"].update(request_changes)
     return orjson.dumps(review)
 
@@ -30,7 +40,17 @@ BAD = [
      "has no request"),
     ("a request without uid is refused", _review(uid=""), "request.uid is missing"),
     ("a Deployment is refused", _review(kind={"group": "apps", "version": "v1", "kind": "Deployment"}),
-     "only core/v1 Pods, not apps/v1/Deployment"),
+     "only core/v1 Pods and resource.k8s.io/v1 ResourceClaimTemplates, not apps/v1/Deployment"),
+    ("a ResourceClaimTemplate in v1beta2 is refused, pointing at the rule's versions",
+     _template_review(kind={"group": "resource.k8s.io", "version": "v1beta2", "kind": "ResourceClaimTemplate"}),
+     "not resource.k8s.io/v1beta2/ResourceClaimTemplate; check the webhook configuration's rules (apiVersions [v1] "
+     "with matchPolicy Equivalent)"),
+    ("a ResourceClaim is refused", _template_review(kind={"group": "resource.k8s.io", "version": "v1",
+                                                          "kind": "ResourceClaim"}), "not resource.k8s.io/v1/ResourceClaim"),
+    ("a CREATE without the template is refused", _template_review(object=None),
+     "a CREATE request must carry the ResourceClaimTemplate in request.object"),
+    ("an UPDATE without the old template is refused", _template_review(operation="UPDATE"),
+     "an UPDATE request must carry the ResourceClaimTemplate in request.object and request.oldObject"),
     ("a CREATE without the pod is refused", _review(object=None), "must carry the pod"),
     ("an object that is not a mapping is refused", _review(object=[1, 2]), "must be a JSON object"),
     ("a namespace that is not a string is refused", _review(namespace={"a": 1}), "request.namespace must be a string"),
@@ -53,8 +73,14 @@ def test_bad_reviews_are_refused_with_a_clear_400(description, body, words):
 
 def test_a_good_review_is_read_with_its_namespace_and_dry_run():
     request = parse_review(_review(dryRun=True))
-    assert (request.operation, request.namespace, request.dry_run) == ("CREATE", "airflow", True)
+    assert (request.kind, request.operation, request.namespace, request.dry_run) == (POD, "CREATE", "airflow", True)
     assert request.object["metadata"]["labels"]["kubernetes_pod_operator"] == "True"
+
+
+def test_a_resource_claim_template_review_is_read_as_that_kind():
+    request = parse_review(_template_review())
+    assert (request.kind, request.operation, request.namespace) == (CLAIM_TEMPLATE, "CREATE", "ml-jobs")
+    assert request.object == TEMPLATE
 
 
 def test_an_update_carries_the_old_pod_and_the_requester():

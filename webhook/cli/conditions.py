@@ -8,6 +8,13 @@ manifests/base/webhook-configurations.yaml is this module's output for manifests
 (``gpu-webhook policy conditions``, and a test fails when they differ), and a property test
 evaluates the expressions on hostile pods: whenever a decision would deny, they send.
 
+The validating configuration has a second webhook, for the DRA profiles' ResourceClaimTemplates
+(``gpu-platform-<profile>``, :mod:`airflow_gpu_webhook.core.dra`): it is sent the writes of
+templates with such a name, except those that store exactly the policy's spec. So the chart,
+``gpu-webhook dra templates`` and the webhook's own reconciler can install the right templates
+before the webhook answers (a fresh install), while any other spec under such a name is refused,
+or blocked while the webhook is down (failurePolicy Fail).
+
     >>> print(render(load_policy("manifests/policy.yaml")))   # doctest: +SKIP
 """
 
@@ -18,13 +25,14 @@ from typing import Any
 
 import yaml
 
+from ..core.dra import template_spec
 from ..core.mutate import MANAGED_LABEL, STAMP_PREFIX
 from ..core.names import GPU_RESOURCE_PREFIX
-from ..core.policy import Policy
+from ..core.policy import CLAIM_TEMPLATE_PREFIX, Policy, claim_template_name
 from ..core.rules import DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
 
 __all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "condition_inputs", "configurations", "helm_values",
-           "mutating_expression", "render", "validating_expression"]
+           "mutating_expression", "render", "template_conditions", "validating_expression"]
 
 #: A namespace carrying this label is never sent (the GPU operator, monitoring agents that
 #: tolerate every taint). A tenant with the ``edit`` role cannot label its namespace.
@@ -133,8 +141,59 @@ def mutating_expression(policy: Policy) -> str:
             f"({_EPHEMERAL} && (\n  {ephemeral}))")
 
 
-def _rule(operations: list[str], resources: list[str]) -> dict[str, Any]:
-    return {"apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": resources,
+def _literal(value: Any) -> str:
+    """A JSON value (maps, lists, strings, whole numbers, booleans) as a CEL literal. The API
+    server type-checks literals: a map's values (a list's items) must have one type, so each is
+    ``dyn``; the comparison with the object is then made at run time, value by value."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_quote(k)}: dyn({_literal(v)})" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"dyn({_literal(v)})" for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _quote(value)
+    raise TypeError(f"no CEL literal for {value!r}")
+
+
+def _claim_profiles(policy: Policy) -> dict[str, dict[str, Any]]:
+    """Each DRA ``claim`` profile's template inputs: its device class and selector."""
+    return {name: profile.dra.model_dump(include={"deviceClassName", "selector"}, exclude_none=True)
+            for name, profile in policy.spec.profiles.items() if profile.claims and profile.dra is not None}
+
+
+#: A write that stores a spec: every CREATE, and an UPDATE that changes it (``resource.k8s.io/v1``
+#: makes the spec immutable, so today none does; a metadata update stores nothing new).
+_WRITES_SPEC = ("request.operation == 'CREATE' || !has(object.spec) || !has(oldObject.spec) || "
+                "object.spec != oldObject.spec")
+
+
+def template_conditions(policy: Policy) -> list[dict[str, str]]:
+    """The template webhook's matchConditions (all must hold to send): a platform name; a write
+    of the spec; and, for a policy with DRA claim profiles, not exactly the policy's template
+    under its own name. That last one compares with the spec as the API server stores it (its
+    defaults, ``allocationMode: ExactCount`` and ``count: 1``, explicit): any other field, value
+    or default left out is sent, and :func:`airflow_gpu_webhook.core.dra.decide_template`
+    decides; so a template skipped here is one it would allow."""
+    conditions = [
+        {"name": "platform-template-name",
+         "expression": f"object.metadata.name.startsWith({_quote(CLAIM_TEMPLATE_PREFIX)})"},
+        {"name": "writes-the-spec", "expression": _WRITES_SPEC},
+    ]
+    profiles = policy.spec.profiles
+    exact = [f"(object.metadata.name == {_quote(claim_template_name(name))} && "
+             f"object.spec.spec == {_literal(template_spec(profiles[name])['spec'])})"
+             for name in _claim_profiles(policy)]
+    if exact:
+        conditions.append({"name": "not-the-policys-template", "expression": (
+            "!(has(object.spec) && has(object.spec.spec) && (\n  " + " ||\n  ".join(exact) + "))")})
+    return conditions
+
+
+def _rule(operations: list[str], resources: list[str], group: str = "") -> dict[str, Any]:
+    return {"apiGroups": [group], "apiVersions": ["v1"], "operations": operations, "resources": resources,
             "scope": "Namespaced"}
 
 
@@ -145,7 +204,13 @@ _NAMESPACES = {"matchExpressions": [
 
 
 def configurations(policy: Policy) -> list[dict[str, Any]]:
-    """The MutatingWebhookConfiguration and the ValidatingWebhookConfiguration."""
+    """The MutatingWebhookConfiguration and the ValidatingWebhookConfiguration (pods, and the
+    platform's ResourceClaimTemplates).
+
+    Only ``v1`` of ``resource.k8s.io``: with ``matchPolicy: Equivalent`` the API server converts
+    a write made through a beta version it serves to ``v1`` and sends that (a rule listing the
+    beta too would be sent the beta's shape as is); the DRA profiles need a ``v1`` API server
+    (Kubernetes 1.34 or later) anyway."""
     common = {"admissionReviewVersions": ["v1"], "failurePolicy": "Fail", "timeoutSeconds": 5,
               "matchPolicy": "Equivalent", "namespaceSelector": _NAMESPACES}
 
@@ -165,11 +230,17 @@ def configurations(policy: Policy) -> list[dict[str, Any]]:
         "sideEffects": "NoneOnDryRun",
         "matchConditions": [{"name": "gpu-or-device-route", "expression": validating_expression(policy)}],
     }
+    templates = {
+        "name": "claim-templates.gpu.platform", **common, "clientConfig": service("/validate"),
+        "rules": [_rule(["CREATE", "UPDATE"], ["resourceclaimtemplates"], "resource.k8s.io")],
+        "sideEffects": "None",
+        "matchConditions": template_conditions(policy),
+    }
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
          "metadata": {"name": "gpu-webhook"}, "webhooks": [mutating]},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-         "metadata": {"name": "gpu-webhook"}, "webhooks": [validating]},
+         "metadata": {"name": "gpu-webhook"}, "webhooks": [validating, templates]},
     ]
 
 
@@ -177,11 +248,14 @@ _HEADER = """\
 # GENERATED by `gpu-webhook policy conditions manifests/policy.yaml`: do not edit by hand
 # (tests/test_conditions.py fails when this file differs). Source: webhook/cli/conditions.py.
 #
-# Both webhooks are scoped so the API server calls them only for pods they must judge: CPU
+# Both pod webhooks are scoped so the API server calls them only for pods they must judge: CPU
 # pods never wait on the webhook, and an outage of the webhook never blocks them. The CEL
 # matchConditions are built from the policy (profile label, the profiles' taint keys,
 # gpuRuntimeClasses) and from webhook/core/rules.py's lists (toolkit env vars, device-request
-# mounts); a property test checks they send every pod a decision would deny.
+# mounts); a property test checks they send every pod a decision would deny. The third webhook,
+# claim-templates.gpu.platform, judges writes of the ResourceClaimTemplates named gpu-platform-*
+# (the DRA profiles' templates), except those that store exactly the policy's spec (those need
+# no webhook, so they can be installed before it runs).
 # Namespaces kube-system, gpu-webhook and any labelled gpu.platform/exempt are never sent.
 #
 # No caBundle here on purpose: an overlay sets it (manifests/overlays/self-managed from the CA of
@@ -192,7 +266,11 @@ _HEADER = """\
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the CEL expressions) as ``|`` blocks, so the file reads like source."""
+    """Multi-line strings (the CEL expressions) as ``|`` blocks, so the file reads like source;
+    values two webhooks share written out in each, never as YAML anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -214,16 +292,21 @@ def condition_inputs(policy: Policy) -> dict[str, Any]:
     value (charts/airflow-gpu-webhook/templates/_helpers.tpl) and refuses to render conditions
     generated for other inputs, so a policy change never leaves a rule without its condition."""
     keys = sorted({t.key or "" for p in policy.spec.profiles.values() for t in p.tolerations})
-    return {"profileLabel": policy.spec.labels.profile, "tolerationKeys": keys,
-            "gpuRuntimeClasses": list(policy.spec.gpuRuntimeClasses), "resourceClaims": policy.spec.resourceClaims,
-            "gpuReachingPods": policy.spec.gpuReachingPods}
+    inputs: dict[str, Any] = {
+        "profileLabel": policy.spec.labels.profile, "tolerationKeys": keys,
+        "gpuRuntimeClasses": list(policy.spec.gpuRuntimeClasses), "resourceClaims": policy.spec.resourceClaims,
+        "gpuReachingPods": policy.spec.gpuReachingPods}
+    if claims := _claim_profiles(policy):   # absent without DRA claim profiles: older values stay valid
+        inputs["claimTemplates"] = claims
+    return inputs
 
 
 def helm_values(policy: Policy) -> str:
     """The chart's ``webhooks.matchConditions`` value for ``policy`` (``-f`` file text); with the
     reference policy, the chart's files/match-conditions.yaml holds the same conditions."""
     mutating, validating = (doc["webhooks"][0]["matchConditions"] for doc in configurations(policy))
-    conditions = {"for": condition_inputs(policy), "mutating": mutating, "validating": validating}
+    conditions = {"for": condition_inputs(policy), "mutating": mutating, "validating": validating,
+                  "templates": template_conditions(policy)}
     header = ("# GENERATED by `gpu-webhook policy conditions --helm-values`: the chart's webhooks.matchConditions\n"
               f"# for policy {policy.metadata.name}. Source: webhook/cli/conditions.py.\n")
     return header + yaml.dump({"webhooks": {"matchConditions": conditions}}, Dumper=_Dumper, sort_keys=False,

@@ -11,6 +11,10 @@ would count against the tenant. So the answer cannot drift from what the webhook
                 NVIDIA_VISIBLE_DEVICES=void)
     ...
 
+A DRA ``claim`` profile is told as the claims the pod gets (their template, its device class and
+selector, one device each); an ``extendedResource`` one as the resource above, served by DRA
+through its DeviceClass.
+
 Exit codes (:func:`run_explain`): 0 explained, 1 the webhook would refuse such a task (unknown
 profile, bad count, no tenant; its message on stderr), 2 bad input (no or invalid policy).
 """
@@ -26,6 +30,7 @@ from typing import Any
 import jsonpatch
 
 from ..core.decision import Decision, Reason
+from ..core.dra import is_platform_entry, template_spec
 from ..core.mutate import COUNT_LABEL, MANAGED_LABEL, PROFILE_LABEL, TENANT_LABEL, mutation_ops
 from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.plan import GpuPlan, plan_gpu
@@ -52,7 +57,7 @@ def explain(policy: Policy, profile: str, count: str | int = "1", *, namespace: 
     plan = _plan(pod, namespace, policy, requester)
     ops = mutation_ops(pod, plan, policy).ops
     patched = jsonpatch.apply_patch(pod, ops)
-    lines = [_headline(plan, policy), *_resources(patched, plan), *_placement(patched),
+    lines = [_headline(plan, policy), *_resources(patched, plan, namespace, policy), *_placement(patched),
              *_validation(patched), _labels(patched, plan), *_quota(patched, plan, namespace, policy)]
     return "\n".join(lines) + "\n"
 
@@ -85,7 +90,10 @@ def _plan(pod: dict[str, Any], namespace: str | None, policy: Policy, requester:
 
 def _headline(plan: GpuPlan, policy: Policy) -> str:
     profile = plan.profile
-    return (f"profile {plan.profile_name}: {plan.count} x {profile.resource} (maxCount {profile.maxCount}; "
+    each = "s of one device each" if plan.count > 1 else " of one device"
+    what = f"{plan.count} DRA claim{each}, counted as {profile.resource}" if profile.claims else \
+        f"{plan.count} x {profile.resource}"
+    return (f"profile {plan.profile_name}: {what} (maxCount {profile.maxCount}; "
             f"one unit weighs {format_quantity(policy.weight(profile.resource, profile))} in gpuEquivalent)")
 
 
@@ -93,12 +101,40 @@ def _row(title: str, text: str) -> str:
     return f"{title:<{len(_INDENT)}}{text}"
 
 
-def _resources(pod: Mapping[str, Any], plan: GpuPlan) -> list[str]:
+_OTHERS = "(every other container: NVIDIA_VISIBLE_DEVICES=void)"
+
+
+def _resources(pod: Mapping[str, Any], plan: GpuPlan, namespace: str | None, policy: Policy) -> list[str]:
     container = pod["spec"]["containers"][plan.target_index]
+    if plan.profile.claims:
+        return _claims(pod, container, plan, namespace, policy)
     limits = container["resources"]["limits"]
     granted = ", ".join(f"{name}: {value}" for name, value in sorted(limits.items()))
-    return [_row("resources", f"container {container['name']}: limits and requests {granted} "
-                              f"(every other container: NVIDIA_VISIBLE_DEVICES=void)")]
+    rows = [_row("resources", f"container {container['name']}: limits and requests {granted} {_OTHERS}")]
+    if plan.profile.dra is not None:   # DRA's extendedResource form
+        rows.append(_INDENT + f"served by DRA, not a device plugin: the scheduler allocates {plan.profile.resource} "
+                              f"from DeviceClass {plan.profile.dra.deviceClassName} (its extendedResourceName), "
+                              f"whose selectors choose the devices")
+    return rows
+
+
+def _claims(pod: Mapping[str, Any], container: Mapping[str, Any], plan: GpuPlan, namespace: str | None,
+            policy: Policy) -> list[str]:
+    """The pod's platform claims, their template and what each gets (one device of the class)."""
+    entries = [e for e in pod["spec"]["resourceClaims"] if is_platform_entry(e, policy)]
+    names = ", ".join(e["name"] for e in entries)
+    templates = ", ".join(sorted({e["resourceClaimTemplateName"] for e in entries}))
+    where = f"namespace {namespace}" if namespace is not None else "the pod's namespace"
+    exactly = template_spec(plan.profile)["spec"]["devices"]["requests"][0]["exactly"]
+    many = len(entries) > 1
+    devices = "one device" if exactly["count"] == 1 else f"{exactly['count']} devices"
+    rows = [_row("resources", f"{len(entries)} ResourceClaim{'s' if many else ''} ({names}) from ResourceClaimTemplate "
+                              f"{templates} of {where} (made by the chart or gpu-webhook dra templates): "
+                              f"{'each ' if many else ''}{devices} of DeviceClass {exactly['deviceClassName']}")]
+    rows += [_INDENT + f"selector {s['cel']['expression']}" for s in exactly.get("selectors", [])]
+    claimed = ", ".join(c["name"] for c in container["resources"]["claims"])
+    rows.append(_INDENT + f"container {container['name']}: resources.claims {claimed} {_OTHERS}")
+    return rows
 
 
 def _placement(pod: Mapping[str, Any]) -> list[str]:
@@ -113,6 +149,8 @@ def _validation(pod: Mapping[str, Any]) -> list[str]:
     init = pod["spec"]["initContainers"][0]
     limits = init["resources"]["limits"]
     gpus = ", ".join(f"{k}: {v}" for k, v in sorted(limits.items()) if k.startswith(GPU_RESOURCE_PREFIX))
+    if claims := init["resources"].get("claims"):
+        gpus = "claims " + ", ".join(c["name"] for c in claims)
     return [_row("validation", f"init container {init['name']} runs first, on the same GPUs ({gpus})"),
             _INDENT + f"image {init['image']}",
             _INDENT + " ".join(init["command"] + init["args"])]

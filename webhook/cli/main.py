@@ -1,4 +1,4 @@
-"""``gpu-webhook``: serve | review | usage | policy | certs | explain | validate-driver. A thin shell over the core.
+"""``gpu-webhook``: serve | review | usage | policy | certs | explain | dra | validate-driver. Thin shell over the core.
 
 Every command exits 2 with one line on stderr for bad input (a policy, a review or a pod
 list it cannot use), so scripts and CI can tell "bad input" from "judged".
@@ -393,6 +393,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("validate-driver", help="check the node's NVIDIA driver and GPUs (the init container)")
     commands.add_parser("explain", help="what a task with a GPU profile label will get, from the policy")
     commands.add_parser("airflow-pools", help="the Airflow pools the policy implies (pools import JSON, or --apply)")
+    commands.add_parser("dra", help="DRA profiles: `dra templates` prints the ResourceClaimTemplates the tenants' "
+                                    "namespaces need")
     return parser
 
 
@@ -408,6 +410,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .airflow_pools import run_airflow_pools
 
         return run_airflow_pools(argv[1:])
+    if argv[:1] == ["dra"]:
+        from .claim_templates import run_dra
+
+        return run_dra(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     UPDATE = "update"
     NOT_CREATE = "not-create"
     SUBRESOURCE = "subresource"
+    NOT_POD = "not-pod"
     NOT_PLATFORM_TEMPLATE = "not-platform-template"
     PLATFORM_TEMPLATE_OK = "platform-template-ok"
     # Denied (one per rule; the first violation's reason is the decision's).

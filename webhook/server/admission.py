@@ -2,7 +2,8 @@
 
 The guard clauses of Kubernetes' own admission plugins come first (not a CREATE, a
 subresource: allow untouched; an UPDATE of ``pods/ephemeralcontainers`` goes to its own
-decision), then the pure decision, then the policy's enforcement mode.
+decision; a ResourceClaimTemplate goes to :func:`validate_claim_template`, and the mutating step
+leaves it untouched), then the pure decision, then the policy's enforcement mode.
 A decision that raises becomes a denial with code 500: never an allow by accident.
 :func:`review_chain` runs both steps as the API server chains them, for the offline
 ``gpu-webhook review`` command and for tests.
@@ -17,15 +18,16 @@ from dataclasses import replace
 import jsonpatch
 
 from ..core.decision import Decision, Reason, Violation
+from ..core.dra import decide_template
 from ..core.mutate import decide_ephemeral_mutation, decide_mutation
 from ..core.nodes import NodeOffer
 from ..core.policy import Policy
 from ..core.quota import ResourceList
 from ..core.update import decide_update
 from ..core.validate import decide_ephemeral_validation, decide_validation
-from .review import AdmissionRequest
+from .review import POD, AdmissionRequest
 
-__all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate"]
+__all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate", "validate_claim_template"]
 
 log = logging.getLogger("gpu_webhook.admission")
 
@@ -62,13 +64,15 @@ def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Dec
         decision = decide(*pods)
     except Exception:  # the API server must get an answer carrying the uid
         log.exception("decision failed uid=%s namespace=%s", request.uid, request.namespace)
-        return Decision.error(f"gpu-webhook failed to judge this pod (uid {request.uid}); "
+        return Decision.error(f"gpu-webhook failed to judge this request (uid {request.uid}); "
                               f"see the webhook's log")
     return decision.as_warning() if policy.spec.enforcement == "warn" else decision
 
 
 def mutate(request: AdmissionRequest, policy: Policy) -> Decision:
-    """The /mutate step: the profile's patch, or an early denial."""
+    """The /mutate step: the profile's patch, or an early denial; anything but a pod untouched."""
+    if request.kind != POD:
+        return Decision.allow(Reason.NOT_POD)
     return _guarded(request, policy, lambda pod: decide_mutation(pod, request.namespace, policy, request.user_info),
                     lambda pod: decide_ephemeral_mutation(pod, policy))
 
@@ -95,7 +99,11 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
     with ``nodes_synced`` false (the node watch is not there yet), a warning, never a denial.
     ``templates``: the (namespace, name) of the platform's claim templates in place (None: not
     known, no check), webhook/cluster/templates.py.
+    A ResourceClaimTemplate: :func:`validate_claim_template`.
     """
+    if request.kind != POD:
+        return validate_claim_template(request, policy)
+
     def decide(pod: dict) -> Decision:
         decision = decide_validation(pod, request.namespace, policy, usage or {}, nodes, request.user_info,
                                      templates)
@@ -107,6 +115,24 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
 
     return _guarded(request, policy, decide, lambda pod: decide_ephemeral_validation(pod, policy),
                     lambda old, new: decide_update(old, new, policy))
+
+
+def validate_claim_template(request: AdmissionRequest, policy: Policy) -> Decision:
+    """A write to a ResourceClaimTemplate: a CREATE, or an UPDATE that changes the spec, stores a
+    spec every later claim from the template gets, so it is :func:`decide_template`'s (a platform
+    template must hold the policy's spec). Anything else stores no new spec and is allowed
+    untouched: a DELETE (the namespace's own loss, recreated by the platform), an UPDATE of the
+    metadata only (``resource.k8s.io/v1`` makes the spec immutable, so that is every update today;
+    a stale template is replaced by deleting it, never by an update)."""
+    if request.operation not in ("CREATE", "UPDATE"):
+        return Decision.allow(Reason.NOT_CREATE)
+    if request.subresource:
+        return Decision.allow(Reason.SUBRESOURCE)
+    assert request.object is not None  # parse_review guarantees it for CREATE and UPDATE
+    if request.operation == "UPDATE" and request.old_object is not None and \
+            request.object.get("spec") == request.old_object.get("spec"):
+        return Decision.allow(Reason.UPDATE)
+    return _judged(request, policy, lambda template: decide_template(template, policy), request.object)
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

@@ -168,9 +168,10 @@ def _log_decision(step: str, review: AdmissionRequest, decision: Decision, secon
     level = logging.INFO if (not decision.allowed or decision.warnings) else logging.DEBUG
     if not log.isEnabledFor(level):
         return
-    pod_meta = metadata(review.object or {})
-    log.log(level, "step=%s uid=%s namespace=%s pod=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
-             review.namespace, pod_meta.get("name") or pod_meta.get("generateName") or "-", decision.allowed,
+    meta = metadata(review.object or review.old_object or {})
+    name = meta.get("name") or meta.get("generateName") or "-"
+    log.log(level, "step=%s uid=%s namespace=%s %s=%s allowed=%s reason=%s dry_run=%s ms=%.2f%s", step, review.uid,
+             review.namespace, review.kind.lower(), name, decision.allowed,
              decision.label, review.dry_run, seconds * 1000,
              f" message={decision.message!r}" if decision.message else "")
 

@@ -3,6 +3,12 @@
 Two error families, never mixed (as in kopf): a request the webhook cannot read is a
 :class:`BadReview` that the HTTP layer answers with a 4xx; a pod the webhook judged and
 refused is an ``allowed: false`` response with a status, carrying the request's uid.
+
+Two kinds are judged: core/v1 Pods, and resource.k8s.io/v1 ResourceClaimTemplates (the
+platform's DRA templates, docs/dra.md). The webhook configurations list only ``v1`` for both,
+with ``matchPolicy: Equivalent``, so the API server converts a write made through another
+version (``resource.k8s.io/v1beta2``) to ``v1`` before sending it; any other kind or version is
+a misconfigured rule, refused with a 400 that says so.
 """
 
 from __future__ import annotations
@@ -16,10 +22,17 @@ import orjson
 from ..core.decision import Decision
 from ..core.tenancy import ANONYMOUS, UserInfo
 
-__all__ = ["AdmissionRequest", "BadReview", "parse_review", "review_response"]
+__all__ = ["CLAIM_TEMPLATE", "POD", "AdmissionRequest", "BadReview", "parse_review", "review_response"]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
+#: The kinds judged (``request.kind``'s ``kind``), each in one group and version only.
+POD = "Pod"
+CLAIM_TEMPLATE = "ResourceClaimTemplate"
+_KINDS: dict[tuple[Any, Any, Any], str] = {("", "v1", POD): POD,
+                                           ("resource.k8s.io", "v1", CLAIM_TEMPLATE): CLAIM_TEMPLATE}
+#: What a request must carry, in the error messages.
+_NOUNS = {POD: "pod", CLAIM_TEMPLATE: "ResourceClaimTemplate"}
 
 
 class BadReview(Exception):
@@ -32,7 +45,7 @@ class BadReview(Exception):
 
 
 class AdmissionRequest(NamedTuple):
-    """The fields of ``request`` that a decision needs; the pod stays the raw dict.
+    """The fields of ``request`` that a decision needs; the object stays the raw dict.
 
     A NamedTuple, not a frozen dataclass: as immutable, and built in a third of the time on
     every review (a frozen dataclass sets each field through ``object.__setattr__``).
@@ -44,9 +57,11 @@ class AdmissionRequest(NamedTuple):
     subresource: str
     dry_run: bool
     object: dict[str, Any] | None
-    #: The pod before the change (``request.oldObject``): set on UPDATE, None on CREATE.
+    #: The object before the change (``request.oldObject``): set on UPDATE, None on CREATE.
     old_object: dict[str, Any] | None = None
     user_info: UserInfo = ANONYMOUS
+    #: :data:`POD` or :data:`CLAIM_TEMPLATE`.
+    kind: str = POD
 
 
 class StatusDict(TypedDict, total=False):
@@ -68,14 +83,17 @@ def _bad(message: str) -> BadReview:
     return BadReview(400, message)
 
 
-def _check_kind(request: Mapping[str, Any]) -> None:
+def _kind(request: Mapping[str, Any]) -> str:
     kind = request.get("kind")
     if not isinstance(kind, dict):
         raise _bad("request.kind is missing")
     group, version, name = kind.get("group", ""), kind.get("version"), kind.get("kind")
-    if (group, version, name) != ("", "v1", "Pod"):
-        raise _bad(f"this webhook judges only core/v1 Pods, not {group or 'core'}/{version}/{name}; "
-                   f"check the webhook configuration's rules")
+    known = _KINDS.get((group, version, name))
+    if known is None:
+        raise _bad(f"this webhook judges only core/v1 Pods and resource.k8s.io/v1 ResourceClaimTemplates, not "
+                   f"{group or 'core'}/{version}/{name}; check the webhook configuration's rules (apiVersions "
+                   f"[v1] with matchPolicy Equivalent)")
+    return known
 
 
 def _user_info(request: Mapping[str, Any]) -> UserInfo:
@@ -111,7 +129,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
     uid = request.get("uid")
     if not isinstance(uid, str) or not uid:
         raise _bad("request.uid is missing")
-    _check_kind(request)
+    kind = _kind(request)
     operation = request.get("operation")
     if not isinstance(operation, str):
         raise _bad("request.operation is missing")
@@ -122,12 +140,12 @@ def parse_review(body: bytes) -> AdmissionRequest:
     if obj is not None and not isinstance(obj, dict):
         raise _bad("request.object must be a JSON object")
     if obj is None and operation == "CREATE":
-        raise _bad("a CREATE request must carry the pod in request.object")
+        raise _bad(f"a CREATE request must carry the {_NOUNS[kind]} in request.object")
     old = request.get("oldObject")
     if old is not None and not isinstance(old, dict):
         raise _bad("request.oldObject must be a JSON object")
     if operation == "UPDATE" and (obj is None or old is None):
-        raise _bad("an UPDATE request must carry the pod in request.object and request.oldObject")
+        raise _bad(f"an UPDATE request must carry the {_NOUNS[kind]} in request.object and request.oldObject")
     return AdmissionRequest(
         uid=uid,
         operation=operation,
@@ -137,6 +155,7 @@ def parse_review(body: bytes) -> AdmissionRequest:
         object=obj,
         old_object=old,
         user_info=_user_info(request),
+        kind=kind,
     )
 
 

@@ -52,11 +52,36 @@ that never run, so the webhook configurations refuse to render then.
 {{- $labels := $spec.labels | default dict -}}
 {{- $runtime := list "nvidia" -}}
 {{- if hasKey $spec "gpuRuntimeClasses" }}{{ $runtime = $spec.gpuRuntimeClasses | default list }}{{ end -}}
-{{- dict "profileLabel" ($labels.profile | default "gpu.platform/profile")
+{{- $inputs := dict "profileLabel" ($labels.profile | default "gpu.platform/profile")
          "tolerationKeys" ($keys | uniq | sortAlpha)
          "gpuRuntimeClasses" $runtime
          "resourceClaims" ($spec.resourceClaims | default "deny")
-         "gpuReachingPods" ($spec.gpuReachingPods | default "deny") | toJson -}}
+         "gpuReachingPods" ($spec.gpuReachingPods | default "deny") -}}
+{{- $claims := include "gpu-webhook.claimProfiles" . | fromJson -}}
+{{- if $claims }}{{ $_ := set $inputs "claimTemplates" $claims }}{{ end -}}
+{{- toJson $inputs -}}
+{{- end -}}
+
+{{/*
+The policy's DRA `claim` profiles (dra.form absent or "claim"), as webhook/cli/conditions.py's
+_claim_profiles reads them: profile name -> {deviceClassName, selector (when set)}. Each gets a
+ResourceClaimTemplate gpu-platform-<profile> per tenant namespace (templates/claim-templates.yaml).
+*/}}
+{{- define "gpu-webhook.claimProfiles" -}}
+{{- $claims := dict -}}
+{{- if not .Values.policy.existingConfigMap -}}
+{{- $spec := (include "gpu-webhook.policy" . | fromYaml).spec | default dict -}}
+{{- range $name, $profile := ($spec.profiles | default dict) -}}
+{{- with $profile.dra -}}
+{{- if eq (.form | default "claim") "claim" -}}
+{{- $template := dict "deviceClassName" .deviceClassName -}}
+{{- if .selector }}{{ $_ := set $template "selector" .selector }}{{ end -}}
+{{- $_ := set $claims $name $template -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $claims -}}
 {{- end -}}
 
 {{/* The matchConditions to use (values, else files/match-conditions.yaml), checked against the policy. */}}
@@ -75,6 +100,12 @@ that never run, so the webhook configurations refuse to render then.
 {{- if ne $want $have -}}
 {{- fail (printf "webhooks.matchConditions were generated for a policy with %s, but the policy has %s: generate them for this policy with gpu-webhook policy conditions --helm-values YOUR_POLICY > conditions.yaml, then -f conditions.yaml (otherwise some of the policy's rules would never be sent pods)" $have $want) -}}
 {{- end -}}
+{{- end -}}
+{{- /* Values generated before the template webhook existed: its conditions for a policy without
+DRA claim profiles (those are the same for every such policy; with claim profiles the check
+above has refused such values, since their inputs lack claimTemplates). */ -}}
+{{- if not (hasKey $mc "templates") -}}
+{{- $mc = merge (dict "templates" (.Files.Get "files/match-conditions.yaml" | fromYaml).templates) $mc -}}
 {{- end -}}
 {{- toJson $mc -}}
 {{- end -}}

@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 import celpy
+import yaml
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from airflow_gpu_webhook.core.validate import decide_ephemeral_validation, decid
 from airflow_gpu_webhook.server.admission import validate_claim_template
 from airflow_gpu_webhook.server.review import CLAIM_TEMPLATE, AdmissionRequest
 
-from conftest import POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, dra_template, policy_with
+from conftest import DRA_POLICY_FILE, POLICY_FILE, ROOT, airflow_fixture, airflow_fixture_ids, dra_template, policy_with
 
 SHIPPED = ROOT / "manifests" / "base" / "webhook-configurations.yaml"
 _ENV = celpy.Environment()
@@ -131,7 +132,8 @@ _paths = st.sampled_from([*DEVICE_REQUEST_ROOTS, DEVICE_REQUEST_ROOTS[0] + "/all
                           "/var/run", "/data", "/dev", "/"])
 _quantity = st.one_of(st.sampled_from(["1", "2", "0", "NaN", "Infinity", "1e3", "2.0", "-1", "01", ""]), st.integers(-2, 3))
 _resources = st.dictionaries(st.sampled_from(["limits", "requests"]), st.dictionaries(
-    st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/x", "cpu"]), _quantity, max_size=2),
+    st.sampled_from(["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "nvidia.com/x", "cpu",
+                     "deviceclass.resource.kubernetes.io/gpu.nvidia.com"]), _quantity, max_size=2),
     max_size=2) | st.just({"claims": [{"name": "gpu"}]})
 _security = st.fixed_dictionaries({}, optional={
     "privileged": st.booleans(),
@@ -156,14 +158,18 @@ _spec = st.fixed_dictionaries({"containers": st.lists(_container, min_size=1, ma
     "volumes": st.lists(st.fixed_dictionaries({"name": st.just("h"), "hostPath": st.fixed_dictionaries(
         {"path": st.sampled_from(["/", "/dev/char/195:0", "/run/nvidia/mps", "/data", "/var/lib/kubelet/device-plugins"])})}),
         max_size=1),
-    "resourceClaims": st.just([{"name": "gpu", "resourceClaimName": "a"}]),
+    "resourceClaims": st.sampled_from([[{"name": "gpu", "resourceClaimName": "a"}],
+                                       [{"name": "gpu", "resourceClaimTemplateName": "gpu-platform-a100-dra"}],
+                                       [{"name": "gpu-platform-0", "resourceClaimName": "a"}]]),
 })
 _labels = st.dictionaries(st.sampled_from(["gpu.platform/profile", "gpu.platform/count", "gpu.platform/managed",
                                            "gpu.platform/tenant", "kubernetes_pod_operator", "team"]),
                           st.sampled_from(["a100-80gb", "True", "true", "1", "vision"]), max_size=4)
 _pods = st.builds(lambda labels, spec: {"metadata": {"name": "p", "labels": labels}, "spec": spec}, _labels, _spec)
+_DRA_PROFILES = yaml.safe_load(DRA_POLICY_FILE.read_text())["spec"]["profiles"]
 _policies = st.sampled_from([{}, {"gpuReachingPods": "void"}, {"resourceClaims": "allow"},
-                             {"hostPathAllowlist": ["/data"], "unlabelledGpuPods": "allow"}])
+                             {"hostPathAllowlist": ["/data"], "unlabelledGpuPods": "allow"},
+                             {"profiles": _DRA_PROFILES, "resourceClaims": "allow"}, {"profiles": _DRA_PROFILES}])
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -179,6 +185,27 @@ def test_whenever_a_decision_would_deny_or_patch_a_pod_the_conditions_send_it(po
         assert sends(mutating_expression(policy), ephemeral, "UPDATE", "ephemeralcontainers", old=pod)
     if not decide_ephemeral_validation(ephemeral, policy).allowed:
         assert sends(validating_expression(policy), ephemeral, "UPDATE", "ephemeralcontainers", old=pod)
+
+
+DRA_ROUTES = [
+    # (description, policy changes, change to a plain CPU pod)
+    ("a DeviceClass's implicit extended resource, user DRA denied", {},
+     lambda pod: pod["spec"]["containers"][0].setdefault("resources", {}).update(
+         limits={"deviceclass.resource.kubernetes.io/gpu.nvidia.com": "1"})),
+    ("a claim from a profile's template, user DRA allowed", {"profiles": _DRA_PROFILES, "resourceClaims": "allow"},
+     lambda pod: pod["spec"].update(resourceClaims=[{"name": "g", "resourceClaimTemplateName": "gpu-platform-a100-dra"}])),
+    ("a claim under the platform's name, user DRA allowed", {"profiles": _DRA_PROFILES, "resourceClaims": "allow"},
+     lambda pod: pod["spec"].update(resourceClaims=[{"name": "gpu-platform-0", "resourceClaimName": "mine"}])),
+]
+
+
+@pytest.mark.parametrize(("description", "changes", "change"), DRA_ROUTES, ids=[c[0] for c in DRA_ROUTES])
+def test_a_dra_route_the_validating_step_refuses_is_sent(description, changes, change):
+    policy = _policy(tuple(sorted((k, str(v)) for k, v in changes.items())), changes)
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    change(pod)
+    assert not decide_validation(pod, "airflow", policy, {}).allowed
+    assert sends(validating_expression(policy), pod)
 
 
 _POLICIES: dict[tuple, Any] = {}

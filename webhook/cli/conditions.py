@@ -29,7 +29,7 @@ from ..core.dra import template_spec
 from ..core.mutate import MANAGED_LABEL, STAMP_PREFIX
 from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.policy import CLAIM_TEMPLATE_PREFIX, Policy, claim_template_name
-from ..core.rules import DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
+from ..core.rules import DEVICE_CLASS_RESOURCE_PREFIX, DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
 
 __all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "condition_inputs", "configurations", "helm_values",
            "mutating_expression", "render", "template_conditions", "validating_expression"]
@@ -70,13 +70,22 @@ def _any_container(predicate: str, fields: tuple[str, ...]) -> str:
     return " ||\n  ".join(f"(has(object.spec.{f}) && object.spec.{f}.exists(c, {predicate}))" for f in fields)
 
 
+def _sends_claims(policy: Policy) -> bool:
+    """Pods with DRA claims are judged when user claims are denied, and whenever the policy has claim
+    profiles: a claim from a profile's template on a pod the webhook does not manage is refused even
+    with ``resourceClaims: allow``."""
+    return policy.spec.resourceClaims == "deny" or bool(_claim_profiles(policy))
+
+
 def _container_routes(policy: Policy) -> str:
-    """A container asking for a GPU, or setting a toolkit env var or a device-request mount."""
-    gpu = f"k.startsWith({_quote(GPU_RESOURCE_PREFIX)})"
+    """A container asking for a GPU (with user DRA denied, also a DeviceClass's implicit extended
+    resource), or setting a toolkit env var or a device-request mount."""
+    gpu = f"k.startsWith({_quote(GPU_RESOURCE_PREFIX)})" + (
+        f" || k.startsWith({_quote(DEVICE_CLASS_RESOURCE_PREFIX)})" if policy.spec.resourceClaims == "deny" else "")
     parts = [
         f"(has(c.resources) && ((has(c.resources.limits) && c.resources.limits.exists(k, {gpu})) || "
         f"(has(c.resources.requests) && c.resources.requests.exists(k, {gpu}))"
-        + (" || has(c.resources.claims)" if policy.spec.resourceClaims == "deny" else "") + "))",
+        + (" || has(c.resources.claims)" if _sends_claims(policy) else "") + "))",
         f"(has(c.env) && c.env.exists(e, e.name in {_list(TOOLKIT_ENV)}))",
         f"(has(c.volumeMounts) && c.volumeMounts.exists(m, m.mountPath.contains({_quote(_DEVICE_REQUEST_NAME)})))",
     ]
@@ -104,7 +113,7 @@ def _create(policy: Policy) -> str:
     or a pod that can reach a GPU node."""
     parts = [_has_label(policy.spec.labels.profile), _has_stamp("object"),
              _any_container(_container_routes(policy), ("containers", "initContainers"))]
-    if policy.spec.resourceClaims == "deny":
+    if _sends_claims(policy):
         parts.append("has(object.spec.resourceClaims)")
     parts.append(_reaching(policy))
     return " ||\n  ".join(parts)

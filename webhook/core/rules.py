@@ -33,6 +33,7 @@ from .pod import CONTAINER_FIELDS, Container, all_containers, as_dict, as_list, 
 from .policy import Policy
 
 __all__ = [
+    "DEVICE_CLASS_RESOURCE_PREFIX",
     "DEVICE_REQUEST_ROOTS",
     "GPU_POD_FORBIDDEN_ENV",
     "PRIVILEGED_CAPABILITIES",

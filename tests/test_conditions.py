@@ -11,8 +11,8 @@ import copy
 from typing import Any
 
 import celpy
-import yaml
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -176,7 +176,7 @@ A100_SELECTOR = 'device.attributes["gpu.nvidia.com"].productName == "NVIDIA A100
         "profile a100-dra: 2 DRA claims of one device each, counted as nvidia.com/gpu (maxCount 8; one unit weighs 1 "
         "in gpuEquivalent)",
         "resources   2 ResourceClaims (gpu-platform-0, gpu-platform-1) from ResourceClaimTemplate gpu-platform-a100-dra "
-        "of namespace ml-jobs (made by the chart or gpu-webhook dra templates): each one device of DeviceClass "
+        "of namespace ml-jobs (kept by serve --track-usage, or made by the chart or gpu-webhook dra templates): each one device of DeviceClass "
         "gpu.nvidia.com",
         f"{INDENT}selector {A100_SELECTOR}",
         f"{INDENT}container base: resources.claims gpu-platform-0, gpu-platform-1 (every other container: "
@@ -191,7 +191,7 @@ A100_SELECTOR = 'device.attributes["gpu.nvidia.com"].productName == "NVIDIA A100
         "profile a100-dra-mig-1g.10gb: 1 DRA claim of one device, counted as nvidia.com/mig-1g.10gb (maxCount 7; one "
         "unit weighs 0.125 in gpuEquivalent)",
         "resources   1 ResourceClaim (gpu-platform-0) from ResourceClaimTemplate gpu-platform-a100-dra-mig-1g.10gb of the "
-        "pod's namespace (made by the chart or gpu-webhook dra templates): one device of DeviceClass mig.nvidia.com",
+        "pod's namespace (kept by serve --track-usage, or made by the chart or gpu-webhook dra templates): one device of DeviceClass mig.nvidia.com",
         f'{INDENT}selector device.attributes["gpu.nvidia.com"].profile == "1g.10gb"',
         "quota       charges nvidia.com/mig-1g.10gb 1, gpuEquivalent 0.125 to its tenant; give --namespace (and "
         "--dag-id) to see which tenant and its limits",

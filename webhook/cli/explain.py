@@ -129,7 +129,8 @@ def _claims(pod: Mapping[str, Any], container: Mapping[str, Any], plan: GpuPlan,
     many = len(entries) > 1
     devices = "one device" if exactly["count"] == 1 else f"{exactly['count']} devices"
     rows = [_row("resources", f"{len(entries)} ResourceClaim{'s' if many else ''} ({names}) from ResourceClaimTemplate "
-                              f"{templates} of {where} (kept by serve --track-usage, or made by the chart or gpu-webhook dra templates): "
+                              f"{templates} of {where} (kept by serve --track-usage, or made by the chart or "
+                              f"gpu-webhook dra templates): "
                               f"{'each ' if many else ''}{devices} of DeviceClass {exactly['deviceClassName']}")]
     rows += [_INDENT + f"selector {s['cel']['expression']}" for s in exactly.get("selectors", [])]
     claimed = ", ".join(c["name"] for c in container["resources"]["claims"])

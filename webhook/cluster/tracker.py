@@ -249,7 +249,7 @@ class PodWatch:
             return True
 
     def _unsync(self, why: object) -> None:
-        if self.synced.is_set():
+        if self.synced.is_set() and not self._stop.is_set():   # a stopped watch is not behind: no warning
             log.warning("%s watch is behind (%s): not ready until the next list completes", self.path, why)
         self.synced.clear()
         if self.on_unsync is not None:
@@ -352,7 +352,7 @@ class PodWatch:
                 version: str | None = self.list_once()
                 while version is not None and not self._stop.is_set() and not self._relist.is_set():
                     version = self._watch_from(version)
-                self._unsync("the watch ended: 410 Gone, or a restart")
+                self._unsync("stopped" if self._stop.is_set() else "the watch ended: 410 Gone, or a restart")
             except Exception as err:  # noqa: BLE001 - the watch must outlive a flaky API server
                 self._unsync(err)
                 log.warning("%s watch failed (%s); listing again in 1s", self.path, err)

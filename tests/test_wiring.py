@@ -67,3 +67,27 @@ def test_a_policy_reload_reweighs_the_tracked_pods(tracked, policy):
     profiles["h100-80gb"]["gpuEquivalent"] = 3
     tracking.apply_policy(policy_with(profiles=profiles))
     assert tracking.usage()["vision"]["gpuEquivalent"] == D(6)   # 2 GPUs x the new weight 3
+
+
+# --- the benchmark knob (benchmarks/admission.py): the ledger's speed-ups switched off one by one ---
+def test_the_benchmark_knob_names_the_ledger_speedups_switched_off():
+    from airflow_gpu_webhook.cluster.wiring import BENCHMARK_LEDGER_ENV, ledger_levers_off
+
+    assert ledger_levers_off({}) == frozenset()
+    assert ledger_levers_off({BENCHMARK_LEDGER_ENV: " cache, group-commit ,"}) == {"cache", "group-commit"}
+    with pytest.raises(ValueError, match="unknown group_commit"):
+        ledger_levers_off({BENCHMARK_LEDGER_ENV: "group_commit"})
+
+
+@pytest.mark.parametrize("levers_off", [{"group-commit"}, {"cache"}, {"group-commit", "cache"}])
+def test_without_a_speedup_the_tracking_still_judges_with_the_ledger(policy, levers_off):
+    metrics = WebhookMetrics()
+    tracking = track_usage(FakeApi([_stored(policy)], [], nodes=[NODE]), policy, metrics, "ledger", grace=10,
+                           levers_off=frozenset(levers_off))
+    try:
+        assert _until(tracking.ready)
+        assert tracking.reserve.max_batch == (1 if "group-commit" in levers_off else 100)
+        assert (tracking.reserve.ledger.cache is None) == ("cache" in levers_off)
+        assert (b'gpu_webhook_watch_synced{watch="ledger"}' in metrics.exposition()) == ("cache" not in levers_off)
+    finally:
+        tracking.stop()

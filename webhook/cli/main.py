@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..cluster.wiring import kube_client, track_usage
+    from ..cluster.wiring import BENCHMARK_LEDGER_ENV, kube_client, ledger_levers_off, track_usage
     from ..server.app import Runtime, create_app, with_client_certificate
     from ..server.metrics import WebhookMetrics
     from ..server.reload import certificate_reloader, policy_reloader
@@ -87,8 +87,18 @@ def _serve(args: argparse.Namespace) -> int:
     if warning := exposure_warning(args):
         logging.getLogger("gpu_webhook").warning(warning)
     metrics = WebhookMetrics()
-    tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
-                           args.reservation_grace) if args.track_usage else None
+    tracking = None
+    if args.track_usage:
+        try:
+            levers_off = ledger_levers_off()
+        except ValueError as err:
+            _fail(str(err))
+        if levers_off:
+            logging.getLogger("gpu_webhook").warning(
+                "%s: the quota ledger runs without %s (a benchmark knob: slower, never less exact)",
+                BENCHMARK_LEDGER_ENV, " and ".join(sorted(levers_off)))
+        tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
+                               args.reservation_grace, levers_off)
     if tracking is None:
         runtime = Runtime(policy, metrics=metrics, client_certificate_required=bool(args.client_ca))
     else:

@@ -125,6 +125,12 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_cert_reqs=ssl.CERT_OPTIONAL if args.client_ca else ssl.CERT_NONE, ssl_ca_certs=args.client_ca)
     config.load()  # builds config.ssl: the SSLContext the certificate reloader loads new pairs into
     assert config.ssl is not None  # always built: --tls-cert and --tls-key are required
+    # No TLS 1.3 session tickets: the API server's webhook client (client-go) keeps no session
+    # cache, so it never resumes, and the two tickets OpenSSL makes after every handshake (the
+    # session, with the client certificate, encrypted) cost a third of a new connection's CPU
+    # here with --client-ca (benchmarks/handshake.py). The API server opens new connections
+    # whenever more than 25 calls to one webhook are in flight (client-go's idle pool).
+    config.ssl.num_tickets = 0
     if args.client_ca:
         config.http_protocol_class = with_client_certificate(config.http_protocol_class)
     watches = [] if args.reload_interval <= 0 else [

@@ -19,13 +19,26 @@ process, off the measured thread), as in the quota e2e suites. Pods are left Pen
 scheduler is stopped for the run (the GPU nodes exist, for the webhook's capacity check) so that
 only admission and storage are measured.
 
+Connections: each row also counts the new connections per create to the webhook (at the relay:
+each one a TCP connect and a full TLS handshake on both ends, as client-go's webhook transport
+keeps no TLS session cache and at most 25 idle connections per host) with the reviews the
+replicas answered, and the new connections to the API server other than the creators' (from
+the kernel's TCP table: the replicas' own API calls). ``python -m benchmarks.handshake`` prices
+one connection.
+
+Variants, run only when named with ``--only``: ``no-ledger-split-pools`` and
+``ledger-split-pools`` (the validating webhook at a second relay port, so each webhook has its
+own idle pool, as with a Service reference); ``ledger-no-group-commit``, ``ledger-no-cache`` and
+``ledger-no-group-commit-no-cache`` (the ledger's speed-ups switched off in the replicas by
+their benchmark knob, ``GPU_WEBHOOK_BENCHMARK_LEDGER_OFF``), to measure each lever.
+
 Exactness: after the throughput runs, 200 creates at C=100 against a quota that admits 50 (in
 each of ``resourcequota`` and ``ledger``) must admit exactly 50.
 
 Every scenario runs ``--passes`` times (default 2) with the order of its set-ups rotated, and each
 cell is the median pass, so the drift of these shared cores falls on all scenarios alike.
 
-    python -m benchmarks.admission [--pods 1000] [--clients 1,20,100] [--passes 2]
+    python -m benchmarks.admission [--pods 1000] [--clients 1,20,100] [--passes 2] [--only S,...]
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +65,11 @@ from benchmarks.core import ROOT, case
 
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from airflow_gpu_webhook.cluster.wiring import BENCHMARK_LEDGER_ENV  # noqa: E402
 from airflow_gpu_webhook.core.mutate import decide_mutation  # noqa: E402
 from airflow_gpu_webhook.core.policy import load_policy  # noqa: E402
 from tests.e2e.controlplane import ControlPlane, build  # noqa: E402
-from tests.e2e.quota_cluster import Replicas, serving  # noqa: E402
+from tests.e2e.quota_cluster import Replicas, RoundRobin, serving  # noqa: E402
 
 #: Throughput: tenant forecasting (namespace airflow, dag nightly_*) with room for every create.
 THROUGHPUT_CASE, THROUGHPUT_NAMESPACE = "kpo_nightly_a100", "airflow"
@@ -95,6 +109,8 @@ class Creator:
 
     def __init__(self, cp: ControlPlane) -> None:
         pki = cp.dir / "pki"
+        #: The local ports of the last run's connections.
+        self.ports: set[int] = set()
         self.host, self.port = "127.0.0.1", int(cp.server.rsplit(":", 1)[1])
         self.tls = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         self.tls.load_cert_chain(pki / "admin.crt", pki / "admin.key")
@@ -114,6 +130,7 @@ class Creator:
         reasons: dict[str, int] = {}
         todo = iter(range(creates))
         connections = [await asyncio.open_connection(self.host, self.port, ssl=self.tls) for _ in range(clients)]
+        self.ports = {writer.get_extra_info("sockname")[1] for _, writer in connections}
 
         async def creator(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             for i in todo:
@@ -217,6 +234,44 @@ def _resource_quota(cp: ControlPlane, namespace: str, gpus: int | None) -> None:
         "spec": {"hard": hard}, "status": {"hard": hard, "used": {"requests.nvidia.com/gpu": "0"}}})
 
 
+def _tcp_connections(port: int) -> set[tuple[str, str]]:
+    """Every TCP connection of this host to ``port`` (client address, server address), open or
+    closed within the last minute: one of a loopback connection's two sockets stays in
+    TIME-WAIT for 60 s after the close, so comparing two of these sets counts the connections
+    opened in between, whoever opened them (kube-apiserver's own clients included)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "0A":   # LISTEN
+                continue
+            if int(local.rsplit(":", 1)[1], 16) == port:
+                found.add((remote, local))
+            elif int(remote.rsplit(":", 1)[1], 16) == port:
+                found.add((local, remote))
+    return found
+
+
+def _connections(served: Replicas | None) -> dict[str, float]:
+    """What the replicas have been sent so far: new connections (each a TCP connect and a full TLS
+    handshake: the API server's webhook client keeps no TLS session cache), counted by the relay
+    (and the validating webhook's own relay, with split pools) per replica, and AdmissionReviews
+    answered (both steps, from the replicas' own metrics)."""
+    import re
+
+    if served is None:
+        return {}
+    calls = 0.0
+    for server in (served.first.server, served.second):
+        calls += sum(float(v) for v in re.findall(r'^gpu_webhook_decision_seconds_count\{step="[^"]+"\} (\S+)$',
+                                                   server.client.get("/metrics").text, re.M))
+    relays = [served.balancer, *getattr(served, "validate_relay", ())]
+    counts = {"connections": float(sum(sum(r.accepted.values()) for r in relays)), "calls": calls}
+    if len(relays) > 1:
+        counts["validate connections"] = float(sum(relays[1].accepted.values()))
+    return counts
+
+
 def _ledger_rounds(replicas: Replicas) -> dict[str, float]:
     import re
 
@@ -233,13 +288,71 @@ def _no_webhook() -> Iterator[None]:
     yield
 
 
+@contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """``name`` set to ``value`` (None: as it is) for what starts meanwhile (the replicas)."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if value is not None and old is None:
+            del os.environ[name]
+        elif value is not None:
+            os.environ[name] = old
+
+
+def _webhook(policy: Path, tracked: bool, split_pools: bool = False,
+             levers_off: str | None = None) -> Callable[..., Any]:
+    """A set-up: the two replicas (``tracked``: with ``--track-usage``), the ledger's speed-ups
+    ``levers_off`` switched off (the replicas' benchmark knob, ``BENCHMARK_LEDGER_ENV``).
+
+    ``split_pools``: the validating webhook registered at a second relay port. The API server
+    keeps at most 25 idle connections per webhook transport and host (client-go's
+    ``idleConnsPerHost``). A webhook registered by Service reference, as deployed, gets a
+    transport of its own (its dialer is a new closure, so client-go's transport cache never
+    shares it): 25 for /mutate and 25 for /validate. Registered by one loopback URL, as the
+    tests do, both share one transport and one host: 25 in all. Two ports give each its own
+    pool, as deployed."""
+
+    @contextmanager
+    def setup(cp: ControlPlane, tmp: Path) -> Iterator[Replicas]:
+        with ExitStack() as stack:
+            relays: list[RoundRobin] = []
+            stack.callback(lambda: [relay.stop() for relay in relays])   # after the replicas, as Replicas.stop
+            with _environment(BENCHMARK_LEDGER_ENV, levers_off):
+                served = stack.enter_context(contextmanager(serving)(cp, tmp, policy=policy, tracked=tracked))
+            if split_pools:
+                relay = RoundRobin([served.first.server.port, served.second.port])
+                relays.append(relay)
+                served.validate_relay = relays   # counted by _connections
+                docs = served.first.configurations()
+                for doc in docs:
+                    if doc.get("kind") == "ValidatingWebhookConfiguration":
+                        for hook in doc["webhooks"]:
+                            hook["clientConfig"]["url"] = hook["clientConfig"]["url"].replace(
+                                f":{served.balancer.port}/", f":{relay.port}/")
+                cp.apply(docs)
+                time.sleep(2)   # the API server's webhook configuration informer catches up
+            yield served
+
+    return setup
+
+
 def _groups(policy: Path) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
     """The scenarios, grouped under one set-up each (none; the webhook; the webhook with
-    ``--track-usage``). A pass runs every group."""
+    ``--track-usage``; then the variants, run only when named with ``--only``). A pass runs
+    every group."""
     return [
         (("none", "resourcequota"), lambda cp, tmp: _no_webhook()),
-        (("cpu+webhook", "no-ledger"), lambda cp, tmp: contextmanager(serving)(cp, tmp, policy=policy, tracked=False)),
-        (("ledger",), lambda cp, tmp: contextmanager(serving)(cp, tmp, policy=policy)),
+        (("cpu+webhook", "no-ledger"), _webhook(policy, tracked=False)),
+        (("ledger",), _webhook(policy, tracked=True)),
+        (("no-ledger-split-pools",), _webhook(policy, tracked=False, split_pools=True)),
+        (("ledger-split-pools",), _webhook(policy, tracked=True, split_pools=True)),
+        (("ledger-no-group-commit",), _webhook(policy, tracked=True, levers_off="group-commit")),
+        (("ledger-no-cache",), _webhook(policy, tracked=True, levers_off="cache")),
+        (("ledger-no-group-commit-no-cache",), _webhook(policy, tracked=True, levers_off="group-commit,cache")),
     ]
 
 
@@ -256,13 +369,16 @@ def run(creates: int, clients: list[int], passes: int = 2, only: frozenset[str] 
         for name in (THROUGHPUT_NAMESPACE, EXACT_NAMESPACE, PLAIN_NAMESPACE, "analytics"):
             _namespace(cp, name)
         creator, rows, profile = Creator(cp), {}, CpuProfile(cp)
+        api_port = creator.port
         pods = {"none": (PLAIN_NAMESPACE, _mutated(THROUGHPUT_CASE, THROUGHPUT_NAMESPACE, policy)),
                 "cpu+webhook": (PLAIN_NAMESPACE, _cpu_pod()),
                 "ledger": (THROUGHPUT_NAMESPACE, case(THROUGHPUT_CASE)["pod"])}
-        pods["resourcequota"], pods["no-ledger"] = pods["none"], pods["ledger"]
+        pods["resourcequota"] = pods["none"]
+        for variant in ("no-ledger", *VARIANTS):
+            pods[variant] = pods["ledger"]
         groups = [(kept, setup) for scenarios, setup in _groups(policy)
-                  if (kept := tuple(s for s in scenarios if not only or s in only))]
-        rounds: dict[str, float] = {}
+                  if (kept := tuple(s for s in scenarios if s in only or (not only and s in SCENARIOS)))]
+        rounds: dict[str, dict[str, float]] = {}
         for n in range(passes):
             for index, (scenarios, setup) in enumerate(groups[n % len(groups):] + groups[:n % len(groups)]):
                 with setup(cp, tmp / f"{n}-{index}") as served:
@@ -274,16 +390,23 @@ def run(creates: int, clients: list[int], passes: int = 2, only: frozenset[str] 
                         for c in clients:
                             creator.run(namespace, pod, min(50, creates), c)   # warm connections and caches
                             _clear(cp, namespace)
-                            before = profile.snapshot()
+                            before, sent = profile.snapshot(), _connections(served)
+                            api_connections = _tcp_connections(api_port)
                             row = creator.run(namespace, pod, creates, c)
                             row["cpu_ms"] = profile.per_create(before, profile.snapshot(), creates)
+                            row["sent"] = {k: (v - sent[k]) / creates for k, v in _connections(served).items()}
+                            opened = _tcp_connections(api_port) - api_connections
+                            row["api_connections"] = sum(int(client.rsplit(":", 1)[1], 16) not in creator.ports
+                                                         for client, _ in opened) / creates   # the creators' left out
                             rows.setdefault((scenario, c), []).append(row)
                             echo(_line(f"pass {n + 1} {scenario}", c, row))
                             _clear(cp, namespace)
                         _resource_quota(cp, namespace, None)
-                    if "ledger" in scenarios:
-                        for result, count in _ledger_rounds(served).items():
-                            rounds[result] = rounds.get(result, 0) + count
+                    for scenario in scenarios:
+                        if scenario.startswith("ledger"):
+                            tally = rounds.setdefault(scenario, {})
+                            for result, count in _ledger_rounds(served).items():
+                                tally[result] = tally.get(result, 0) + count
         results: dict[Any, Any] = {key: _median_pass(runs) for key, runs in rows.items()}
         results["ledger rounds"] = rounds
         results["ledger creates"] = passes * len(clients) * (creates + min(50, creates))
@@ -306,6 +429,12 @@ def _line(label: str, clients: int, row: dict[str, Any]) -> str:
             f"admitted {row['admitted']} denied {row['denied']} errors {row['error']}")
     if "cpu_ms" in row:
         text += "\n    CPU ms per create: " + ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_ms"].items())
+    if row.get("sent"):
+        text += (f"\n    per create, to the webhook: {row['sent']['connections']:.3f} new connections, "
+                 f"{row['sent']['calls']:.2f} reviews"
+                 + "".join(f", {k} {v:.3f}" for k, v in row["sent"].items() if k not in ("connections", "calls")))
+    if "api_connections" in row:
+        text += f"\n    per create, to the API server (not the creators'): {row['api_connections']:.3f} new connections"
     return text + "".join(f"\n    {count} x {why}" for why, count in row["reasons"].items())
 
 
@@ -317,12 +446,16 @@ def _median_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 SCENARIOS = ("none", "cpu+webhook", "resourcequota", "ledger", "no-ledger")
+#: Run only when named with ``--only``: the webhook with both webhooks' connection pools split as
+#: deployed (see ``_webhook``), and the ledger without group commit, without its cache, without both.
+VARIANTS = ("no-ledger-split-pools", "ledger-split-pools", "ledger-no-group-commit", "ledger-no-cache",
+            "ledger-no-group-commit-no-cache")
 
 
 def report(results: dict[str, Any], clients: list[int]) -> str:
     """Markdown: each scenario's pods/s and p99 per C, where the CPU went, and the ledger's ratios
     to ResourceQuota (the scenarios a run left out are left out here)."""
-    ran = [s for s in SCENARIOS if (s, clients[0]) in results]
+    ran = [s for s in SCENARIOS + VARIANTS if (s, clients[0]) in results]
     lines = ["| scenario | " + " | ".join(f"C={c}: pods/s (range), p50 / p99 ms" for c in clients) + " |",
              "| --- |" + " ---: |" * len(clients)]
     for scenario in ran:
@@ -337,18 +470,32 @@ def report(results: dict[str, Any], clients: list[int]) -> str:
             values = [results[(scenario, c)]["cpu_ms"][part] for c in clients]
             if any(v >= 0.05 for v in values):
                 lines.append(f"| {scenario}: {part} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    if {"ledger", "resourcequota"} <= set(ran):
-        ratios = [f"C={c}: {results[('ledger', c)]['pods_s'] / results[('resourcequota', c)]['pods_s']:.2f}x "
-                  f"pods/s, {results[('ledger', c)]['p99_ms'] / results[('resourcequota', c)]['p99_ms']:.2f}x p99"
-                  for c in clients]
-        lines += ["", "ledger / resourcequota: " + "; ".join(ratios)]
+    sent = [s for s in ran if results[(s, clients[0])].get("sent")]
+    if sent:
+        lines += ["", "| per create, to the webhook (median pass): new TCP+TLS connections / reviews | "
+                  + " | ".join(f"C={c}" for c in clients) + " |", "| --- |" + " ---: |" * len(clients)]
+        for scenario in sent:
+            cells = [f"{r['sent']['connections']:.3f} / {r['sent']['calls']:.2f}"
+                     for r in (results[(scenario, c)] for c in clients)]
+            lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+        lines += ["", "| per create, new connections to the API server (the creators' left out) | "
+                  + " | ".join(f"C={c}" for c in clients) + " |", "| --- |" + " ---: |" * len(clients)]
+        for scenario in ran:
+            lines.append(f"| {scenario} | " + " | ".join(f"{results[(scenario, c)]['api_connections']:.3f}"
+                                                        for c in clients) + " |")
+    if "resourcequota" in ran:
+        lines.append("")
+        for scenario in (s for s in ran if s not in ("none", "resourcequota", "cpu+webhook")):
+            ratios = [f"C={c}: {results[(scenario, c)]['pods_s'] / results[('resourcequota', c)]['pods_s']:.2f}x "
+                      f"pods/s, {results[(scenario, c)]['p99_ms'] / results[('resourcequota', c)]['p99_ms']:.2f}x p99"
+                      for c in clients]
+            lines.append(f"{scenario} / resourcequota: " + "; ".join(ratios))
     if "exact ledger" in results:
         exact = {k: results[f"exact {k}"]["admitted"] for k in ("resourcequota", "ledger")}
         lines.append(f"exact admission, {EXACT_CREATES} creates at C=100 against room for {EXACT_GPUS // 2}: "
                      f"resourcequota {exact['resourcequota']}, ledger {exact['ledger']}")
-    if "ledger" in ran:
-        rounds = results["ledger rounds"]
-        lines.append(f"ledger rounds (both replicas, every pass): {sum(rounds.values()):.0f} for "
+    for scenario, rounds in results["ledger rounds"].items():
+        lines.append(f"{scenario} rounds (both replicas, every pass): {sum(rounds.values()):.0f} for "
                      f"{results['ledger creates']} creates: " + ", ".join(f"{k} {v:.0f}" for k, v in rounds.items()))
     client_cpu = max(r["client_cpu_ms"] for k, r in results.items() if isinstance(k, tuple))
     lines.append(f"client CPU: at most {client_cpu:.3f} ms per create")
@@ -360,8 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pods", type=int, default=1000, help="creates per scenario and C (default 1000)")
     parser.add_argument("--clients", default="1,20,100", help="concurrent creators, comma-separated")
     parser.add_argument("--passes", type=int, default=2, help="passes over every scenario (default 2)")
-    parser.add_argument("--only", default="", help="comma-separated scenarios to run (default: all, and the "
-                                                  "exactness runs)")
+    parser.add_argument("--only", default="", help="comma-separated scenarios to run (default: all but the "
+                                                  f"variants, and the exactness runs; variants: {', '.join(VARIANTS)})")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     only = frozenset(filter(None, args.only.split(",")))

@@ -173,6 +173,28 @@ def test_the_server_runs_on_uvloop_and_httptools(server):
     assert "event loop uvloop.Loop, HTTP protocol HttpToolsProtocol" in server.log.read_text()
 
 
+def _tickets_received(server: WebhookServer) -> bool:
+    """Whether a TLS 1.3 handshake with ``server``, and one request on it, brought a session ticket."""
+    import socket
+
+    context = ssl.create_default_context(cafile=server.certs / "ca.crt")
+    with socket.create_connection(("127.0.0.1", server.port)) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.3"
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b'{"status":"ok"}'):
+            answer += tls.recv(4096)   # tickets come after the handshake, read with the answer
+        return tls.session is not None and tls.session.has_ticket
+
+
+def test_the_server_sends_no_session_tickets(server):
+    """The API server's webhook client keeps no TLS session cache (client-go), so a ticket is
+    never used; OpenSSL makes two per handshake by default, which cost the server a third of
+    a new connection's CPU with --client-ca (benchmarks/handshake.py)."""
+    assert not _tickets_received(server)
+
+
 # ------------------------------------------------------------------ serve --client-ca: only the API server
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory) -> Iterator[WebhookServer]:

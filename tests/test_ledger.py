@@ -389,6 +389,20 @@ def test_a_burst_is_admitted_exactly_to_the_quota_in_few_rounds(api, policy, rep
     assert len(_ledger_data(api)[0]) == 2
 
 
+def test_without_group_commit_each_request_takes_a_round_of_its_own(api, policy):
+    """max_batch=1 (the benchmark knob): the ledger as it was before group commit, one round per
+    request, one at a time, and just as exact."""
+    import asyncio
+
+    from airflow_gpu_webhook.cluster.ledger import QuotaReserver
+
+    rounds: list[str] = []
+    reserver = QuotaReserver(_ledger(api, policy, counted=rounds.append), max_batch=1)
+    decisions = asyncio.run(_admit([reserver], policy, 12))
+    assert sum(d.allowed for d in decisions) == 2
+    assert len(rounds) == 12, "one round per request"
+
+
 def test_a_failing_round_answers_every_waiting_request_and_the_next_burst_starts_afresh(api, policy):
     import asyncio
 

@@ -174,3 +174,28 @@ def test_a_runtime_built_with_the_templates_refuses_a_dra_pod_whose_namespace_la
         assert decision.reason == "no-claim-template" and "namespace 'ml-jobs'" in decision.message
     finally:
         tracking.stop()
+
+
+# --- the benchmark knob (benchmarks/admission.py): the ledger's speed-ups switched off one by one ---
+def test_the_benchmark_knob_names_the_ledger_speedups_switched_off():
+    from airflow_gpu_webhook.cluster.wiring import BENCHMARK_LEDGER_ENV, ledger_levers_off
+
+    assert ledger_levers_off({}) == frozenset()
+    assert ledger_levers_off({BENCHMARK_LEDGER_ENV: " cache, group-commit ,"}) == {"cache", "group-commit"}
+    with pytest.raises(ValueError, match="unknown group_commit"):
+        ledger_levers_off({BENCHMARK_LEDGER_ENV: "group_commit"})
+
+
+@pytest.mark.parametrize("levers_off", [{"group-commit"}, {"cache"}, {"group-commit", "cache"}])
+def test_without_a_speedup_the_tracking_still_judges_with_the_ledger(policy, levers_off):
+    metrics = WebhookMetrics()
+    tracking = track_usage(FakeApi([_stored(policy)], [], nodes=[NODE]), policy, metrics, "ledger", grace=10,
+                           levers_off=frozenset(levers_off))
+    try:
+        assert _until(tracking.ready)
+        assert tracking.reserve.max_batch == (1 if "group-commit" in levers_off else 100)
+        assert (tracking.reserve.ledger.cache is None) == ("cache" in levers_off)
+        assert (b'gpu_webhook_watch_synced{watch="ledger"}' in metrics.exposition()) == ("cache" not in levers_off)
+    finally:
+        tracking.stop()
+    assert b'gpu_webhook_watch_synced{watch="pods"} 1.0' in metrics.exposition()

@@ -65,16 +65,21 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold=lambd
 
 
 class RoundRobin(_Loop):
-    """A TCP balancer on 127.0.0.1: each connection goes to the next backend (TLS passes through)."""
+    """A TCP balancer on 127.0.0.1: each connection goes to the next backend (TLS passes through).
+    :attr:`accepted` counts the connections it has passed to each backend port (each one a new
+    TCP connection and TLS handshake on that replica; benchmarks/admission.py reports them)."""
 
     def __init__(self, backends: list[int]) -> None:
         self.backends = itertools.cycle(backends)
+        self.accepted = dict.fromkeys(backends, 0)
         self.port = free_port()
         self._start_loop(lambda: asyncio.start_server(self._handle, "127.0.0.1", self.port))
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        backend = next(self.backends)
+        self.accepted[backend] += 1
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", next(self.backends))
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", backend)
         except OSError:
             writer.close()
             return

@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..cluster.wiring import kube_client, track_usage
+    from ..cluster.wiring import BENCHMARK_LEDGER_ENV, kube_client, ledger_levers_off, track_usage
     from ..server.app import Runtime, create_app, with_client_certificate
     from ..server.metrics import WebhookMetrics
     from ..server.reload import certificate_reloader, policy_reloader
@@ -87,8 +87,18 @@ def _serve(args: argparse.Namespace) -> int:
     if warning := exposure_warning(args):
         logging.getLogger("gpu_webhook").warning(warning)
     metrics = WebhookMetrics()
-    tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
-                           args.reservation_grace) if args.track_usage else None
+    tracking = None
+    if args.track_usage:
+        try:
+            levers_off = ledger_levers_off()
+        except ValueError as err:
+            _fail(str(err))
+        if levers_off:
+            logging.getLogger("gpu_webhook").warning(
+                "%s: the quota ledger runs without %s (a benchmark knob: slower, never less exact)",
+                BENCHMARK_LEDGER_ENV, " and ".join(sorted(levers_off)))
+        tracking = track_usage(kube_client(args.kubeconfig), policy, metrics, args.ledger_namespace,
+                               args.reservation_grace, levers_off)
     if tracking is None:
         runtime = Runtime(policy, metrics=metrics, client_certificate_required=bool(args.client_ca))
     else:
@@ -115,6 +125,12 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_cert_reqs=ssl.CERT_OPTIONAL if args.client_ca else ssl.CERT_NONE, ssl_ca_certs=args.client_ca)
     config.load()  # builds config.ssl: the SSLContext the certificate reloader loads new pairs into
     assert config.ssl is not None  # always built: --tls-cert and --tls-key are required
+    # No TLS 1.3 session tickets: the API server's webhook client (client-go) keeps no session
+    # cache, so it never resumes, and the two tickets OpenSSL makes after every handshake (the
+    # session, with the client certificate, encrypted) cost a third of a new connection's CPU
+    # here with --client-ca (benchmarks/handshake.py). The API server opens new connections
+    # whenever more than 25 calls to one webhook are in flight (client-go's idle pool).
+    config.ssl.num_tickets = 0
     if args.client_ca:
         config.http_protocol_class = with_client_certificate(config.http_protocol_class)
     watches = [] if args.reload_interval <= 0 else [

@@ -461,8 +461,11 @@ class QuotaReserver:
     next round takes them all (group commit, see the module). The blocking API calls run on a
     worker thread."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, max_batch: int = MAX_BATCH) -> None:
         self.ledger = ledger
+        #: At most this many requests in one round; 1 switches group commit off (one round per
+        #: request, still one at a time per tenant: how the ledger worked before group commit).
+        self.max_batch = max_batch
         #: Per tenant with a round in flight: the requests waiting for the next round.
         self._queues: dict[str, list[_Waiting]] = {}
         #: The running rounds: the loop keeps only weak references to tasks (asyncio.ensure_future).
@@ -520,7 +523,7 @@ class QuotaReserver:
                 # a request whose call timed out is dropped: reserving for it would hold quota for a ghost
                 batch = [w for w in queue if not w.answer.done()]
                 quota = batch[0].quota if batch else {}
-                batch = [w for w in batch if w.quota == quota][:MAX_BATCH]
+                batch = [w for w in batch if w.quota == quota][:self.max_batch]
                 taken = {id(w) for w in batch}
                 queue[:] = [w for w in queue if not w.answer.done() and id(w) not in taken]
                 if not batch:

@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from .ledger import QuotaReserver
     from .tracker import PodWatch
 
-__all__ = ["DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "TOP_HOLDERS", "Tracking", "TrackingMetrics", "kube_client",
-           "track_usage"]
+__all__ = ["BENCHMARK_LEDGER_ENV", "DEFAULT_GRACE", "DEFAULT_LEDGER_NAMESPACE", "LEDGER_LEVERS", "TOP_HOLDERS",
+           "Tracking", "TrackingMetrics", "kube_client", "ledger_levers_off", "track_usage"]
 
 # The defaults of the cluster commands' flags live here, in a module that imports the core only for
 # typing (and kubernetes inside its functions), so that `gpu-webhook --help` stays cheap.
@@ -49,6 +49,14 @@ DEFAULT_LEDGER_NAMESPACE = "gpu-webhook-ledger"
 DEFAULT_GRACE = 10.0
 #: How many of a tenant's largest holders ``gpu-webhook usage`` lists by default.
 TOP_HOLDERS = 5
+#: A benchmark knob, not a setting: the ledger's speed-ups this environment variable of
+#: ``serve --track-usage`` switches off (comma-separated), so that ``benchmarks/admission.py``
+#: can measure each one's worth in one run (issue 17). Both are safe to switch off: without
+#: them the ledger is the slower one it was before (docs/quota.md).
+BENCHMARK_LEDGER_ENV = "GPU_WEBHOOK_BENCHMARK_LEDGER_OFF"
+#: ``group-commit``: one ledger round per request (still one at a time per tenant and replica);
+#: ``cache``: no ledger watch, every round reads the ConfigMap from the API server.
+LEDGER_LEVERS = ("group-commit", "cache")
 
 
 class TrackingMetrics(Protocol):
@@ -116,26 +124,36 @@ def kube_client(kubeconfig: str | None) -> ApiClient:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
+def ledger_levers_off(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """The ledger speed-ups :data:`BENCHMARK_LEDGER_ENV` switches off (a benchmark knob); an
+    unknown name is an error, so a misspelt knob never measures the wrong thing."""
+    named = frozenset(filter(None, (n.strip() for n in environ.get(BENCHMARK_LEDGER_ENV, "").split(","))))
+    if unknown := named - set(LEDGER_LEVERS):
+        raise ValueError(f"{BENCHMARK_LEDGER_ENV}: unknown {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(LEDGER_LEVERS)}")
+    return named
+
+
 def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger_namespace: str,
-                grace: float) -> Tracking:
+                grace: float, levers_off: frozenset[str] = frozenset()) -> Tracking:
     """Start the pod and node watches and the quota ledger on ``api`` (and the DRA watches and
     template reconciler once the policy has a DRA profile); the runtime built with the returned
     :class:`Tracking` charges against the cluster, checks node capacity and claim templates, and
-    is ready once the pod watch has synced."""
+    is ready once the pod watch has synced. ``levers_off``: see :data:`LEDGER_LEVERS` (benchmarks)."""
     from kubernetes import client
 
     from ..core.nodes import NodeBook
     from .devices import CLASSES_PATH, SLICES_PATH, DeviceBook
-    from .ledger import LEDGER_SELECTOR, PRUNE_KINDS, ROUND_RESULTS, Ledger, LedgerCache, QuotaReserver
+    from .ledger import LEDGER_SELECTOR, MAX_BATCH, PRUNE_KINDS, ROUND_RESULTS, Ledger, LedgerCache, QuotaReserver
     from .templates import RESULTS as TEMPLATE_RESULTS
     from .templates import TEMPLATES_PATH, TEMPLATES_SELECTOR, ResourceV1Templates, TemplateBook, TemplateReconciler
     from .tracker import PodWatch, UsageBook
 
     book, nodes = UsageBook(policy), NodeBook()
     watch, node_watch = PodWatch(api, book), PodWatch(api, nodes, selector="", path="/api/v1/nodes")
-    ledgers = LedgerCache()
-    ledger_watch = PodWatch(api, ledgers, selector=LEDGER_SELECTOR,
-                            path=f"/api/v1/namespaces/{ledger_namespace}/configmaps")
+    ledgers = None if "cache" in levers_off else LedgerCache()
+    ledger_watch = None if ledgers is None else PodWatch(api, ledgers, selector=LEDGER_SELECTOR,
+                                                         path=f"/api/v1/namespaces/{ledger_namespace}/configmaps")
     # DRA: built now (the device book marks every DRA count unknown until its watches have
     # synced), started with the first policy that has a DRA profile.
     devices = DeviceBook(policy, nodes.set_devices)
@@ -147,7 +165,8 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
                                     live=template_watch.synced.is_set,
                                     counted=metrics.template_counter(TEMPLATE_RESULTS))
     claim_templates.changed = reconciler.trigger
-    synced = _Synced({"pods": watch, "nodes": node_watch, "ledger": ledger_watch})
+    watches = [w for w in (watch, node_watch, ledger_watch) if w is not None]
+    synced = _Synced({"pods": watch, "nodes": node_watch, **({"ledger": ledger_watch} if ledger_watch else {})})
     dra_started = threading.Lock()
 
     def start_dra(policy: Policy) -> None:
@@ -173,15 +192,20 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
         start_dra(new)
 
     def stop() -> None:
-        for watching in (watch, node_watch, ledger_watch, slice_watch, class_watch, template_watch, reconciler):
+        for watching in (*watches, slice_watch, class_watch, template_watch, reconciler):
             watching.stop()
 
+    def no_cache() -> bool:
+        return False
+
+    cache_live = no_cache if ledger_watch is None else ledger_watch.synced.is_set
     reserve = QuotaReserver(Ledger(client.CoreV1Api(api), ledger_namespace, book, watch, grace=grace,
                                    counted=metrics.ledger_counter(ROUND_RESULTS),
                                    pruned=metrics.ledger_pruned_counter(PRUNE_KINDS),
-                                   cache=ledgers, cache_live=ledger_watch.synced.is_set))
+                                   cache=ledgers, cache_live=cache_live),
+                            max_batch=1 if "group-commit" in levers_off else MAX_BATCH)
     metrics.follow_tracking(usage, synced)
-    for watching in (watch, node_watch, ledger_watch):
+    for watching in watches:
         watching.start()
     start_dra(policy)
     return Tracking(usage=usage, nodes=offers, ready=watch.synced.is_set, reserve=reserve,

@@ -192,8 +192,10 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
         start_dra(new)
 
     def stop() -> None:
-        for watching in (*watches, slice_watch, class_watch, template_watch, reconciler):
+        for watching in watches:
             watching.stop()
+        for dra in (slice_watch, class_watch, template_watch, reconciler):
+            dra.stop()
 
     def no_cache() -> bool:
         return False

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,3 +289,19 @@ def allocated_devices(cp: ControlPlane) -> set[tuple[str, str]]:
     claims = client.ResourceV1Api(cp.api_client()).list_resource_claim_for_all_namespaces().items
     return {(r.pool, r.device) for c in claims if c.status and c.status.allocation
             for r in c.status.allocation.devices.results or [] if r.driver == DRIVER}
+
+
+def allocation(claim: Any) -> list[tuple[str, str, str]]:
+    """(driver, pool, device) of each device allocated to a ResourceClaim (a client model)."""
+    assert claim.status.allocation is not None, f"claim {claim.metadata.name} not allocated: {claim.status}"
+    return [(r.driver, r.pool, r.device) for r in claim.status.allocation.devices.results]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll until `condition()` is truthy and return that value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met after {timeout}s")
+        time.sleep(0.2)
+    return value

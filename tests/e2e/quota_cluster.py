@@ -227,22 +227,27 @@ def burst_client(cp: ControlPlane, user: client.ApiClient | None = None) -> clie
     return client.CoreV1Api(client.ApiClient(configuration))
 
 
-def create(core: client.CoreV1Api, name: str) -> str:
-    """'admitted', or the denial message."""
+def create(core: client.CoreV1Api, name: str, pod: dict[str, Any] | None = None) -> str:
+    """'admitted', or the denial message. ``pod``: what to create (default: the CASE pod, named
+    ``name``, in NAMESPACE), in its own ``metadata.namespace``."""
+    pod = pod or airflow_pod(CASE, name, complete_after=None)
     try:
-        core.create_namespaced_pod(NAMESPACE, airflow_pod(CASE, name, complete_after=None))
+        core.create_namespaced_pod(pod["metadata"].get("namespace", NAMESPACE), pod)
         return "admitted"
     except ApiException as err:
         return json.loads(err.body)["message"]
 
 
 def burst(core: client.CoreV1Api, prefix: str, count: int = 100, workers: int = 25,
-          during: Callable[[int], None] = lambda done: None) -> dict[str, str]:
-    """``count`` concurrent creates: name -> 'admitted' or the denial; ``during(n)`` after the n-th answer."""
+          during: Callable[[int], None] = lambda done: None,
+          make: Callable[[int, str], dict[str, Any]] | None = None) -> dict[str, str]:
+    """``count`` concurrent creates: name -> 'admitted' or the denial; ``during(n)`` after the n-th
+    answer; ``make(i, name)`` the i-th pod (default: the CASE pod in NAMESPACE)."""
     names = [f"{prefix}-{uuid.uuid4().hex[:8]}" for _ in range(count)]
     outcomes: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(create, core, name): name for name in names}
+        futures = {pool.submit(create, core, name, make(i, name) if make else None): name
+                   for i, name in enumerate(names)}
         for done, future in enumerate(as_completed(futures)):
             outcomes[futures[future]] = future.result()
             during(done)

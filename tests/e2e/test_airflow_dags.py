@@ -26,160 +26,31 @@ asserts on one task from the module-scoped result. A component that cannot start
 from __future__ import annotations
 
 import json
-import os
 import re
-import sqlite3
-import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 
+from .airflow_run import RUN_LABEL, AirflowHome, DagRunResult, dags_test, explain, pod_of
+from .airflow_run import airflow_home as start_airflow_home
 from .conftest import RegisteredWebhook
 from .controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
-DAGS_FOLDER = Path(__file__).parent / "dags"
 DAG_ID = "team_vision__gpu_kpo"
-RUN_LABEL = "e2e.gpu.platform/run"  # set by the DAG file from E2E_RUN
-AIRFLOW = [sys.executable, "-m", "airflow"]
-DAGS_TEST_TIMEOUT = 300  # the run takes ~12 s; each task also has an execution_timeout of 90 s
-TAIL = 60
-
-
-def _tail(text: str, lines: int = TAIL) -> str:
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# ------------------------------------------------------------------------------ Airflow set-up
-@dataclass
-class AirflowHome:
-    home: Path
-    env: dict[str, str]  # for every `airflow` command (the DAG run adds the testbed's kubeconfig)
-    migrate: subprocess.Popen[str]
-
-    def wait_migrated(self) -> None:
-        try:
-            out, _ = self.migrate.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            self.migrate.kill()
-            out, _ = self.migrate.communicate()
-            pytest.fail(f"`airflow db migrate` did not finish in 180 s:\n{_tail(out)}")
-        if self.migrate.returncode != 0:
-            pytest.fail(f"`airflow db migrate` exited {self.migrate.returncode}:\n{_tail(out)}")
 
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowHome]:
-    """A fresh AIRFLOW_HOME (SQLite). `airflow db migrate` starts here in the background and
-    overlaps the control plane's and the webhook's start-up; the DAG run waits for it."""
-    home = tmp_path_factory.mktemp("airflow_home")
-    # Hermetic: no AIRFLOW_* / AIRFLOW__* from the caller's shell (a developer's metadata DB,
-    # connections...). Notably AIRFLOW__GPU_WEBHOOK__POLICY_FILE stays unset: the parse-time
-    # policy would turn the bad tasks into an import error before they run.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "0",
-    })
-    migrate = subprocess.Popen([*AIRFLOW, "db", "migrate"], env=env, cwd=home, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    yield AirflowHome(home, env, migrate)
-    if migrate.poll() is None:
-        migrate.kill()
-        migrate.wait()
-
-
-@dataclass
-class DagRunResult:
-    run_id: str
-    run_label: str
-    state: str
-    task_states: dict[str, str]
-    task_logs: dict[str, str]  # task_id -> its log lines (see _task_logs)
-    output: str                # stdout + stderr of `airflow dags test`, interleaved
-    seconds: float
-
-    def log_of(self, task_id: str) -> str:
-        return self.task_logs.get(task_id, "")
-
-
-def _task_logs(output: str) -> dict[str, str]:
-    """Each task's log, cut out of the `airflow dags test` output.
-
-    Without an executor, `dags test` runs the tasks one after another in its own process
-    (InProcessTestSupervisor) and logs them to its stdout/stderr only: nothing is written under
-    $AIRFLOW_HOME/logs. Each task's lines lie between "[DAG TEST] starting task_id=<id>" and
-    "[DAG TEST] end task task_id=<id>".
-    """
-    logs: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in output.splitlines():
-        if m := re.search(r"\[DAG TEST\] starting task_id=(\S+)", line):
-            current = logs.setdefault(m.group(1), [])
-        if current is not None:
-            current.append(line)
-        if "[DAG TEST] end task task_id=" in line:
-            current = None
-    return {task_id: "\n".join(lines) for task_id, lines in logs.items()}
+    yield from start_airflow_home(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def dag_run(airflow_home: AirflowHome, controlplane: ControlPlane, webhook: RegisteredWebhook) -> DagRunResult:
     """ONE `airflow dags test` of the whole DAG; its states, task logs and output."""
-    run_label = uuid.uuid4().hex[:12]
-    kubeconfig = controlplane.env()["KUBECONFIG"]
-    env = {**airflow_home.env, "KUBECONFIG": kubeconfig, "E2E_KUBECONFIG": kubeconfig, "E2E_RUN": run_label}
-    airflow_home.wait_migrated()
-    logical_date = datetime.now(UTC).isoformat(timespec="microseconds")  # unique run id
-    start = time.monotonic()
-    try:
-        proc = subprocess.run([*AIRFLOW, "dags", "test", DAG_ID, logical_date], env=env,
-                              cwd=airflow_home.home, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=DAGS_TEST_TIMEOUT)
-    except subprocess.TimeoutExpired as err:
-        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        pytest.fail(f"`airflow dags test` ran over {DAGS_TEST_TIMEOUT} s:\n{_tail(out)}\n"
-                    f"webhook log:\n{webhook.log_tail()}")
-    seconds = time.monotonic() - start
-    output = proc.stdout
-    (airflow_home.home / "dags-test.log").write_text(output)  # kept with the tmp dir for post-mortems
-    print(f"\n`airflow dags test {DAG_ID}` took {seconds:.1f} s (exit {proc.returncode})")
-
-    with sqlite3.connect(airflow_home.home / "airflow.db") as db:
-        runs = db.execute("SELECT run_id, state FROM dag_run WHERE dag_id = ?", (DAG_ID,)).fetchall()
-        assert len(runs) == 1, f"expected one DAG run, found {runs}; `airflow dags test` said:\n{_tail(output)}"
-        run_id, state = runs[0]
-        task_states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                                      (DAG_ID, run_id)).fetchall())
-    # Denied tasks fail the run, and `airflow dags test` then exits 1 with "DagRun failed".
-    assert proc.returncode in (0, 1), f"`airflow dags test` exited {proc.returncode}:\n{_tail(output)}"
-    return DagRunResult(run_id, run_label, state, task_states,
-                        _task_logs(output), output, seconds)
-
-
-def pod_of(cp: ControlPlane, result: DagRunResult, namespace: str, task_id: str) -> Any:
-    """The one pod this DAG run's task created (KPO keeps it: on_finish_action=keep_pod)."""
-    pods = client.CoreV1Api(cp.api_client()).list_namespaced_pod(
-        namespace, label_selector=f"{RUN_LABEL}={result.run_label},task_id={task_id},dag_id={DAG_ID}").items
-    assert len(pods) == 1, f"expected one pod for task {task_id} in {namespace}, found {[p.metadata.name for p in pods]}"
-    return pods[0]
-
-
-def explain(result: DagRunResult, task_id: str) -> str:
-    return (f"task {task_id}: state {result.task_states.get(task_id)}\n--- task log ---\n"
-            f"{_tail(result.log_of(task_id), 30)}\n--- airflow dags test ---\n{_tail(result.output, 30)}")
+    return dags_test(airflow_home, controlplane, webhook, DAG_ID)
 
 
 # -------------------------------------------------------------------------------------- tests

@@ -8,9 +8,8 @@ beside the device-plugin pools. kwok runs the pods (no kubelet, so no NodePrepar
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from . import dra_cluster as dra
 from .controlplane import COMPLETE_AFTER_LABEL, POOL_LABEL, ControlPlane
+from .dra_cluster import allocation, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -81,16 +81,6 @@ def pods(controlplane: ControlPlane, namespace: str) -> Iterator[Pods]:
         p.cleanup()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll until `condition()` is truthy and return that value."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met after {timeout}s")
-        time.sleep(0.2)
-    return value
-
-
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
@@ -104,12 +94,6 @@ def extended_resource_pod(name: str, namespace: str, resource: str, count: int =
     if node_selector:
         spec["nodeSelector"] = node_selector
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-
-
-def allocation(claim: Any) -> list[tuple[str, str, str]]:
-    """(driver, pool, device) of each allocated device."""
-    assert claim.status.allocation is not None, f"claim {claim.metadata.name} not allocated: {claim.status}"
-    return [(r.driver, r.pool, r.device) for r in claim.status.allocation.devices.results]
 
 
 # ---------------------------------------------------------------------------------- the pool

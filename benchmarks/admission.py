@@ -357,10 +357,11 @@ def _groups(policy: Path) -> list[tuple[tuple[str, ...], Callable[..., Any]]]:
 
 
 def run(creates: int, clients: list[int], passes: int = 2, only: frozenset[str] = frozenset(),
-        echo: Callable[[str], None] = print) -> dict[str, Any]:
+        echo: Callable[[str], None] = print, also: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Every scenario at every C, ``passes`` times with the groups' order rotated (the machine's
     drift then falls on every scenario alike; each cell reports the median pass), then the two
-    exactness runs; one control plane, one run. ``only``: just these scenarios, no exactness runs."""
+    exactness runs; one control plane, one run. ``only``: just these scenarios, no exactness runs;
+    ``also``: these variants too, beside the default scenarios and the exactness runs."""
     with tempfile.TemporaryDirectory(prefix="bench-admission-") as tmp_name, ControlPlane(build()) as cp:
         tmp = Path(tmp_name)
         cp.create_gpu_nodes()   # the webhook's node-capacity check needs them; kwok keeps them Ready
@@ -377,7 +378,8 @@ def run(creates: int, clients: list[int], passes: int = 2, only: frozenset[str] 
         for variant in ("no-ledger", *VARIANTS):
             pods[variant] = pods["ledger"]
         groups = [(kept, setup) for scenarios, setup in _groups(policy)
-                  if (kept := tuple(s for s in scenarios if s in only or (not only and s in SCENARIOS)))]
+                  if (kept := tuple(s for s in scenarios
+                                    if s in only or (not only and (s in SCENARIOS or s in also))))]
         rounds: dict[str, dict[str, float]] = {}
         for n in range(passes):
             for index, (scenarios, setup) in enumerate(groups[n % len(groups):] + groups[:n % len(groups)]):
@@ -509,10 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=2, help="passes over every scenario (default 2)")
     parser.add_argument("--only", default="", help="comma-separated scenarios to run (default: all but the "
                                                   f"variants, and the exactness runs; variants: {', '.join(VARIANTS)})")
+    parser.add_argument("--also", default="", help="comma-separated variants to run beside the default scenarios "
+                                                  "and the exactness runs (e.g. the ledger's levers: "
+                                                  "ledger-no-group-commit,ledger-no-cache)")
     args = parser.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     only = frozenset(filter(None, args.only.split(",")))
-    print(report(run(args.pods, clients, args.passes, only), clients))
+    also = frozenset(filter(None, args.also.split(",")))
+    if unknown := also - set(VARIANTS):
+        parser.error(f"--also: unknown variant {', '.join(sorted(unknown))}; variants: {', '.join(VARIANTS)}")
+    print(report(run(args.pods, clients, args.passes, only, also=also), clients))
     return 0
 
 

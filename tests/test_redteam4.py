@@ -16,6 +16,7 @@ from typing import Any
 
 import celpy
 import jsonpatch
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -211,3 +212,40 @@ def test_whenever_the_validating_step_would_refuse_a_claim_write_the_conditions_
                                                                                       dra_policy):
     if not judged(dra_policy, obj, old, tracked).allowed:
         assert sent(obj, old)
+
+
+# ------------------------------------------------------------------ resourceClaims: allow, no claim profile
+def _leftover_claim_pod(entry: dict[str, Any]) -> dict[str, Any]:
+    pod = airflow_fixture("kpo_cpu_plain")["pod"]
+    pod["spec"]["resourceClaims"] = [entry]
+    pod["spec"]["containers"][0].setdefault("resources", {})["claims"] = [{"name": entry["name"]}]
+    return pod
+
+
+@pytest.mark.xfail(strict=True, reason="the pod conditions send claims only with resourceClaims: deny or claim "
+                   "profiles, while the decision refuses platform-named claims whatever the policy (found by "
+                   "tests/test_conditions.py's property test)")
+@pytest.mark.parametrize("entry", [
+    pytest.param({"name": "gpu", "resourceClaimTemplateName": "gpu-platform-a100-dra"},
+                 id="a template left by a policy that had the profile"),
+    pytest.param({"name": "gpu-platform-0", "resourceClaimName": "mine"}, id="the platform's claim name"),
+])
+def test_with_user_claims_allowed_and_no_claim_profile_a_platform_claim_is_still_sent(entry):
+    """Policy: the reference one (no DRA claim profile) with ``resourceClaims: allow``. A template
+    ``gpu-platform-<profile>`` can be left in a namespace by an earlier policy that had the profile
+    (the reconciler leaves such templates alone, docs/dra.md). The validating step refuses a pod
+    claiming from it (or under a ``gpu-platform-`` name) on any policy, but the conditions do not
+    send the pod, so the API server admits it. Not a GPU by itself: user claims are allowed
+    anyway under ``allow``, and the pod must still tolerate the GPU nodes' taint, which is sent and
+    refused; but "no pod is admitted to claim from them" does not hold."""
+    from airflow_gpu_webhook.cli.conditions import validating_expression
+    from airflow_gpu_webhook.core.validate import decide_validation
+
+    from conftest import policy_with
+
+    policy = policy_with(resourceClaims="allow")
+    pod = _leftover_claim_pod(entry)
+    assert not decide_validation(pod, "ml-jobs", policy, {}).allowed
+    program = _ENV.program(_ENV.compile(validating_expression(policy)))
+    assert bool(program.evaluate({"object": celpy.json_to_cel(pod), "oldObject": celpy.json_to_cel(None),
+                                  "request": celpy.json_to_cel({"operation": "CREATE"})}))

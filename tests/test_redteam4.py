@@ -222,9 +222,6 @@ def _leftover_claim_pod(entry: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
-@pytest.mark.xfail(strict=True, reason="the pod conditions send claims only with resourceClaims: deny or claim "
-                   "profiles, while the decision refuses platform-named claims whatever the policy (found by "
-                   "tests/test_conditions.py's property test)")
 @pytest.mark.parametrize("entry", [
     pytest.param({"name": "gpu", "resourceClaimTemplateName": "gpu-platform-a100-dra"},
                  id="a template left by a policy that had the profile"),
@@ -235,9 +232,10 @@ def test_with_user_claims_allowed_and_no_claim_profile_a_platform_claim_is_still
     ``gpu-platform-<profile>`` can be left in a namespace by an earlier policy that had the profile
     (the reconciler leaves such templates alone, docs/dra.md). The validating step refuses a pod
     claiming from it (or under a ``gpu-platform-`` name) on any policy, but the conditions do not
-    send the pod, so the API server admits it. Not a GPU by itself: user claims are allowed
+    sent the pod, so the API server admitted it. Not a GPU by itself: user claims are allowed
     anyway under ``allow``, and the pod must still tolerate the GPU nodes' taint, which is sent and
-    refused; but "no pod is admitted to claim from them" does not hold."""
+    refused; but "no pod is admitted to claim from them" did not hold. Now such pods are sent
+    (only those: other claims still never wait on the webhook)."""
     from airflow_gpu_webhook.cli.conditions import validating_expression
     from airflow_gpu_webhook.core.validate import decide_validation
 
@@ -247,5 +245,10 @@ def test_with_user_claims_allowed_and_no_claim_profile_a_platform_claim_is_still
     pod = _leftover_claim_pod(entry)
     assert not decide_validation(pod, "ml-jobs", policy, {}).allowed
     program = _ENV.program(_ENV.compile(validating_expression(policy)))
-    assert bool(program.evaluate({"object": celpy.json_to_cel(pod), "oldObject": celpy.json_to_cel(None),
-                                  "request": celpy.json_to_cel({"operation": "CREATE"})}))
+
+    def sends(pod: dict[str, Any]) -> bool:
+        return bool(program.evaluate({"object": celpy.json_to_cel(pod), "oldObject": celpy.json_to_cel(None),
+                                      "request": celpy.json_to_cel({"operation": "CREATE"})}))
+
+    assert sends(pod)
+    assert not sends(_leftover_claim_pod({"name": "nic", "resourceClaimTemplateName": "team-nics"}))

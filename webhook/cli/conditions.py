@@ -76,7 +76,8 @@ def _any_container(predicate: str, fields: tuple[str, ...]) -> str:
 def _sends_claims(policy: Policy) -> bool:
     """Pods with DRA claims are judged when user claims are denied, and whenever the policy has claim
     profiles: a claim from a profile's template on a pod the webhook does not manage is refused even
-    with ``resourceClaims: allow``."""
+    with ``resourceClaims: allow``. Otherwise only pods with a claim under a ``gpu-platform-`` name
+    or template are (:func:`_create`)."""
     return policy.spec.resourceClaims == "deny" or bool(_claim_profiles(policy))
 
 
@@ -118,6 +119,10 @@ def _create(policy: Policy) -> str:
              _any_container(_container_routes(policy), ("containers", "initContainers"))]
     if _sends_claims(policy):
         parts.append("has(object.spec.resourceClaims)")
+    else:   # user claims allowed: still the platform's, by name or template (a template an earlier policy left)
+        parts.append(f"(has(object.spec.resourceClaims) && object.spec.resourceClaims.exists(c, "
+                     f"c.name.startsWith({_quote(CLAIM_PREFIX)}) || (has(c.resourceClaimTemplateName) && "
+                     f"c.resourceClaimTemplateName.startsWith({_quote(CLAIM_TEMPLATE_PREFIX)}))))")
     parts.append(_reaching(policy))
     return " ||\n  ".join(parts)
 

@@ -576,3 +576,66 @@ def test_an_extended_resource_claim_planted_for_a_pod_is_not_used(tenant, made) 
     made.claims.append((NS, planted))
     core.patch_namespaced_pod(pod.metadata.name, NS, {"spec": {"schedulingGates": None}})
     _until(lambda: Rig._gone(made.resource.read_namespaced_resource_claim, planted, NS), "the scheduler deletes it")
+
+
+# ------------------------------------------------------------------ freeing another pod's device
+def _er_pod(name: str | None = None) -> dict[str, Any]:
+    """An extendedResource-form pod (KEP-5004) kept on the DRA pool (the profile's nodeSelector is
+    empty: on a device-plugin node the device plugin would serve it, with no claim at all)."""
+    pod = _dra_pod("a100-mig-1g.10gb-er", name=name)
+    pod["spec"]["nodeSelector"] = {"gpu.platform/backend": "dra"}
+    return pod
+
+
+def _free(made: Rig, tenant: client.ApiClient, claim: str) -> None:
+    """What the tenant tries: drop the allocation's delete-protection finalizer, then delete."""
+    resource = client.ResourceV1Api(tenant)
+    try:
+        resource.patch_namespaced_resource_claim(claim, NS, {"metadata": {"finalizers": None}},
+                                                 _content_type="application/merge-patch+json")
+    except ApiException as err:
+        assert err.status == 403 and CLAIMS in _message(err), _message(err)
+    resource.delete_namespaced_resource_claim(claim, NS)
+
+
+@pytest.mark.xfail(strict=True, reason="hole: edit may remove the resource.kubernetes.io/delete-protection finalizer "
+                   "from an allocated claim; deleted, it frees its device in the scheduler's view while the pod runs")
+def test_another_pods_allocated_platform_claim_cannot_be_freed(tenant, made) -> None:
+    """Route: a victim's managed DRA pod runs on its allocated claim (its device reserved). The
+    tenant removes the finalizer the scheduler put on the claim at allocation (a merge patch of
+    metadata.finalizers: an ordinary update, which edit may make) and deletes the claim. Gone, the
+    claim no longer holds its device in the scheduler's view: the next pod is allocated the very GPU
+    the victim still runs on (checked by hand on this testbed: a fourth pod was given
+    dra-a100-0/gpu-0 beside the running victim). Someone else's GPU, and a pool that hands out more
+    devices than it has.
+
+    Expected: the finalizer patch refused; the delete only marks the claim (its finalizer holds it
+    until the controller deallocates it, when the victim is done), which keeps its allocation.
+    Observed before the fix: both pass (200), the claim is gone (404)."""
+    victim = made.core.create_namespaced_pod(NS, _dra_pod("a100-dra"))
+    made.pods.append((NS, victim.metadata.name))
+    made.bound(victim.metadata.name)
+    claim = made.generated_claim(victim.metadata.name)
+    made.claims.append((NS, claim))
+    devices = _until(lambda: made.devices(claim), "the victim's claim is allocated")
+    _free(made, tenant, claim)
+    assert made.devices(claim) == devices
+
+
+@pytest.mark.xfail(strict=True, reason="hole, left open: an extendedResource-form pod's claim (made by the scheduler, "
+                   "annotation extended-resource-claim) can be freed the same way; the scheduler itself removes that "
+                   "finalizer from allocated claims it gives up on, so refusing it needs the requester's identity")
+def test_another_pods_extended_resource_claim_cannot_be_freed(tenant, made) -> None:
+    """The same route on a KEP-5004 pod's claim (``<pod>-extended-resources-<random>``, in the
+    pod's namespace, so ``edit`` may update and delete it). Observed: the patch and the delete pass,
+    the claim is gone, and the next MIG pod was given the victim's MIG device (checked by hand:
+    dra-a100-1/gpu-2-mig-1g10gb-19-0 twice)."""
+    victim = made.core.create_namespaced_pod(NS, _er_pod())
+    made.pods.append((NS, victim.metadata.name))
+    status = _until(lambda: (p := made.pod(victim.metadata.name)).spec.node_name
+                    and p.status.extended_resource_claim_status, "the victim's extended resources are allocated")
+    claim = status.resource_claim_name
+    made.claims.append((NS, claim))
+    devices = _until(lambda: made.devices(claim), "the victim's claim is allocated")
+    _free(made, tenant, claim)
+    assert made.devices(claim) == devices

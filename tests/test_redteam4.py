@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from airflow_gpu_webhook.cli.conditions import claim_conditions, configurations
 from airflow_gpu_webhook.cluster.tracker import UsageBook
 from airflow_gpu_webhook.core.decision import Reason
-from airflow_gpu_webhook.core.dra import POD_CLAIM_ANNOTATION, template_spec
+from airflow_gpu_webhook.core.dra import ALLOCATION_FINALIZER, POD_CLAIM_ANNOTATION, template_spec
 from airflow_gpu_webhook.core.mutate import decide_mutation
 from airflow_gpu_webhook.server.admission import validate
 from airflow_gpu_webhook.server.review import CLAIM, AdmissionRequest
@@ -54,6 +54,14 @@ def claim(spec: dict[str, Any], pod_claim: str | None = "gpu-platform-0", owner:
         metadata["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": owner,
                                         "controller": controller, "blockOwnerDeletion": True}]
     return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": metadata, "spec": spec}
+
+
+def allocated(obj: dict[str, Any]) -> dict[str, Any]:
+    """The claim as allocated: the scheduler's finalizer and status.allocation."""
+    return {**obj, "metadata": {**obj["metadata"], "finalizers": [ALLOCATION_FINALIZER]},
+            "status": {"allocation": {"devices": {"results": [
+                {"request": "gpu", "driver": "gpu.nvidia.com", "pool": "dra-a100-0", "device": "gpu-0"}]}},
+                       "reservedFor": [{"resource": "pods", "name": "p", "uid": POD_UID}]}}
 
 
 def judged(dra_policy, obj: dict[str, Any], old: dict[str, Any] | None = None,
@@ -106,6 +114,17 @@ def _cases(dra_policy) -> list[tuple[str, dict[str, Any], dict[str, Any] | None,
          True),
         ("an update of an unrelated claim's owner passes", claim(a100, pod_claim="gpu", owner=OTHER_UID),
          claim(a100, pod_claim="gpu"), A100, True),
+        ("dropping the allocation's finalizer while allocated is refused", claim(a100), allocated(claim(a100)),
+         A100, False),
+        ("... also alongside other changes", {**claim(a100), "metadata": {**claim(a100)["metadata"],
+                                                                           "finalizers": ["example.com/keep"]}},
+         allocated(claim(a100)), A100, False),
+        ("the controller dropping it after deallocating passes", claim(a100),
+         {**allocated(claim(a100)), "status": {}}, A100, True),
+        ("the scheduler adding it at allocation passes", allocated(claim(a100)),
+         {**allocated(claim(a100)), "metadata": claim(a100)["metadata"]}, A100, True),
+        ("an unrelated claim's finalizer is not the platform's business", claim(a100, pod_claim="gpu"),
+         allocated(claim(a100, pod_claim="gpu")), A100, True),
     ]
 
 
@@ -194,15 +213,20 @@ def test_only_claims_that_name_a_platform_claim_are_sent(dra_policy):
     assert sent(claim(a100, owner=OTHER_UID), claim(a100)), "another owner"
     assert sent(claim(a100), claim(a100, pod_claim=None)), "the annotation added"
     assert sent(claim(a100, pod_claim=None), claim(a100)), "the annotation removed"
-    assert not sent(finalized, claim(a100)), "the scheduler's and the controller's finalizer updates wait on nothing"
+    assert not sent(finalized, claim(a100)), "a finalizer added waits on nothing"
+    assert not sent(allocated(claim(a100)), {**allocated(claim(a100)), "metadata": claim(a100)["metadata"]}), \
+        "the scheduler adding the allocation's finalizer"
+    assert not sent(claim(a100), {**allocated(claim(a100)), "status": {}}), "the controller dropping it, deallocated"
+    assert sent(claim(a100), allocated(claim(a100))), "the allocation's finalizer dropped while allocated"
     assert not sent(claim(a100, pod_claim="gpu", owner=OTHER_UID), claim(a100, pod_claim="gpu")), "a user's claim"
 
 
 _annotation = st.sampled_from([None, "gpu-platform-0", "gpu-platform-1", "gpu", "gpu-platform"])
 _owner = st.sampled_from([None, (POD_UID, True), (POD_UID, False), (OTHER_UID, True)])
 _claims = st.builds(
-    lambda annotation, owner, count: claim(_whole_gpus(count), annotation, *(owner or (None, True))),
-    _annotation, _owner, st.sampled_from([1, 2]))
+    lambda annotation, owner, count, state: state(claim(_whole_gpus(count), annotation, *(owner or (None, True)))),
+    _annotation, _owner, st.sampled_from([1, 2]),
+    st.sampled_from([lambda c: c, allocated, lambda c: {**allocated(c), "status": {}}]))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -587,19 +587,21 @@ def _er_pod(name: str | None = None) -> dict[str, Any]:
     return pod
 
 
-def _free(made: Rig, tenant: client.ApiClient, claim: str) -> None:
-    """What the tenant tries: drop the allocation's delete-protection finalizer, then delete."""
+def _free(made: Rig, tenant: client.ApiClient, claim: str) -> bool:
+    """What the tenant tries: drop the allocation's delete-protection finalizer, then delete.
+    Whether the finalizer patch was refused (by claims.gpu.platform)."""
     resource = client.ResourceV1Api(tenant)
+    refused = False
     try:
         resource.patch_namespaced_resource_claim(claim, NS, {"metadata": {"finalizers": None}},
                                                  _content_type="application/merge-patch+json")
     except ApiException as err:
         assert err.status == 403 and CLAIMS in _message(err), _message(err)
+        refused = True
     resource.delete_namespaced_resource_claim(claim, NS)
+    return refused
 
 
-@pytest.mark.xfail(strict=True, reason="hole: edit may remove the resource.kubernetes.io/delete-protection finalizer "
-                   "from an allocated claim; deleted, it frees its device in the scheduler's view while the pod runs")
 def test_another_pods_allocated_platform_claim_cannot_be_freed(tenant, made) -> None:
     """Route: a victim's managed DRA pod runs on its allocated claim (its device reserved). The
     tenant removes the finalizer the scheduler put on the claim at allocation (a merge patch of
@@ -611,15 +613,17 @@ def test_another_pods_allocated_platform_claim_cannot_be_freed(tenant, made) -> 
 
     Expected: the finalizer patch refused; the delete only marks the claim (its finalizer holds it
     until the controller deallocates it, when the victim is done), which keeps its allocation.
-    Observed before the fix: both pass (200), the claim is gone (404)."""
+    Observed before the fix: both pass (200), the claim is gone (404). Now: the patch is refused by
+    claims.gpu.platform (403), and the claim keeps its device."""
     victim = made.core.create_namespaced_pod(NS, _dra_pod("a100-dra"))
     made.pods.append((NS, victim.metadata.name))
     made.bound(victim.metadata.name)
     claim = made.generated_claim(victim.metadata.name)
     made.claims.append((NS, claim))
     devices = _until(lambda: made.devices(claim), "the victim's claim is allocated")
-    _free(made, tenant, claim)
+    assert _free(made, tenant, claim)
     assert made.devices(claim) == devices
+    assert made.claim(claim).metadata.deletion_timestamp is not None, "deleted, held by its finalizer"
 
 
 @pytest.mark.xfail(strict=True, reason="hole, left open: an extendedResource-form pod's claim (made by the scheduler, "

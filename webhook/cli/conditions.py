@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from ..core.dra import CLAIM_PREFIX, POD_CLAIM_ANNOTATION, template_spec
+from ..core.dra import ALLOCATION_FINALIZER, CLAIM_PREFIX, POD_CLAIM_ANNOTATION, template_spec
 from ..core.mutate import MANAGED_LABEL, STAMP_PREFIX
 from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.policy import CLAIM_TEMPLATE_PREFIX, Policy, claim_template_name
@@ -219,16 +219,21 @@ def _pod_claim(var: str) -> str:
 def claim_conditions() -> list[dict[str, str]]:
     """The claim webhook's matchConditions: a ResourceClaim whose ``pod-claim-name`` annotation
     names a platform claim (before or after the write): every CREATE, and an UPDATE that changes the
-    annotation or the owner references (the scheduler and the controller update these claims'
-    finalizers, which needs no webhook); :func:`airflow_gpu_webhook.core.dra.decide_claim` decides."""
+    annotation or the owner references, or drops the allocation's finalizer while the claim is
+    allocated (the scheduler adds it, and the controller drops it after deallocating: neither
+    waits on the webhook); :func:`airflow_gpu_webhook.core.dra.decide_claim` decides."""
     platform = f".startsWith({_quote(CLAIM_PREFIX)})"
     owners = ("has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences) || "
               "(has(object.metadata.ownerReferences) && "
               "object.metadata.ownerReferences != oldObject.metadata.ownerReferences)")
+    finalizer = _quote(ALLOCATION_FINALIZER)
+    dropped = (f"(has(oldObject.status) && has(oldObject.status.allocation) && has(oldObject.metadata.finalizers) && "
+               f"{finalizer} in oldObject.metadata.finalizers && "
+               f"!(has(object.metadata.finalizers) && {finalizer} in object.metadata.finalizers))")
     return [{"name": "platform-claim", "expression": (
         f"request.operation == 'CREATE' ? {_pod_claim('object')}{platform} :\n"
         f"({_pod_claim('object')}{platform} || {_pod_claim('oldObject')}{platform}) &&\n"
-        f"({_pod_claim('object')} != {_pod_claim('oldObject')} || {owners})")}]
+        f"({_pod_claim('object')} != {_pod_claim('oldObject')} || {owners} ||\n{dropped})")}]
 
 
 def _rule(operations: list[str], resources: list[str], group: str = "") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from .pod import as_dict, as_list, spec
 from .policy import CLAIM_TEMPLATE_PREFIX, Policy, Profile, claim_template_name, per_policy
 
 __all__ = [
+    "ALLOCATION_FINALIZER",
     "CLAIM_PREFIX",
     "MANAGED_BY",
     "POD_CLAIM_ANNOTATION",
@@ -63,6 +64,10 @@ MANAGED_BY = "airflow-gpu-webhook"
 #: What the resourceclaim controller annotates a claim it makes from a pod's template with: the
 #: name of the pod's claim entry (kubernetes pkg/controller/resourceclaim, ``findPodResourceClaim``).
 POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
+#: The finalizer the scheduler puts on a claim it allocates; the controller removes it once the
+#: claim is deallocated. Without it a deleted claim vanishes at once, and with it its hold on the
+#: devices: the scheduler hands them out again while the pod still runs on them.
+ALLOCATION_FINALIZER = "resource.kubernetes.io/delete-protection"
 _REQUEST = "gpu"
 
 
@@ -232,6 +237,14 @@ def controlling_pod(claim: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _drops_allocation_finalizer(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    def finalizers(claim: Mapping[str, Any]) -> list[Any]:
+        return as_list(as_dict(claim.get("metadata")).get("finalizers"))
+
+    allocated = as_dict(old.get("status")).get("allocation") is not None
+    return allocated and ALLOCATION_FINALIZER in finalizers(old) and ALLOCATION_FINALIZER not in finalizers(new)
+
+
 def _platform(pod_claim: str | None) -> bool:
     return pod_claim is not None and pod_claim.startswith(CLAIM_PREFIX)
 
@@ -245,7 +258,10 @@ def decide_claim(claim: Mapping[str, Any], old: Mapping[str, Any] | None, policy
     - An UPDATE (``old``) may not change the annotation nor give the claim a controlling pod other
       than the one it had (removing it is allowed: no pod takes the claim then). The controller
       sets both when it creates the claim and never changes them; a changed owner hands the claim,
-      allocated or not, to another pod, which then shares that pod's devices.
+      allocated or not, to another pod, which then shares that pod's devices. Nor may it drop the
+      allocation's finalizer (:data:`ALLOCATION_FINALIZER`) while the claim is allocated: the
+      controller drops it only after deallocating, and a claim deleted without it frees devices a
+      pod still runs on.
     - A CREATE controlled by a pod must hold exactly the template spec of that pod's profile:
       ``owner_profile``, the profile stamped on the pod with that uid in this namespace when the
       webhook tracks the managed pods (``tracked``; None: no such pod known, yet), else (no
@@ -254,10 +270,16 @@ def decide_claim(claim: Mapping[str, Any], old: Mapping[str, Any] | None, policy
     name = _pod_claim_name(claim)
     if old is not None:
         before, owner = _pod_claim_name(old), controlling_pod(old)
-        if name == before and controlling_pod(claim) in (None, owner):
-            return Decision.allow(Reason.UPDATE)
         if not (_platform(before) or _platform(name)):
             return Decision.allow(Reason.NOT_PLATFORM_CLAIM)
+        if _drops_allocation_finalizer(old, claim):
+            return Decision.deny([Violation(
+                Reason.PLATFORM_CLAIM, f"this update removes the finalizer {ALLOCATION_FINALIZER} from an allocated "
+                                       f"GPU platform claim; deleted without it, the claim would free devices its pod "
+                                       f"still runs on, and the scheduler would hand them to another pod; the "
+                                       f"resourceclaim controller removes it once the pod is done")])
+        if name == before and controlling_pod(claim) in (None, owner):
+            return Decision.allow(Reason.UPDATE)
         return Decision.deny([Violation(
             Reason.PLATFORM_CLAIM, f"this update changes the {POD_CLAIM_ANNOTATION} annotation (was {before!r}, would "
                                    f"be {name!r}) or the controlling pod of a GPU platform claim; the resourceclaim "

@@ -117,8 +117,9 @@ def values_schema() -> dict[str, Any]:
                 "matchConditions": {"type": "object", "if": {"minProperties": 1}, "then": _strict({
                     "for": _OBJECT, "mutating": {"type": "array", "items": condition, "minItems": 1},
                     "validating": {"type": "array", "items": condition, "minItems": 1},
-                    # Optional: values generated before the template webhook existed lack it.
-                    "templates": {"type": "array", "items": condition, "minItems": 1}},
+                    # Optional: values generated before the template and claim webhooks existed lack them.
+                    "templates": {"type": "array", "items": condition, "minItems": 1},
+                    "claims": {"type": "array", "items": condition, "minItems": 1}},
                     ["for", "mutating", "validating"])},
                 "url": {"type": "string", "pattern": "^(https://[^?#]+)?$"},
             }),

@@ -77,7 +77,7 @@ def test_existing_files_are_not_overwritten_without_force(files):
 
 def test_the_ca_bundle_goes_into_every_webhook_of_the_shipped_configurations(files):
     docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
-    assert inject_ca_bundle(docs, ca_bundle(files.ca_cert)) == 3   # pods (2) and the DRA templates
+    assert inject_ca_bundle(docs, ca_bundle(files.ca_cert)) == 4   # pods (2), the DRA templates and claims
     for webhook in (w for doc in docs for w in doc["webhooks"]):
         client = webhook["clientConfig"]
         assert base64.b64decode(client["caBundle"]) == files.ca_cert.read_bytes()
@@ -88,6 +88,5 @@ def test_a_url_replaces_the_service_and_keeps_each_path(files):
     docs = load_documents(ROOT / "manifests" / "base" / "webhook-configurations.yaml")
     inject_ca_bundle(docs, ca_bundle(files.ca_cert), url="https://127.0.0.1:9443/")
     urls = [w["clientConfig"]["url"] for d in docs for w in d["webhooks"]]
-    assert urls == ["https://127.0.0.1:9443/mutate", "https://127.0.0.1:9443/validate",
-                    "https://127.0.0.1:9443/validate"]
+    assert urls == ["https://127.0.0.1:9443/mutate"] + ["https://127.0.0.1:9443/validate"] * 3
     assert all("service" not in w["clientConfig"] for d in docs for w in d["webhooks"])

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from helm import CHART, Helm, build_helm, one
 
-from airflow_gpu_webhook.cli.conditions import condition_inputs, configurations, helm_values
+from airflow_gpu_webhook.cli.conditions import claim_conditions, condition_inputs, configurations, helm_values
 from airflow_gpu_webhook.core.dra import claim_template, decide_template
 from airflow_gpu_webhook.core.policy import load_policy, parse_policy
 
@@ -135,7 +135,7 @@ def test_existing_secret_puts_the_given_ca_bundle_in_both_webhooks(helm) -> None
     bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...\n").decode()
     objs = helm.template("--set", "certificates.mode=existingSecret", "--set", f"certificates.existingSecret.caBundle={bundle}",
                          "--set", "certificates.secretName=corp-tls")
-    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle, bundle, bundle]
+    assert [w["clientConfig"]["caBundle"] for w in webhooks(objs)] == [bundle] * 4
     assert not [o for o in objs if o["kind"] in ("Job", "Secret") or o["apiVersion"].startswith("cert-manager.io/")]
     assert {"name": "tls", "secret": {"secretName": "corp-tls"}} in one(objs, "Deployment")["spec"]["template"]["spec"]["volumes"]
 
@@ -157,7 +157,7 @@ def test_the_releases_namespace_is_always_excluded_and_the_opt_out_label_can_be_
 def test_failure_policy_timeout_and_reinvocation_reach_the_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.failurePolicy=Ignore", "--set", "webhooks.timeoutSeconds=10",
                          "--set", "webhooks.reinvocationPolicy=Never")
-    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 3
+    assert [(w["failurePolicy"], w["timeoutSeconds"]) for w in webhooks(objs)] == [("Ignore", 10)] * 4
     assert one(objs, "MutatingWebhookConfiguration")["webhooks"][0]["reinvocationPolicy"] == "Never"
 
 
@@ -232,9 +232,8 @@ def test_the_network_policy_opens_the_port_to_the_given_api_server_addresses_onl
 
 def test_a_url_replaces_the_service_in_both_webhooks(helm) -> None:
     objs = helm.template("--set", "webhooks.url=https://127.0.0.1:9443/")
-    assert [w["clientConfig"] for w in webhooks(objs)] == [{"url": "https://127.0.0.1:9443/mutate"},
-                                                           {"url": "https://127.0.0.1:9443/validate"},
-                                                           {"url": "https://127.0.0.1:9443/validate"}]
+    assert [w["clientConfig"] for w in webhooks(objs)] == [{"url": "https://127.0.0.1:9443/mutate"}] + [
+        {"url": "https://127.0.0.1:9443/validate"}] * 3
     assert "webhooks/url" in helm.template_error("--set", "webhooks.url=http://127.0.0.1:9443")
 
 
@@ -341,6 +340,17 @@ def test_conditions_generated_before_the_template_webhook_still_render_it(helm, 
     objs = helm.template("-f", str(tmp_path / "old.yaml"))
     shipped = yaml.safe_load((CHART / "files" / "match-conditions.yaml").read_text())
     assert one(objs, "ValidatingWebhookConfiguration")["webhooks"][1]["matchConditions"] == shipped["templates"]
+
+
+def test_conditions_generated_before_the_claim_webhook_still_render_it(helm, tmp_path) -> None:
+    """Its conditions are the same for every policy (a platform claim's annotation), so values
+    generated for a DRA policy before it existed get the shipped ones."""
+    values = yaml.safe_load(helm_values(parse_policy(yaml.safe_load(POLICY_FILE.read_text()))))
+    del values["webhooks"]["matchConditions"]["claims"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(values))
+    claims = one(helm.template("-f", str(tmp_path / "old.yaml")), "ValidatingWebhookConfiguration")["webhooks"][2]
+    assert claims["name"] == "claims.gpu.platform"
+    assert claims["matchConditions"] == claim_conditions()
 
 
 # ----------------------------------------------------------------------------- DRA claim templates

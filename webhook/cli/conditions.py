@@ -13,7 +13,10 @@ The validating configuration has a second webhook, for the DRA profiles' Resourc
 templates with such a name, except those that store exactly the policy's spec. So the chart,
 ``gpu-webhook dra templates`` and the webhook's own reconciler can install the right templates
 before the webhook answers (a fresh install), while any other spec under such a name is refused,
-or blocked while the webhook is down (failurePolicy Fail).
+or blocked while the webhook is down (failurePolicy Fail). A third one is sent the ResourceClaims
+that say they are a pod's platform claim (the resourceclaim controller's ``pod-claim-name``
+annotation naming a ``gpu-platform-<n>``): every CREATE, and an UPDATE that changes that
+annotation or the owner references; the same for every policy.
 
     >>> print(render(load_policy("manifests/policy.yaml")))   # doctest: +SKIP
 """
@@ -25,14 +28,14 @@ from typing import Any
 
 import yaml
 
-from ..core.dra import template_spec
+from ..core.dra import ALLOCATION_FINALIZER, CLAIM_PREFIX, POD_CLAIM_ANNOTATION, template_spec
 from ..core.mutate import MANAGED_LABEL, STAMP_PREFIX
 from ..core.names import GPU_RESOURCE_PREFIX
 from ..core.policy import CLAIM_TEMPLATE_PREFIX, Policy, claim_template_name
 from ..core.rules import DEVICE_CLASS_RESOURCE_PREFIX, DEVICE_REQUEST_ROOTS, TOOLKIT_ENV
 
-__all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "condition_inputs", "configurations", "helm_values",
-           "mutating_expression", "render", "template_conditions", "validating_expression"]
+__all__ = ["EXEMPT_LABEL", "WEBHOOK_NAMESPACE", "claim_conditions", "condition_inputs", "configurations",
+           "helm_values", "mutating_expression", "render", "template_conditions", "validating_expression"]
 
 #: A namespace carrying this label is never sent (the GPU operator, monitoring agents that
 #: tolerate every taint). A tenant with the ``edit`` role cannot label its namespace.
@@ -73,7 +76,8 @@ def _any_container(predicate: str, fields: tuple[str, ...]) -> str:
 def _sends_claims(policy: Policy) -> bool:
     """Pods with DRA claims are judged when user claims are denied, and whenever the policy has claim
     profiles: a claim from a profile's template on a pod the webhook does not manage is refused even
-    with ``resourceClaims: allow``."""
+    with ``resourceClaims: allow``. Otherwise only pods with a claim under a ``gpu-platform-`` name
+    or template are (:func:`_create`)."""
     return policy.spec.resourceClaims == "deny" or bool(_claim_profiles(policy))
 
 
@@ -115,6 +119,10 @@ def _create(policy: Policy) -> str:
              _any_container(_container_routes(policy), ("containers", "initContainers"))]
     if _sends_claims(policy):
         parts.append("has(object.spec.resourceClaims)")
+    else:   # user claims allowed: still the platform's, by name or template (a template an earlier policy left)
+        parts.append(f"(has(object.spec.resourceClaims) && object.spec.resourceClaims.exists(c, "
+                     f"c.name.startsWith({_quote(CLAIM_PREFIX)}) || (has(c.resourceClaimTemplateName) && "
+                     f"c.resourceClaimTemplateName.startsWith({_quote(CLAIM_TEMPLATE_PREFIX)}))))")
     parts.append(_reaching(policy))
     return " ||\n  ".join(parts)
 
@@ -201,6 +209,33 @@ def template_conditions(policy: Policy) -> list[dict[str, str]]:
     return conditions
 
 
+def _pod_claim(var: str) -> str:
+    """The claim's ``pod-claim-name`` annotation, '' when it has none."""
+    ann = _quote(POD_CLAIM_ANNOTATION)
+    return f"(has({var}.metadata.annotations) && {ann} in {var}.metadata.annotations ? " \
+           f"{var}.metadata.annotations[{ann}] : '')"
+
+
+def claim_conditions() -> list[dict[str, str]]:
+    """The claim webhook's matchConditions: a ResourceClaim whose ``pod-claim-name`` annotation
+    names a platform claim (before or after the write): every CREATE, and an UPDATE that changes the
+    annotation or the owner references, or drops the allocation's finalizer while the claim is
+    allocated (the scheduler adds it, and the controller drops it after deallocating: neither
+    waits on the webhook); :func:`airflow_gpu_webhook.core.dra.decide_claim` decides."""
+    platform = f".startsWith({_quote(CLAIM_PREFIX)})"
+    owners = ("has(object.metadata.ownerReferences) != has(oldObject.metadata.ownerReferences) || "
+              "(has(object.metadata.ownerReferences) && "
+              "object.metadata.ownerReferences != oldObject.metadata.ownerReferences)")
+    finalizer = _quote(ALLOCATION_FINALIZER)
+    dropped = (f"(has(oldObject.status) && has(oldObject.status.allocation) && has(oldObject.metadata.finalizers) && "
+               f"{finalizer} in oldObject.metadata.finalizers && "
+               f"!(has(object.metadata.finalizers) && {finalizer} in object.metadata.finalizers))")
+    return [{"name": "platform-claim", "expression": (
+        f"request.operation == 'CREATE' ? {_pod_claim('object')}{platform} :\n"
+        f"({_pod_claim('object')}{platform} || {_pod_claim('oldObject')}{platform}) &&\n"
+        f"({_pod_claim('object')} != {_pod_claim('oldObject')} || {owners} ||\n{dropped})")}]
+
+
 def _rule(operations: list[str], resources: list[str], group: str = "") -> dict[str, Any]:
     return {"apiGroups": [group], "apiVersions": ["v1"], "operations": operations, "resources": resources,
             "scope": "Namespaced"}
@@ -213,8 +248,8 @@ _NAMESPACES = {"matchExpressions": [
 
 
 def configurations(policy: Policy) -> list[dict[str, Any]]:
-    """The MutatingWebhookConfiguration and the ValidatingWebhookConfiguration (pods, and the
-    platform's ResourceClaimTemplates).
+    """The MutatingWebhookConfiguration and the ValidatingWebhookConfiguration (pods, the
+    platform's ResourceClaimTemplates, and the ResourceClaims made from them).
 
     Only ``v1`` of ``resource.k8s.io``: with ``matchPolicy: Equivalent`` the API server converts
     a write made through a beta version it serves to ``v1`` and sends that (a rule listing the
@@ -245,11 +280,17 @@ def configurations(policy: Policy) -> list[dict[str, Any]]:
         "sideEffects": "None",
         "matchConditions": template_conditions(policy),
     }
+    claims = {
+        "name": "claims.gpu.platform", **common, "clientConfig": service("/validate"),
+        "rules": [_rule(["CREATE", "UPDATE"], ["resourceclaims"], "resource.k8s.io")],
+        "sideEffects": "None",
+        "matchConditions": claim_conditions(),
+    }
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
          "metadata": {"name": "gpu-webhook"}, "webhooks": [mutating]},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-         "metadata": {"name": "gpu-webhook"}, "webhooks": [validating, templates]},
+         "metadata": {"name": "gpu-webhook"}, "webhooks": [validating, templates, claims]},
     ]
 
 
@@ -264,7 +305,9 @@ _HEADER = """\
 # mounts); a property test checks they send every pod a decision would deny. The third webhook,
 # claim-templates.gpu.platform, judges writes of the ResourceClaimTemplates named gpu-platform-*
 # (the DRA profiles' templates), except those that store exactly the policy's spec (those need
-# no webhook, so they can be installed before it runs).
+# no webhook, so they can be installed before it runs). The fourth, claims.gpu.platform, judges
+# ResourceClaims that say they are a pod's platform claim (pod-claim-name: gpu-platform-<n>): the
+# resourceclaim controller adopts such a claim whatever its spec.
 # Namespaces kube-system, gpu-webhook and any labelled gpu.platform/exempt are never sent.
 #
 # No caBundle here on purpose: an overlay sets it (manifests/overlays/self-managed from the CA of
@@ -315,7 +358,7 @@ def helm_values(policy: Policy) -> str:
     reference policy, the chart's files/match-conditions.yaml holds the same conditions."""
     mutating, validating = (doc["webhooks"][0]["matchConditions"] for doc in configurations(policy))
     conditions = {"for": condition_inputs(policy), "mutating": mutating, "validating": validating,
-                  "templates": template_conditions(policy)}
+                  "templates": template_conditions(policy), "claims": claim_conditions()}
     header = ("# GENERATED by `gpu-webhook policy conditions --helm-values`: the chart's webhooks.matchConditions\n"
               f"# for policy {policy.metadata.name}. Source: webhook/cli/conditions.py.\n")
     return header + yaml.dump({"webhooks": {"matchConditions": conditions}}, Dumper=_Dumper, sort_keys=False,

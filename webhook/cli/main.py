@@ -103,7 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
         runtime = Runtime(policy, metrics=metrics, client_certificate_required=bool(args.client_ca))
     else:
         runtime = Runtime(policy, usage=tracking.usage, ready=tracking.ready, nodes=tracking.nodes,
-                          templates=tracking.templates, reserve=tracking.reserve, metrics=metrics,
+                          templates=tracking.templates, pod_profiles=tracking.pod_profiles,
+                          reserve=tracking.reserve, metrics=metrics,
                           client_certificate_required=bool(args.client_ca))
 
     def apply_policy(new: Policy) -> None:

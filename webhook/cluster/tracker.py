@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from ..core.mutate import MANAGED_LABEL, TENANT_LABEL
 from ..core.pod import labels, metadata
 from ..core.policy import Policy
-from ..core.quota import PodRecord, ResourceList, add, pod_record, reweigh
+from ..core.quota import PodRecord, ResourceList, add, pod_record, profile_of_stamp, reweigh
 
 __all__ = ["MANAGED_SELECTOR", "ApiCaller", "Book", "PodWatch", "UsageBook", "resource_version", "version_number"]
 
@@ -169,6 +169,16 @@ class UsageBook:
         """The resourceVersion at which the watch first saw this pod, or None if it has not."""
         with self._lock:
             return self._seen.get(uid)
+
+    def profile(self, namespace: str, uid: str) -> str | None:
+        """The profile of the charged pod with this uid in ``namespace`` (from its stamp), or None
+        when the watch has seen no such pod (core/dra.py ``decide_claim``: whose claim it is)."""
+        with self._lock:
+            record = self._records.get(uid)
+            policy = self._policy
+        if record is None or record.namespace != namespace:
+            return None
+        return profile_of_stamp(record.profile, policy)
 
     def usage(self) -> dict[str, ResourceList]:
         """A snapshot: tenant -> resource line -> quantity (O(tenants), not O(pods))."""

@@ -4,13 +4,15 @@ with DRA profiles the ResourceSlice, DeviceClass and ResourceClaimTemplate watch
 template reconciler. Nothing here decides anything.
 
 :func:`track_usage` returns a :class:`Tracking`: the seams the server's ``Runtime`` takes
-(``usage``, ``nodes``, ``templates``, ``ready``, ``reserve``) and what a policy reload must call.
+(``usage``, ``nodes``, ``templates``, ``pod_profiles``, ``ready``, ``reserve``) and what a policy
+reload must call.
 They match the server's Protocols (``UsageSource``, ``NodeSource``, ``TemplateSource``,
 ``Reserve`` in webhook/server/app.py) structurally, so neither side imports the other::
 
     tracking = track_usage(kube_client(None), policy, metrics, DEFAULT_LEDGER_NAMESPACE, grace=10)
     runtime = Runtime(policy, usage=tracking.usage, nodes=tracking.nodes, templates=tracking.templates,
-                      ready=tracking.ready, reserve=tracking.reserve, metrics=metrics)
+                      pod_profiles=tracking.pod_profiles, ready=tracking.ready, reserve=tracking.reserve,
+                      metrics=metrics)
 
 The DRA watches start with the first policy (at start or reloaded) that has a DRA profile, so a
 cluster without ``resource.k8s.io/v1`` (before Kubernetes 1.34) or without that RBAC never sees
@@ -91,6 +93,9 @@ class Tracking:
     #: (namespace, name) of the platform's claim templates whose spec is the policy's, None while
     #: not known (no DRA profile yet, or the template watch has not synced): no template check.
     templates: Callable[[], frozenset[tuple[str, str]] | None] = lambda: None
+    #: (namespace, uid) -> the profile of that managed pod, None while not known (the pod watch
+    #: has not seen it, or has not synced): whose a platform ResourceClaim is (core/dra.py ``decide_claim``).
+    pod_profiles: Callable[[str, str], str | None] = lambda namespace, uid: None
 
 
 class _Synced(Mapping[str, Callable[[], bool]]):
@@ -185,6 +190,9 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
     def templates() -> frozenset[tuple[str, str]] | None:
         return claim_templates.templates() if template_watch.synced.is_set() else None
 
+    def pod_profiles(namespace: str, uid: str) -> str | None:
+        return book.profile(namespace, uid) if watch.synced.is_set() else None
+
     def apply_policy(new: Policy) -> None:
         book.set_policy(new)
         devices.set_policy(new)
@@ -211,4 +219,4 @@ def track_usage(api: ApiClient, policy: Policy, metrics: TrackingMetrics, ledger
         watching.start()
     start_dra(policy)
     return Tracking(usage=usage, nodes=offers, ready=watch.synced.is_set, reserve=reserve,
-                    apply_policy=apply_policy, stop=stop, templates=templates)
+                    apply_policy=apply_policy, stop=stop, templates=templates, pod_profiles=pod_profiles)

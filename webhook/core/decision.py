@@ -44,6 +44,8 @@ class Reason(enum.StrEnum):
     NOT_POD = "not-pod"
     NOT_PLATFORM_TEMPLATE = "not-platform-template"
     PLATFORM_TEMPLATE_OK = "platform-template-ok"
+    NOT_PLATFORM_CLAIM = "not-platform-claim"
+    PLATFORM_CLAIM_OK = "platform-claim-ok"
     # Denied (one per rule; the first violation's reason is the decision's).
     ACCOUNTING_FIXED = "accounting-fixed"
     COUNT_OVER_MAX = "count-over-max"
@@ -69,6 +71,7 @@ class Reason(enum.StrEnum):
     NOT_VOIDED = "not-voided"
     PRIVILEGED_CAPABILITY = "privileged-capability"
     PLATFORM_TEMPLATE = "platform-template"
+    PLATFORM_CLAIM = "platform-claim"
     PRIVILEGED_GPU_POD = "privileged-gpu-pod"
     QUOTA_EXCEEDED = "quota-exceeded"
     RESOURCE_CLAIMS = "resource-claims"

@@ -14,6 +14,14 @@ smuggle a profile's template under another name, nor another claim under the pla
 Templates are created by the manifests, the chart or ``serve --track-usage``, never by the
 mutation (it has no side effects); :func:`decide_template` keeps a namespace's users from
 rewriting one, which would hand every later pod more than its charge.
+
+The claims themselves are made by kube-controller-manager's resourceclaim controller, which
+finds a pod's claim again by its controller owner (the pod) and its annotation
+``resource.kubernetes.io/pod-claim-name`` (the pod's claim entry) and then uses it *whatever its
+spec*. A namespace's ``edit`` role may create claims and patch their owner references, so
+:func:`decide_claim` keeps the platform's claims what the controller makes of the template:
+a claim that says it is a pod's ``gpu-platform-<n>`` must hold that pod's profile's template
+spec, and no update may hand such a claim to another pod.
 """
 
 from __future__ import annotations
@@ -28,11 +36,15 @@ from .pod import as_dict, as_list, spec
 from .policy import CLAIM_TEMPLATE_PREFIX, Policy, Profile, claim_template_name, per_policy
 
 __all__ = [
+    "ALLOCATION_FINALIZER",
     "CLAIM_PREFIX",
     "MANAGED_BY",
+    "POD_CLAIM_ANNOTATION",
     "claim_entries",
     "claim_list_ops",
     "claim_template",
+    "controlling_pod",
+    "decide_claim",
     "decide_template",
     "desired_templates",
     "dra_capacity_key",
@@ -49,6 +61,13 @@ __all__ = [
 CLAIM_PREFIX = "gpu-platform-"
 #: ``app.kubernetes.io/managed-by`` of the templates the platform installs.
 MANAGED_BY = "airflow-gpu-webhook"
+#: What the resourceclaim controller annotates a claim it makes from a pod's template with: the
+#: name of the pod's claim entry (kubernetes pkg/controller/resourceclaim, ``findPodResourceClaim``).
+POD_CLAIM_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
+#: The finalizer the scheduler puts on a claim it allocates; the controller removes it once the
+#: claim is deallocated. Without it a deleted claim vanishes at once, and with it its hold on the
+#: devices: the scheduler hands them out again while the pod still runs on them.
+ALLOCATION_FINALIZER = "resource.kubernetes.io/delete-protection"
 _REQUEST = "gpu"
 
 
@@ -199,3 +218,98 @@ def decide_template(template: Mapping[str, Any], policy: Policy, deleting: bool 
                                       f"{profile_name}; its spec must be the policy's ({desired['spec']}), since "
                                       f"each claim from it is charged as one device")])
     return Decision.allow(Reason.PLATFORM_TEMPLATE_OK)
+
+
+def _pod_claim_name(claim: Mapping[str, Any]) -> str | None:
+    value = as_dict(as_dict(claim.get("metadata")).get("annotations")).get(POD_CLAIM_ANNOTATION)
+    return value if isinstance(value, str) else None
+
+
+def controlling_pod(claim: Mapping[str, Any]) -> str | None:
+    """The uid of the pod that controls the claim (an owner reference ``v1``/``Pod`` with
+    ``controller: true``), or None: the only owner the resourceclaim controller and the scheduler
+    accept as "the claim is this pod's" (``resourceclaim.IsForPod``, the controller's owner index)."""
+    for owner in as_list(as_dict(claim.get("metadata")).get("ownerReferences")):
+        owner = as_dict(owner)
+        if owner.get("controller") is True and owner.get("kind") == "Pod" and owner.get("apiVersion") == "v1":
+            uid = owner.get("uid")
+            return uid if isinstance(uid, str) else ""
+    return None
+
+
+def _drops_allocation_finalizer(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    def finalizers(claim: Mapping[str, Any]) -> list[Any]:
+        return as_list(as_dict(claim.get("metadata")).get("finalizers"))
+
+    allocated = as_dict(old.get("status")).get("allocation") is not None
+    return allocated and ALLOCATION_FINALIZER in finalizers(old) and ALLOCATION_FINALIZER not in finalizers(new)
+
+
+def _platform(pod_claim: str | None) -> bool:
+    return pod_claim is not None and pod_claim.startswith(CLAIM_PREFIX)
+
+
+def decide_claim(claim: Mapping[str, Any], old: Mapping[str, Any] | None, policy: Policy,
+                 owner_profile: str | None = None, tracked: bool = False) -> Decision:
+    """A write to a ResourceClaim whose ``pod-claim-name`` annotation names a platform claim
+    (``gpu-platform-<n>``), before or after: the resourceclaim controller takes such a claim, when
+    the pod controls it, as the pod's claim, whatever its spec.
+
+    - An UPDATE (``old``) may not change the annotation nor give the claim a controlling pod other
+      than the one it had (removing it is allowed: no pod takes the claim then). The controller
+      sets both when it creates the claim and never changes them; a changed owner hands the claim,
+      allocated or not, to another pod, which then shares that pod's devices. Nor may it drop the
+      allocation's finalizer (:data:`ALLOCATION_FINALIZER`) while the claim is allocated: the
+      controller drops it only after deallocating, and a claim deleted without it frees devices a
+      pod still runs on.
+    - A CREATE controlled by a pod must hold exactly the template spec of that pod's profile:
+      ``owner_profile``, the profile stamped on the pod with that uid in this namespace when the
+      webhook tracks the managed pods (``tracked``; None: no such pod known, yet), else (no
+      tracking) the template spec of any DRA claim profile of the policy.
+    Every other write passes untouched."""
+    name = _pod_claim_name(claim)
+    if old is not None:
+        before, owner = _pod_claim_name(old), controlling_pod(old)
+        if not (_platform(before) or _platform(name)):
+            return Decision.allow(Reason.NOT_PLATFORM_CLAIM)
+        if _drops_allocation_finalizer(old, claim):
+            return Decision.deny([Violation(
+                Reason.PLATFORM_CLAIM, f"this update removes the finalizer {ALLOCATION_FINALIZER} from an allocated "
+                                       f"GPU platform claim; deleted without it, the claim would free devices its pod "
+                                       f"still runs on, and the scheduler would hand them to another pod; the "
+                                       f"resourceclaim controller removes it once the pod is done")])
+        if name == before and controlling_pod(claim) in (None, owner):
+            return Decision.allow(Reason.UPDATE)
+        return Decision.deny([Violation(
+            Reason.PLATFORM_CLAIM, f"this update changes the {POD_CLAIM_ANNOTATION} annotation (was {before!r}, would "
+                                   f"be {name!r}) or the controlling pod of a GPU platform claim; the resourceclaim "
+                                   f"controller sets both when it makes the claim from the pod's template, and a claim "
+                                   f"handed to another pod gives that pod devices it is not charged for; leave them")])
+    if not _platform(name):
+        return Decision.allow(Reason.NOT_PLATFORM_CLAIM)
+    uid = controlling_pod(claim)
+    if uid is None:
+        return Decision.allow(Reason.NOT_PLATFORM_CLAIM)   # no pod takes a claim it does not control
+    profiles = sorted(template_profiles(policy).values())
+    if tracked:
+        if owner_profile is None:
+            return Decision.deny([Violation(
+                Reason.PLATFORM_CLAIM, f"the claim says it is GPU platform claim {name} of pod {uid}, but gpu-webhook "
+                                       f"knows no managed DRA pod with that uid in this namespace (yet: the "
+                                       f"resourceclaim controller retries); only the resourceclaim controller makes "
+                                       f"these claims, from the pod's template")])
+        candidates = [owner_profile] if owner_profile in profiles else []
+        wanted = (f"the template spec of its profile {owner_profile} "
+                  f"({template_spec(policy.spec.profiles[owner_profile])['spec']})" if candidates
+                  else f"none: the pod's profile {owner_profile} gets no DRA claims")
+    else:
+        candidates = profiles
+        wanted = f"the template spec of a DRA claim profile ({', '.join(profiles) or 'none'})"
+    spec_ = {"spec": claim.get("spec")}
+    if any(_normal_requests(spec_) == _normal_requests(template_spec(policy.spec.profiles[p])) for p in candidates):
+        return Decision.allow(Reason.PLATFORM_CLAIM_OK)
+    return Decision.deny([Violation(
+        Reason.PLATFORM_CLAIM, f"the claim says it is GPU platform claim {name} of pod {uid}, so the resourceclaim "
+                               f"controller would give it to that pod whatever it asks for; its spec must be {wanted}, "
+                               f"since the pod is charged one device per claim; only the resourceclaim controller "
+                               f"makes these claims, from the pod's template")])

@@ -39,6 +39,7 @@ __all__ = [
     "pod_devices",
     "pod_gpu_request",
     "pod_record",
+    "profile_of_stamp",
     "reweigh",
     "touches_quota",
     "usage_from_pods",
@@ -149,6 +150,11 @@ def _tenant_by_stamp(policy: Policy) -> dict[str, str]:
 def _profile_by_stamp(policy: Policy) -> dict[str, str]:
     """Profile stamp -> profile name, once per policy."""
     return {safe_label_value(name): name for name in policy.spec.profiles}
+
+
+def profile_of_stamp(stamp: str, policy: Policy) -> str | None:
+    """The policy's profile whose stamp (its safe label value) this is, or None."""
+    return _profile_by_stamp(policy).get(stamp)
 
 
 def _holder(pod: Mapping[str, Any], namespace: str, name: str) -> str:

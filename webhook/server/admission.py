@@ -2,8 +2,9 @@
 
 The guard clauses of Kubernetes' own admission plugins come first (not a CREATE, a
 subresource: allow untouched; an UPDATE of ``pods/ephemeralcontainers`` goes to its own
-decision; a ResourceClaimTemplate goes to :func:`validate_claim_template`, and the mutating step
-leaves it untouched), then the pure decision, then the policy's enforcement mode.
+decision; a ResourceClaimTemplate goes to :func:`validate_claim_template`, a ResourceClaim to
+:func:`validate_claim`, and the mutating step leaves both untouched), then the pure decision,
+then the policy's enforcement mode.
 A decision that raises becomes a denial with code 500: never an allow by accident.
 :func:`review_chain` runs both steps as the API server chains them, for the offline
 ``gpu-webhook review`` command and for tests.
@@ -18,21 +19,24 @@ from dataclasses import replace
 import jsonpatch
 
 from ..core.decision import Decision, Reason, Violation
-from ..core.dra import decide_template
+from ..core.dra import controlling_pod, decide_claim, decide_template
 from ..core.mutate import decide_ephemeral_mutation, decide_mutation
 from ..core.nodes import NodeOffer
 from ..core.policy import Policy
 from ..core.quota import ResourceList
 from ..core.update import decide_update
 from ..core.validate import decide_ephemeral_validation, decide_validation
-from .review import POD, AdmissionRequest
+from .review import CLAIM, POD, AdmissionRequest
 
-__all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "Usage", "mutate", "review_chain", "validate", "validate_claim_template"]
+__all__ = ["NODES_NOT_SYNCED", "NOT_SYNCED", "PodProfiles", "Usage", "mutate", "review_chain", "validate",
+           "validate_claim", "validate_claim_template"]
 
 log = logging.getLogger("gpu_webhook.admission")
 
 #: Per-tenant usage the validating step charges against.
 Usage = Mapping[str, ResourceList]
+#: (namespace, pod uid) -> the profile of that managed pod, None when not known (tracking only).
+PodProfiles = Callable[[str, str], str | None]
 
 
 #: The subresource that adds containers to a running pod: judged like a new pod's containers.
@@ -59,7 +63,7 @@ def _guarded(request: AdmissionRequest, policy: Policy, decide: Callable[[dict],
     return _judged(request, policy, decide, request.object)
 
 
-def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Decision], *pods: dict) -> Decision:
+def _judged(request: AdmissionRequest, policy: Policy, decide: Callable[..., Decision], *pods: dict | None) -> Decision:
     try:
         decision = decide(*pods)
     except Exception:  # the API server must get an answer carrying the uid
@@ -90,7 +94,7 @@ NODES_NOT_SYNCED = ("gpu-webhook has not finished reading the cluster's nodes, s
 
 def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
              nodes: Sequence[NodeOffer] | None = None, nodes_synced: bool = True,
-             templates: Container[tuple[str, str]] | None = None) -> Decision:
+             templates: Container[tuple[str, str]] | None = None, pod_profiles: PodProfiles | None = None) -> Decision:
     """The /validate step on the final pod: rules, node capacity, claim templates and quota.
 
     ``usage`` is None while the cluster's usage is not known yet (the pod watch has not
@@ -99,8 +103,11 @@ def validate(request: AdmissionRequest, policy: Policy, usage: Usage | None,
     with ``nodes_synced`` false (the node watch is not there yet), a warning, never a denial.
     ``templates``: the (namespace, name) of the platform's claim templates in place (None: not
     known, no check), webhook/cluster/templates.py.
-    A ResourceClaimTemplate: :func:`validate_claim_template`.
+    A ResourceClaimTemplate: :func:`validate_claim_template`; a ResourceClaim: :func:`validate_claim`
+    (``pod_profiles``: the tracked managed pods' profiles, None without tracking).
     """
+    if request.kind == CLAIM:
+        return validate_claim(request, policy, pod_profiles)
     if request.kind != POD:
         return validate_claim_template(request, policy)
 
@@ -133,6 +140,22 @@ def validate_claim_template(request: AdmissionRequest, policy: Policy) -> Decisi
             request.object.get("spec") == request.old_object.get("spec"):
         return Decision.allow(Reason.UPDATE)
     return _judged(request, policy, lambda template: decide_template(template, policy), request.object)
+
+
+def validate_claim(request: AdmissionRequest, policy: Policy, pod_profiles: PodProfiles | None = None) -> Decision:
+    """A CREATE or UPDATE of a ResourceClaim (the configuration sends those that name a platform
+    claim in their ``pod-claim-name`` annotation): :func:`decide_claim`, with the profile of the pod
+    that controls the claim when the webhook tracks the managed pods. Anything else passes."""
+    if request.operation not in ("CREATE", "UPDATE"):
+        return Decision.allow(Reason.NOT_CREATE)
+    if request.subresource:
+        return Decision.allow(Reason.SUBRESOURCE)
+    assert request.object is not None  # parse_review guarantees it for CREATE and UPDATE
+    uid = controlling_pod(request.object)
+    profile = pod_profiles(request.namespace, uid) if pod_profiles is not None and uid else None
+    return _judged(request, policy, lambda claim, old: decide_claim(claim, old, policy, profile,
+                                                                    tracked=pod_profiles is not None),
+                   request.object, request.old_object)
 
 
 def review_chain(request: AdmissionRequest, policy: Policy, usage: Usage) -> Decision:

@@ -29,7 +29,7 @@ from ..core.decision import Decision, Reason
 from ..core.nodes import NodeOffer
 from ..core.pod import metadata
 from ..core.policy import Policy
-from .admission import Usage, mutate, validate
+from .admission import PodProfiles, Usage, mutate, validate
 from .metrics import CONTENT_TYPE_LATEST, WebhookMetrics
 from .review import AdmissionRequest, BadReview, parse_review, review_response
 
@@ -104,6 +104,9 @@ class Runtime:
     nodes: NodeSource = _no_nodes
     #: The platform's claim templates in place (DRA claim profiles); None: no check.
     templates: TemplateSource = _no_templates
+    #: The tracked managed pods' profiles, to judge whose a platform ResourceClaim is; None: not
+    #: tracked (any DRA claim profile's spec passes then).
+    pod_profiles: PodProfiles | None = None
     #: With ``serve --track-usage``: records each admitted pod's charge in the shared ledger.
     reserve: Reserve | None = None
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
@@ -191,7 +194,7 @@ class AdmissionEndpoints:
         self.steps: dict[str, Callable[[AdmissionRequest], Decision]] = {
             "/mutate": lambda r: mutate(r, runtime.policy),
             "/validate": lambda r: validate(r, runtime.policy, runtime.usage(), *runtime.nodes(),
-                                            templates=runtime.templates()),
+                                            templates=runtime.templates(), pod_profiles=runtime.pod_profiles),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -4,11 +4,12 @@ Two error families, never mixed (as in kopf): a request the webhook cannot read 
 :class:`BadReview` that the HTTP layer answers with a 4xx; a pod the webhook judged and
 refused is an ``allowed: false`` response with a status, carrying the request's uid.
 
-Two kinds are judged: core/v1 Pods, and resource.k8s.io/v1 ResourceClaimTemplates (the
-platform's DRA templates, docs/dra.md). The webhook configurations list only ``v1`` for both,
-with ``matchPolicy: Equivalent``, so the API server converts a write made through another
-version (``resource.k8s.io/v1beta2``) to ``v1`` before sending it; any other kind or version is
-a misconfigured rule, refused with a 400 that says so.
+Three kinds are judged: core/v1 Pods, and resource.k8s.io/v1 ResourceClaimTemplates and
+ResourceClaims (the platform's DRA templates and the claims made from them, docs/dra.md). The
+webhook configurations list only ``v1`` for each, with ``matchPolicy: Equivalent``, so the API
+server converts a write made through another version (``resource.k8s.io/v1beta2``) to ``v1``
+before sending it; any other kind or version is a misconfigured rule, refused with a 400 that
+says so.
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ import orjson
 from ..core.decision import Decision
 from ..core.tenancy import ANONYMOUS, UserInfo
 
-__all__ = ["CLAIM_TEMPLATE", "POD", "AdmissionRequest", "BadReview", "parse_review", "review_response"]
+__all__ = ["CLAIM", "CLAIM_TEMPLATE", "POD", "AdmissionRequest", "BadReview", "parse_review", "review_response"]
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
 #: The kinds judged (``request.kind``'s ``kind``), each in one group and version only.
 POD = "Pod"
 CLAIM_TEMPLATE = "ResourceClaimTemplate"
+CLAIM = "ResourceClaim"
 _KINDS: dict[tuple[Any, Any, Any], str] = {("", "v1", POD): POD,
-                                           ("resource.k8s.io", "v1", CLAIM_TEMPLATE): CLAIM_TEMPLATE}
+                                           ("resource.k8s.io", "v1", CLAIM_TEMPLATE): CLAIM_TEMPLATE,
+                                           ("resource.k8s.io", "v1", CLAIM): CLAIM}
 #: What a request must carry, in the error messages.
-_NOUNS = {POD: "pod", CLAIM_TEMPLATE: "ResourceClaimTemplate"}
+_NOUNS = {POD: "pod", CLAIM_TEMPLATE: "ResourceClaimTemplate", CLAIM: "ResourceClaim"}
 
 
 class BadReview(Exception):
@@ -60,7 +63,7 @@ class AdmissionRequest(NamedTuple):
     #: The object before the change (``request.oldObject``): set on UPDATE, None on CREATE.
     old_object: dict[str, Any] | None = None
     user_info: UserInfo = ANONYMOUS
-    #: :data:`POD` or :data:`CLAIM_TEMPLATE`.
+    #: :data:`POD`, :data:`CLAIM_TEMPLATE` or :data:`CLAIM`.
     kind: str = POD
 
 
@@ -90,9 +93,9 @@ def _kind(request: Mapping[str, Any]) -> str:
     group, version, name = kind.get("group", ""), kind.get("version"), kind.get("kind")
     known = _KINDS.get((group, version, name))
     if known is None:
-        raise _bad(f"this webhook judges only core/v1 Pods and resource.k8s.io/v1 ResourceClaimTemplates, not "
-                   f"{group or 'core'}/{version}/{name}; check the webhook configuration's rules (apiVersions "
-                   f"[v1] with matchPolicy Equivalent)")
+        raise _bad(f"this webhook judges only core/v1 Pods and resource.k8s.io/v1 ResourceClaimTemplates and "
+                   f"ResourceClaims, not {group or 'core'}/{version}/{name}; check the webhook configuration's "
+                   f"rules (apiVersions [v1] with matchPolicy Equivalent)")
     return known
 
 

@@ -107,6 +107,10 @@ above has refused such values, since their inputs lack claimTemplates). */ -}}
 {{- if not (hasKey $mc "templates") -}}
 {{- $mc = merge (dict "templates" (.Files.Get "files/match-conditions.yaml" | fromYaml).templates) $mc -}}
 {{- end -}}
+{{- /* Values generated before the claim webhook existed: its conditions are the same for every policy. */ -}}
+{{- if not (hasKey $mc "claims") -}}
+{{- $mc = merge (dict "claims" (.Files.Get "files/match-conditions.yaml" | fromYaml).claims) $mc -}}
+{{- end -}}
 {{- toJson $mc -}}
 {{- end -}}
 

@@ -181,10 +181,16 @@ class AirflowStack:
         self.wait_for(lambda: self.get("/api/v2/version") is not None, 120, "the API server to answer")
 
     def start_scheduling(self) -> None:
-        """Start the scheduler and one DAG processor per bundle (after the pools exist, so parsing sees them)."""
-        self.spawn("scheduler", ["scheduler"])
+        """Start one DAG processor per bundle, then the scheduler (after the pools exist, so parsing
+        sees them). The processors start one after another: each writes every configured bundle into
+        the database when it starts, and two doing it at once collide on the table's primary key
+        (``dag_bundle_pkey``), which kills one of them; a processor has written them once it logs
+        that it watches its own bundle."""
         for name, (_, extra) in self.bundles.items():
-            self.spawn(f"dag-processor-{name}", ["dag-processor", "--bundle-name", name], extra)
+            process = self.spawn(f"dag-processor-{name}", ["dag-processor", "--bundle-name", name], extra)
+            self.wait_for(lambda p=process, n=name: f"Checking for new files in bundle {n}" in _tail(p.log, 10**6),
+                          120, f"the DAG processor of bundle {name} to write the bundles")
+        self.spawn("scheduler", ["scheduler"])
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -174,14 +174,19 @@ def _normal_requests(template_spec_: Any) -> Any:
     return {"requests": requests, **extra}
 
 
+def _holds_profile_spec(claim_spec: Any, profile: Profile) -> bool:
+    """``{"spec": <a ResourceClaimSpec>}`` asks exactly what the profile's template asks, the API
+    server's defaults aside (a template's ``spec``, or a claim's spec wrapped so)."""
+    return _normal_requests(claim_spec) == _normal_requests(template_spec(profile))
+
+
 def template_matches(template: Mapping[str, Any], policy: Policy) -> bool:
     """True when ``template`` is a DRA claim profile's template (by its name) and holds that
     profile's spec, the API server's defaults aside: what :func:`decide_template` lets be
     written there, and what a pod of the profile may be admitted to claim from."""
     name = as_dict(template.get("metadata")).get("name")
     profile_name = template_profiles(policy).get(name) if isinstance(name, str) else None
-    return profile_name is not None and _normal_requests(template.get("spec")) == _normal_requests(
-        template_spec(policy.spec.profiles[profile_name]))
+    return profile_name is not None and _holds_profile_spec(template.get("spec"), policy.spec.profiles[profile_name])
 
 
 def template_namespaces(policy: Policy) -> tuple[str, ...]:
@@ -305,8 +310,7 @@ def decide_claim(claim: Mapping[str, Any], old: Mapping[str, Any] | None, policy
     else:
         candidates = profiles
         wanted = f"the template spec of a DRA claim profile ({', '.join(profiles) or 'none'})"
-    spec_ = {"spec": claim.get("spec")}
-    if any(_normal_requests(spec_) == _normal_requests(template_spec(policy.spec.profiles[p])) for p in candidates):
+    if any(_holds_profile_spec({"spec": claim.get("spec")}, policy.spec.profiles[p]) for p in candidates):
         return Decision.allow(Reason.PLATFORM_CLAIM_OK)
     return Decision.deny([Violation(
         Reason.PLATFORM_CLAIM, f"the claim says it is GPU platform claim {name} of pod {uid}, so the resourceclaim "

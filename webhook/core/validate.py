@@ -96,7 +96,7 @@ def _stray_gpu(pod: Mapping[str, Any], plan: GpuPlan, policy: Policy,
     ours = platform_claim_names(pod, policy)
     claimed = [(field, c, {f"claim {n}" for e in as_list(as_dict(c.get("resources")).get("claims"))
                            if (n := as_dict(e).get("name")) in ours})
-               for field, _, c in all_containers(pod)]
+               for field, _, c in all_containers(pod)] if ours else []   # device-plugin pods: nothing to walk
     return [
         Violation(Reason.GPU_OUTSIDE_TARGET, f"container {c.get('name')!r} asks for {', '.join(sorted(res))}; only "
                                              f"container {target!r} gets the GPU of profile {plan.profile_name}")

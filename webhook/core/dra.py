@@ -177,7 +177,7 @@ def _normal_requests(template_spec_: Any) -> Any:
 def _holds_profile_spec(claim_spec: Any, profile: Profile) -> bool:
     """``{"spec": <a ResourceClaimSpec>}`` asks exactly what the profile's template asks, the API
     server's defaults aside (a template's ``spec``, or a claim's spec wrapped so)."""
-    return _normal_requests(claim_spec) == _normal_requests(template_spec(profile))
+    return bool(_normal_requests(claim_spec) == _normal_requests(template_spec(profile)))
 
 
 def template_matches(template: Mapping[str, Any], policy: Policy) -> bool:
